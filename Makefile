@@ -1,0 +1,40 @@
+# Mini EC — every command a person or CI needs. `make help` lists them.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+PY := .venv/bin/python
+
+.PHONY: help install run run-sync test test-unit test-integration test-e2e test-compose chaos bench lint dlq clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(UV):
+	@echo "uv not found: installing it with pip"
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+.venv/.synced: $(UV) pyproject.toml uv.lock libs/messaging/pyproject.toml services/*/pyproject.toml
+	$(UV) sync --all-packages --frozen
+	@touch $@
+
+install: .venv/.synced ## create the workspace environment (.venv) from uv.lock
+
+run: install ## start the four services and a local SMTP sink (Ctrl-C stops all)
+	$(PY) -m messaging.devstack
+
+test: install ## everything: unit, integration, end-to-end (needs the local RabbitMQ + PostgreSQL)
+	$(PY) -m pytest
+
+test-unit: install ## unit tests only (no I/O)
+	$(PY) -m pytest -m unit
+
+test-integration: install ## integration tests (real RabbitMQ, SQLite, PostgreSQL, SMTP)
+	$(PY) -m pytest -m integration
+
+test-e2e: install ## end-to-end tests (the whole stack as local processes)
+	$(PY) -m pytest -m e2e
+
+lint: install ## ruff
+	$(PY) -m ruff check .
+
+clean: ## remove local state (databases, mails)
+	rm -rf var/
