@@ -1,0 +1,215 @@
+"""Runner: ``python -m bench [--only NAME,...] [--duration S]``.
+
+A scenario is a function ``scenario(ctx: BenchContext) -> dict`` (or ``async def``) registered
+in ``SCENARIOS``. Its result dict may hold, by convention:
+
+``rate``                  headline sustained rate (msgs/s): shown with its ratio to the ceiling
+``timeseries``            ``[[t_seconds, msgs_per_s], ...]``: plotted as throughput over time
+``latency_samples_ms``    ``{label: [ms, ...]}``: the runner summarises it into
+                          ``latency_ms.<label>`` = {count, mean, min, p50, p95, p99, max}, plots
+                          it, and keeps at most 2000 evenly spread samples in the JSON
+``resources``             ``{process: {cpu_s, peak_rss_mb, ...}}`` (see ``ProcessMonitor``)
+
+anything else is kept in the JSON as is. Targets (``TARGETS``) are dotted paths into
+``{scenario_name: result}``; a target whose scenario did not run is shown as "not run".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import ceiling
+from bench.harness import (
+    RESULTS_DIR,
+    Broker,
+    Target,
+    downsample_sorted,
+    evaluate_targets,
+    format_table,
+    git_commit,
+    machine_info,
+    plot_results,
+    results_stem,
+    summarize,
+    write_results,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICES = ("payment", "points", "mailer", "audit")
+
+
+@dataclass
+class BenchContext:
+    """What a scenario gets. The pipeline scenarios will find the running stack here."""
+
+    broker: Broker
+    duration: float  # the per-scenario time budget (s) asked for on the command line
+    ceiling_duration: float
+    progress: bool = True
+    vhost: str | None = None  # the stack's throwaway vhost, once the runner starts a stack
+    base_urls: dict[str, str] = field(default_factory=dict)  # service → http://127.0.0.1:port
+    pids: dict[str, int] = field(default_factory=dict)  # service → pid (CPU / RSS accounting)
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. {"db": "sqlite"}
+
+    @property
+    def amqp_url(self) -> str:
+        return self.broker.amqp_url(self.vhost or "/")
+
+
+Scenario = Callable[[BenchContext], Any]
+
+# name → (function, needs the service stack)
+SCENARIOS: dict[str, tuple[Scenario, bool]] = {
+    "ceiling": (ceiling.scenario, False),
+    # "saturation": (pipeline.saturation, True),
+    # "fixed_rate": (pipeline.fixed_rate, True),
+    # "slow_mail": (pipeline.slow_mail, True),
+    # "service_resources": (pipeline.service_resources, True),
+}
+
+TARGETS: list[Target] = [
+    Target("pipeline saturation ≥ 50 % of ceiling", "saturation.rate", ">=", 0.5, "%",
+           relative_to="ceiling.rate"),
+    Target("200/s: POST p99 < 50 ms", "fixed_rate.latency_ms.post.p99", "<", 50, "ms"),
+    Target("200/s: end-to-end p99 < 500 ms", "fixed_rate.latency_ms.e2e.p99", "<", 500, "ms"),
+    *[
+        Target(f"{svc}: peak RSS < 150 MB", f"service_resources.resources.{svc}.peak_rss_mb",
+               "<", 150, "MB")
+        for svc in SERVICES
+    ],
+    Target("slow mail, async: POST p50 within 20 % of normal",
+           "slow_mail.latency_ms.async_post.p50", "<=", 1.2, "x",
+           relative_to="slow_mail.latency_ms.async_post_normal.p50"),
+    Target("slow mail, sync: POST p50 ≥ 200 ms", "slow_mail.latency_ms.sync_post.p50", ">=",
+           200, "ms"),
+]
+
+
+def _run_scenario(fn: Scenario, ctx: BenchContext) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return asyncio.run(fn(ctx))
+    return fn(ctx)
+
+
+def postprocess(results: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
+    """Summarise latency samples in place; return (plot latencies, plot throughput, rates)."""
+    plot_lat: dict[str, list[float]] = {}
+    plot_tp: dict[str, list[list[float]]] = {}
+    for name, res in results.items():
+        samples = res.pop("latency_samples_ms", None) or {}
+        if samples:
+            res["latency_ms"] = {label: summarize(v) for label, v in samples.items()}
+            res["latency_samples_ms"] = {label: downsample_sorted(v, 2000)
+                                         for label, v in samples.items()}
+            for label, v in samples.items():
+                plot_lat[f"{name}: {label}"] = list(v)
+        if res.get("timeseries"):
+            plot_tp[name] = res["timeseries"]
+    return plot_lat, plot_tp, {}
+
+
+def build_table(results: dict[str, dict[str, Any]], targets: list[Target]) -> tuple[str, list]:
+    ceiling_rate = (results.get("ceiling") or {}).get("rate")
+    rates = [(name, res.get("rate")) for name, res in results.items() if "rate" in res]
+    resources = [
+        (f"{name}: {proc}", stats.get("cpu_s"), stats.get("peak_rss_mb"))
+        for name, res in results.items()
+        for proc, stats in (res.get("resources") or {}).items()
+    ]
+    evaluated = evaluate_targets(targets, results)
+    return format_table(rates, ceiling_rate, resources, evaluated), evaluated
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--only", default=",".join(SCENARIOS),
+                   help=f"comma-separated scenarios (default: all of {', '.join(SCENARIOS)})")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds per timed scenario (ceiling default 20)")
+    p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite",
+                   help="database for the services (pipeline scenarios)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--amqp-port", type=int, default=5672)
+    p.add_argument("--mgmt-url", default="http://127.0.0.1:15672")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}",
+              file=sys.stderr)
+        return 2
+    broker = Broker(amqp_port=args.amqp_port, mgmt_url=args.mgmt_url)
+    version = broker.version()
+    if version is None:
+        print(f"RabbitMQ management API not reachable at {broker.mgmt_url}", file=sys.stderr)
+        return 2
+    if any(SCENARIOS[n][1] for n in names):
+        print("pipeline scenarios need the service stack; not wired yet", file=sys.stderr)
+        return 2
+
+    ctx = BenchContext(
+        broker=broker,
+        duration=args.duration or 30.0,
+        ceiling_duration=args.duration or 20.0,
+        progress=not args.no_progress,
+        options={"db": args.db},
+    )
+    started = time.time()
+    stem = results_stem(started)
+    results: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    for name in names:
+        fn, _needs_stack = SCENARIOS[name]
+        print(f"running {name} …", file=sys.stderr, flush=True)
+        t = time.monotonic()
+        try:
+            results[name] = _run_scenario(fn, ctx)
+        except Exception as exc:  # noqa: BLE001 - report it and go on with the others
+            traceback.print_exc()
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        results[name]["wall_s"] = round(time.monotonic() - t, 2)
+
+    plot_lat, plot_tp, _ = postprocess(results)
+    table, evaluated = build_table(results, TARGETS)
+    report = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": machine_info(),
+        "rabbitmq": version,
+        "commit": git_commit(REPO),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "scenarios": results,
+        "errors": errors,
+        "targets": [t.__dict__ | {"met": t.met} for t in evaluated],
+        "table": table,
+    }
+    json_path = write_results(report, stem, args.results_dir)
+    png_path = None
+    if not args.no_plot and (plot_lat or plot_tp):
+        png_path = plot_results(plot_lat, plot_tp, args.results_dir / f"{stem}.png",
+                                title=f"Mini EC benchmark {report['started_at']} "
+                                      f"({report['machine']['cpus']} CPUs, RabbitMQ {version})")
+    print()
+    print(table)
+    print()
+    for name, err in errors.items():
+        print(f"scenario {name} FAILED: {err}")
+    print(f"results: {json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}")
+    if png_path is not None:
+        print(f"plot:    {png_path.relative_to(REPO) if png_path.is_relative_to(REPO) else png_path}")
+    return 1 if errors else 0
