@@ -1,0 +1,240 @@
+"""A consumer with one decision point for every message: ack, retry later, or dead-letter.
+
+    poison (not JSON, not the contract)      -> <queue>.dlq at once, reason in headers
+    handler raised PermanentError            -> <queue>.dlq at once
+    handler raised anything else (transient) -> <queue>.retry.<N>s, then <queue>.dlq when
+                                                the configured delays are used up
+    event before its predecessor             -> waits in the same retry queues (own budget)
+    applied / duplicate / stale              -> ack
+
+The copy to a retry or dead-letter queue is confirmed by the broker before the original
+is acked, so a crash in between yields a duplicate (the inbox absorbs it), never a loss.
+A message that kills the process never reaches that point; the broker redelivers it and
+the queue's delivery limit dead-letters it if it keeps doing so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from opentelemetry import trace
+
+from messaging import correlation, metrics
+from messaging import headers as h
+from messaging.contracts import Event, PoisonMessage, parse_event, utcnow
+from messaging.inbox import Outcome, OutOfOrder
+from messaging.publisher import PublishFailed, open_confirm_channel, publish_confirmed
+from messaging.topology import QueueTopology
+
+log = logging.getLogger(__name__)
+
+Process = Callable[[Event], Awaitable[Outcome]]
+
+
+class PermanentError(Exception):
+    """Raised by a handler when retrying cannot help (e.g. the mail server rejects the address)."""
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        *,
+        service: str,
+        topology: QueueTopology,
+        connection: AbstractRobustConnection,
+        process: Process,
+        prefetch: int = 32,
+        max_deferrals: int = 10,
+        shutdown_grace_seconds: float = 10.0,
+    ):
+        self.service = service
+        self.topology = topology
+        self._connection = connection
+        self._process = process
+        self._prefetch = prefetch
+        self._max_deferrals = max_deferrals
+        self._grace = shutdown_grace_seconds
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._in_flight: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self._channel = await open_confirm_channel(self._connection)
+        # Prefetch per consumer (global=False): how many unacked messages we work on at once.
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await self.topology.declare(self._channel)
+        self._consumer_tag = await self._queue.consume(self._on_message)
+        log.info("consuming %s (prefetch %d)", self.topology.name, self._prefetch)
+
+    async def stop(self) -> None:
+        """Stop taking messages, let in-flight ones finish (bounded), then close the channel.
+
+        Whatever is still unacked when the channel closes goes back to the queue.
+        """
+        if self._queue is not None and self._consumer_tag is not None:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except Exception:  # the channel may already be gone; closing covers it
+                log.debug("cancel failed", exc_info=True)
+            self._consumer_tag = None
+        if self._in_flight:
+            _, pending = await asyncio.wait(self._in_flight, timeout=self._grace)
+            if pending:
+                log.warning("%d message(s) still in flight at shutdown; released", len(pending))
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            await self._handle(message)
+        except Exception:
+            # Only reached when the broker connection failed mid-way (ack, or the copy to a
+            # retry/DLQ queue). The message stays unacked and is redelivered after reconnect.
+            log.exception("could not settle message %s; the broker will redeliver it",
+                          message.message_id)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        cid = correlation.valid_or_new(message.correlation_id)
+        token = correlation.current.set(cid)
+        span = trace.get_current_span()
+        span.set_attribute("correlation_id", cid)
+        event_type = message.type or "unknown"
+        metrics.CONSUMED.labels(self.service, event_type).inc()
+        started = time.perf_counter()
+        try:
+            try:
+                event = parse_event(message.body)
+            except PoisonMessage as exc:
+                await self._dead_letter(message, "poison", exc)
+                return
+            span.set_attribute("order_id", str(event.order_id))
+            span.set_attribute("event_id", str(event.event_id))
+            try:
+                outcome = await self._process(event)
+            except OutOfOrder as exc:
+                await self._defer(message, exc)
+                return
+            except PermanentError as exc:
+                await self._dead_letter(message, "permanent", exc)
+                return
+            except Exception as exc:
+                span.record_exception(exc)
+                await self._retry_or_dead_letter(message, exc)
+                return
+            await message.ack()
+            metrics.ACKED.labels(self.service, event_type, outcome.value).inc()
+            if outcome is not Outcome.APPLIED:
+                metrics.DUPLICATES.labels(self.service, event_type).inc()
+                log.info("skipped %s %s: %s", event_type, event.event_id, outcome.value)
+            else:
+                log.info("applied %s %s", event_type, event.event_id)
+        finally:
+            metrics.HANDLER_SECONDS.labels(self.service, event_type).observe(
+                time.perf_counter() - started
+            )
+            correlation.current.reset(token)
+
+    async def _retry_or_dead_letter(
+        self, message: AbstractIncomingMessage, exc: Exception
+    ) -> None:
+        attempt = _int_header(message, h.ATTEMPT)
+        delays = self.topology.retry_delays
+        if attempt >= len(delays):
+            await self._dead_letter(message, "exhausted", exc, attempts=attempt + 1)
+            return
+        delay = delays[attempt]
+        log.warning("attempt %d failed (%s: %s); retrying in %ds",
+                    attempt + 1, type(exc).__name__, exc, delay)
+        await self._republish(message, self.topology.retry_queue(delay), {h.ATTEMPT: attempt + 1})
+        metrics.RETRIED.labels(self.service, message.type or "unknown", "transient").inc()
+
+    async def _defer(self, message: AbstractIncomingMessage, exc: OutOfOrder) -> None:
+        deferrals = _int_header(message, h.DEFERRALS)
+        if deferrals >= self._max_deferrals:
+            await self._dead_letter(message, "out-of-order", exc, attempts=deferrals + 1)
+            return
+        delays = self.topology.retry_delays
+        delay = delays[min(deferrals, len(delays) - 1)]
+        log.info("deferred %ds: %s", delay, exc)
+        await self._republish(
+            message, self.topology.retry_queue(delay), {h.DEFERRALS: deferrals + 1}
+        )
+        metrics.RETRIED.labels(self.service, message.type or "unknown", "out-of-order").inc()
+
+    async def _dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        error_class: str,
+        exc: Exception,
+        attempts: int | None = None,
+    ) -> None:
+        log.error("dead-lettered (%s) %s: %s: %s",
+                  error_class, message.message_id, type(exc).__name__, exc)
+        await self._republish(
+            message,
+            self.topology.dlq,
+            {
+                h.ERROR_CLASS: error_class,
+                h.ERROR_SERVICE: self.service,
+                h.ERROR_TYPE: type(exc).__name__,
+                h.ERROR_MESSAGE: str(exc)[:1000],
+                h.ERROR_ATTEMPTS: attempts if attempts is not None else 1,
+                h.ERROR_AT: utcnow().isoformat(),
+                h.ERROR_QUEUE: self.topology.name,
+            },
+        )
+        metrics.DEAD_LETTERED.labels(self.service, message.type or "unknown", error_class).inc()
+
+    async def _republish(
+        self, message: AbstractIncomingMessage, queue: str, extra_headers: dict
+    ) -> None:
+        """Copy the message (body, ids, trace context) to `queue`, confirmed, then ack it."""
+        assert self._channel is not None
+        copy = aio_pika.Message(
+            message.body,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            type=message.type,
+            timestamp=message.timestamp,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={**_own_headers(message), **extra_headers},
+        )
+        try:
+            await publish_confirmed(self._channel.default_exchange, copy, routing_key=queue)
+        except PublishFailed:
+            # Could not park it: give it back to the queue rather than lose it.
+            log.exception("could not move message %s to %s; requeued", message.message_id, queue)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
+
+def _own_headers(message: AbstractIncomingMessage) -> dict:
+    """The message's headers minus the broker's bookkeeping (x-death and friends)."""
+    return {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
+
+
+def _int_header(message: AbstractIncomingMessage, name: str) -> int:
+    try:
+        return max(0, int((message.headers or {}).get(name, 0)))
+    except (TypeError, ValueError):
+        return 0

@@ -1,0 +1,143 @@
+"""The consumer side of exactly-once effects: inbox (dedupe) and per-order sequence.
+
+`Inbox.process` runs a handler inside one database transaction that also records the
+event id and the order's applied sequence. Either the effect and its record commit
+together, or neither does, so a redelivered event is recognised and changes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from messaging.contracts import Event, utcnow
+from messaging.db import UtcDateTime
+
+metadata = MetaData()
+
+inbox_table = Table(
+    "inbox",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("event_type", String(64), nullable=False),
+    Column("order_id", String(36), nullable=False),
+    Column("sequence", Integer, nullable=False),
+    Column("processed_at", UtcDateTime, nullable=False, index=True),
+)
+
+# The highest sequence applied per order. Kept after the inbox forgets an event id, so a
+# very late duplicate is still skipped as stale.
+order_progress_table = Table(
+    "order_progress",
+    metadata,
+    Column("order_id", String(36), primary_key=True),
+    Column("last_sequence", Integer, nullable=False),
+)
+
+Handler = Callable[[Event, AsyncSession], Awaitable[None]]
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # this event id was processed before
+    STALE = "stale"  # an event at or below the order's applied sequence
+
+
+class OutOfOrder(Exception):
+    """The event's predecessor has not been applied yet: try again later."""
+
+    def __init__(self, event: Event, applied: int):
+        super().__init__(
+            f"{event.event_type} #{event.sequence} of order {event.order_id} waits for "
+            f"#{applied + 1} (applied so far: {applied})"
+        )
+
+
+class Inbox:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+        self._sessions = sessions
+
+    async def process(self, event: Event, handler: Handler) -> Outcome:
+        try:
+            return await self._process_once(event, handler)
+        except IntegrityError:
+            # A competing consumer committed the same event between our check and our
+            # commit. If it is now in the inbox that's a duplicate; anything else is real.
+            if await self.seen(str(event.event_id)):
+                return Outcome.DUPLICATE
+            raise
+
+    async def _process_once(self, event: Event, handler: Handler) -> Outcome:
+        event_id, order_id = str(event.event_id), str(event.order_id)
+        async with self._sessions() as session, session.begin():
+            if await _exists(session, event_id):
+                return Outcome.DUPLICATE
+            applied = await session.scalar(
+                select(order_progress_table.c.last_sequence).where(
+                    order_progress_table.c.order_id == order_id
+                )
+            )
+            if applied is not None and event.sequence <= applied:
+                return Outcome.STALE
+            if event.sequence != (applied or 0) + 1:
+                raise OutOfOrder(event, applied or 0)
+
+            await handler(event, session)
+
+            await session.execute(
+                insert(inbox_table).values(
+                    event_id=event_id,
+                    event_type=event.event_type,
+                    order_id=order_id,
+                    sequence=event.sequence,
+                    processed_at=utcnow(),
+                )
+            )
+            if applied is None:
+                await session.execute(
+                    insert(order_progress_table).values(
+                        order_id=order_id, last_sequence=event.sequence
+                    )
+                )
+            else:
+                await session.execute(
+                    update(order_progress_table)
+                    .where(order_progress_table.c.order_id == order_id)
+                    .values(last_sequence=event.sequence)
+                )
+        return Outcome.APPLIED
+
+    async def seen(self, event_id: str) -> bool:
+        async with self._sessions() as session:
+            return await _exists(session, event_id)
+
+    async def forget_older_than(self, age: timedelta, now: datetime | None = None) -> int:
+        """Drop inbox records older than `age`; returns how many. See README 'Dedupe window'."""
+        cutoff = (now or utcnow()) - age
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                delete(inbox_table).where(inbox_table.c.processed_at < cutoff)
+            )
+        return result.rowcount or 0
+
+
+async def _exists(session: AsyncSession, event_id: str) -> bool:
+    found = await session.scalar(
+        select(inbox_table.c.event_id).where(inbox_table.c.event_id == event_id)
+    )
+    return found is not None

@@ -1,0 +1,41 @@
+"""Prometheus metrics of the messaging paths, labelled by service (one process may host several)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONSUMED = Counter(
+    "messages_consumed", "Messages taken from a work queue", ["service", "event_type"]
+)
+ACKED = Counter(
+    "messages_acked", "Messages acked after their outcome was committed",
+    ["service", "event_type", "outcome"],
+)
+DUPLICATES = Counter(
+    "messages_duplicates", "Messages skipped as duplicates or stale", ["service", "event_type"]
+)
+RETRIED = Counter(
+    "messages_retried", "Messages sent to a retry wait queue", ["service", "event_type", "reason"]
+)
+DEAD_LETTERED = Counter(
+    "messages_dead_lettered", "Messages sent to the dead-letter queue",
+    ["service", "event_type", "error_class"],
+)
+HANDLER_SECONDS = Histogram(
+    "handler_duration_seconds", "Time to process one message (handler + inbox commit)",
+    ["service", "event_type"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PUBLISHED = Counter("publish_confirmed", "Publishes confirmed by the broker", ["service"])
+PUBLISH_FAILED = Counter(
+    "publish_failed", "Publishes not confirmed (nack, unroutable, timeout)", ["service"]
+)
+OUTBOX_PENDING = Gauge("outbox_pending_rows", "Outbox rows not yet published", ["service"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row", ["service"]
+)
+HTTP_REQUESTS = Counter(
+    "http_requests", "HTTP requests served", ["service", "method", "route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "http_request_duration_seconds", "HTTP request duration", ["service", "method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

@@ -1,0 +1,220 @@
+"""The producer side of exactly-once effects: the transactional outbox and its relay.
+
+The service writes its state change and the event row in one transaction (`add_to_outbox`).
+`OutboxRelay` publishes unsent rows with publisher confirms and marks them sent only after
+the broker's ack. A crash between the ack and the mark republishes the event: at least
+once on the wire, and the consumers' inboxes make it exactly once in effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from messaging import metrics
+from messaging.contracts import Event, utcnow
+from messaging.db import UtcDateTime
+from messaging.publisher import (
+    PublishFailed,
+    build_message,
+    open_confirm_channel,
+    publish_confirmed,
+)
+from messaging.topology import declare_exchange
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+metadata = MetaData()
+
+outbox_table = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("event_type", String(64), nullable=False),
+    Column("routing_key", String(128), nullable=False),
+    Column("order_id", String(36), nullable=False),
+    Column("correlation_id", String(128), nullable=False),
+    Column("body", Text, nullable=False),
+    # The W3C trace context of the request that wrote the row (traceparent, tracestate).
+    Column("trace_context", Text, nullable=False, default="{}"),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("published_at", UtcDateTime, nullable=True, index=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+)
+
+
+async def add_to_outbox(session: AsyncSession, event: Event) -> None:
+    """Stage `event` for publishing, in the caller's transaction, with the current trace."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    await session.execute(
+        insert(outbox_table).values(
+            event_id=str(event.event_id),
+            event_type=event.event_type,
+            routing_key=event.routing_key,
+            order_id=str(event.order_id),
+            correlation_id=event.correlation_id,
+            body=event.to_json().decode(),
+            trace_context=json.dumps(carrier),
+            created_at=utcnow(),
+            attempts=0,
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes outbox rows: woken right after a commit, polling as a fallback."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        connection: AbstractRobustConnection,
+        *,
+        service: str = "payment",
+        batch_size: int = 200,
+        poll_interval: float = 1.0,
+        max_backoff: float = 30.0,
+    ):
+        self._sessions = sessions
+        self._connection = connection
+        self._service = service
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._max_backoff = max_backoff
+        self._wake = asyncio.Event()
+        self._channel: AbstractChannel | None = None
+
+    def notify(self) -> None:
+        """Call after committing an outbox row: the relay publishes it without waiting."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = self._poll_interval
+        while True:
+            try:
+                while await self.publish_pending() == self._batch_size:
+                    pass  # a full batch: there may be more
+                backoff = self._poll_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                await self._wait(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            await self._wait(self._poll_interval)
+
+    async def _wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._wake.clear()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unsent rows; returns how many were taken.
+
+        Raises PublishFailed after marking what did go out, so `run` backs off.
+        """
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(outbox_table)
+                    .where(outbox_table.c.published_at.is_(None))
+                    .order_by(outbox_table.c.id)
+                    .limit(self._batch_size)
+                )
+            ).all()
+        if rows:
+            exchange = await self._exchange()
+            # Publishes are pipelined: one confirm round-trip per batch, not per row.
+            results = await asyncio.gather(
+                *(self._publish_row(exchange, row) for row in rows), return_exceptions=True
+            )
+            await self._record(rows, results)
+        await self._update_lag_metrics()
+        failures = [r for r in results if isinstance(r, BaseException)] if rows else []
+        if failures:
+            raise PublishFailed(f"{len(failures)} of {len(rows)} not confirmed: {failures[0]}")
+        return len(rows)
+
+    async def _exchange(self) -> aio_pika.abc.AbstractExchange:
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await open_confirm_channel(self._connection)
+        return await declare_exchange(self._channel)
+
+    async def _publish_row(self, exchange: aio_pika.abc.AbstractExchange, row) -> None:
+        parent = propagate.extract(json.loads(row.trace_context or "{}"))
+        with tracer.start_as_current_span(
+            "outbox relay", context=parent, kind=SpanKind.INTERNAL,
+            attributes={"correlation_id": row.correlation_id, "event_id": row.event_id,
+                        "order_id": row.order_id, "outbox.id": row.id},
+        ):
+            message = build_message(
+                row.body.encode(),
+                message_id=row.event_id,
+                correlation_id=row.correlation_id,
+                event_type=row.event_type,
+                timestamp=row.created_at,
+            )
+            try:
+                await publish_confirmed(exchange, message, routing_key=row.routing_key)
+            except PublishFailed:
+                metrics.PUBLISH_FAILED.labels(self._service).inc()
+                raise
+            metrics.PUBLISHED.labels(self._service).inc()
+
+    async def _record(self, rows, results) -> None:
+        now = utcnow()
+        sent = [row.id for row, r in zip(rows, results, strict=True) if r is None]
+        failed = [(row.id, r) for row, r in zip(rows, results, strict=True) if r is not None]
+        async with self._sessions() as session, session.begin():
+            if sent:
+                await session.execute(
+                    update(outbox_table)
+                    .where(outbox_table.c.id.in_(sent))
+                    .values(published_at=now, attempts=outbox_table.c.attempts + 1)
+                )
+            for row_id, exc in failed:
+                await session.execute(
+                    update(outbox_table)
+                    .where(outbox_table.c.id == row_id)
+                    .values(attempts=outbox_table.c.attempts + 1, last_error=str(exc)[:1000])
+                )
+
+    async def _update_lag_metrics(self) -> None:
+        async with self._sessions() as session:
+            pending, oldest = (
+                await session.execute(
+                    select(func.count(), func.min(outbox_table.c.created_at)).where(
+                        outbox_table.c.published_at.is_(None)
+                    )
+                )
+            ).one()
+        metrics.OUTBOX_PENDING.labels(self._service).set(pending)
+        age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+        metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(max(age, 0.0))
+

@@ -1,0 +1,70 @@
+"""Publishing that only counts as done when the broker says so.
+
+The channel runs in confirm mode and raises on returns; every publish is `mandatory`
+(an unroutable message is an error, not silently dropped), persistent and bounded by a
+timeout. A publish returns only after the broker's ack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aiormq.exceptions import DeliveryError
+from pamqp.commands import Basic
+
+PUBLISH_TIMEOUT_SECONDS = 10.0
+
+
+class PublishFailed(RuntimeError):
+    """The broker did not confirm a publish: nacked, returned as unroutable, or timed out."""
+
+
+def build_message(
+    body: bytes,
+    *,
+    message_id: str,
+    correlation_id: str,
+    event_type: str,
+    timestamp: datetime,
+    headers: Mapping[str, object] | None = None,
+) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        content_encoding="utf-8",
+        message_id=message_id,
+        correlation_id=correlation_id,
+        type=event_type,
+        timestamp=timestamp,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers=dict(headers or {}),
+    )
+
+
+async def open_confirm_channel(connection: AbstractRobustConnection) -> AbstractChannel:
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+
+async def publish_confirmed(
+    exchange: AbstractExchange,
+    message: aio_pika.Message,
+    routing_key: str,
+    *,
+    timeout: float = PUBLISH_TIMEOUT_SECONDS,
+) -> None:
+    """Publish one message and wait for the broker's ack, or raise PublishFailed."""
+    try:
+        confirmation = await exchange.publish(
+            message, routing_key=routing_key, mandatory=True, timeout=timeout
+        )
+    except DeliveryError as exc:  # returned as unroutable (mandatory) or nacked
+        reason = getattr(exc.frame, "reply_text", None) or "nacked by the broker"
+        raise PublishFailed(f"{routing_key}: {reason}") from exc
+    except TimeoutError as exc:
+        raise PublishFailed(f"{routing_key}: no confirm within {timeout}s") from exc
+    if not isinstance(confirmation, Basic.Ack):
+        raise PublishFailed(f"{routing_key}: broker answered {confirmation!r}")
+

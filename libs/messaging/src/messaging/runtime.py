@@ -1,0 +1,141 @@
+"""Running a service: the background work next to the HTTP server, and the server itself.
+
+`ConsumerRuntime` connects to the broker (retrying while it is down), runs the consumer,
+trims the inbox on a timer, and stops in order on shutdown. `serve` runs uvicorn, which
+turns SIGTERM and Ctrl-C into a graceful shutdown of the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+import uvicorn
+from aio_pika.abc import AbstractRobustConnection
+from fastapi import FastAPI
+
+from messaging.broker import connect
+from messaging.consumer import EventConsumer
+from messaging.contracts import Event
+from messaging.inbox import Handler, Inbox, Outcome
+from messaging.settings import ConsumerSettings, ServiceSettings
+from messaging.topology import QueueTopology
+
+log = logging.getLogger(__name__)
+
+INBOX_CLEANUP_INTERVAL_SECONDS = 3600
+
+
+class BrokerLink:
+    """A broker connection made in the background, so the service starts while it is down."""
+
+    def __init__(self, url: str, name: str):
+        self._url, self._name = url, name
+        self._connected: asyncio.Future[AbstractRobustConnection] | None = None
+
+    async def connection(self) -> AbstractRobustConnection:
+        if self._connected is None:
+            self._connected = asyncio.ensure_future(connect(self._url, self._name))
+        return await asyncio.shield(self._connected)
+
+    async def check(self) -> None:
+        """Readiness: raises unless connected right now."""
+        if self._connected is None or not self._connected.done():
+            raise ConnectionError("not connected yet")
+        if self._connected.result().is_closed:
+            raise ConnectionError("connection lost; reconnecting")
+
+    async def close(self) -> None:
+        if self._connected is None:
+            return
+        if not self._connected.done():
+            self._connected.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._connected
+            return
+        with contextlib.suppress(Exception):
+            await self._connected.result().close()
+
+
+class ConsumerRuntime:
+    """The consuming half of a service: broker link, consumer, inbox upkeep."""
+
+    def __init__(self, service: str, settings: ConsumerSettings, inbox: Inbox, handler: Handler):
+        self.service = service
+        self.broker = BrokerLink(settings.rabbitmq_url, service)
+        self._settings = settings
+        self._inbox = inbox
+        self._handler = handler
+        self._consumer: EventConsumer | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def process(self, event: Event) -> Outcome:
+        return await self._inbox.process(event, self._handler)
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._start_consumer(), name=f"{self.service}-consumer"),
+            asyncio.create_task(self._trim_inbox(), name=f"{self.service}-inbox-upkeep"),
+        ]
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.broker.close()
+
+    async def check(self) -> None:
+        """Readiness: connected and consuming."""
+        await self.broker.check()
+        if self._consumer is None:
+            raise ConnectionError("consumer not started yet")
+
+    async def _start_consumer(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                self._consumer = await self._new_consumer()
+                return
+            except Exception:
+                log.exception("could not start consuming; retrying in %.0fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _new_consumer(self) -> EventConsumer:
+        connection = await self.broker.connection()
+        consumer = EventConsumer(
+            service=self.service,
+            topology=QueueTopology.for_service(self.service, self._settings.retry_delays),
+            connection=connection,
+            process=self.process,
+            prefetch=self._settings.prefetch,
+            max_deferrals=self._settings.max_deferrals,
+        )
+        await consumer.start()
+        return consumer
+
+    async def _trim_inbox(self) -> None:
+        retention = timedelta(hours=self._settings.inbox_retention_hours)
+        while True:
+            try:
+                removed = await self._inbox.forget_older_than(retention)
+                if removed:
+                    log.info("inbox: forgot %d event ids older than %s", removed, retention)
+            except Exception:
+                log.exception("inbox upkeep failed; will try again")
+            await asyncio.sleep(INBOX_CLEANUP_INTERVAL_SECONDS)
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run the HTTP server until SIGTERM / Ctrl-C; the app's lifespan does the rest."""
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        lifespan="on", timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()

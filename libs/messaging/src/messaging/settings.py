@@ -1,0 +1,86 @@
+"""Settings every service reads from its environment, validated once at start.
+
+A missing or malformed setting stops the service with one clear line (`load_settings`),
+never with a traceback half-way through handling a request.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SUPPORTED_DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+
+
+class ServiceSettings(BaseSettings):
+    """Settings shared by all four services. Environment variable = field name upper-cased."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    port: int = Field(8000, ge=1, le=65535)
+    host: str = "127.0.0.1"
+    database_url: str = "sqlite+aiosqlite:///var/service.db"
+    rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        if not value.startswith(SUPPORTED_DATABASES):
+            raise ValueError(f"must start with one of {', '.join(SUPPORTED_DATABASES)}")
+        return value
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+
+class ConsumerSettings(ServiceSettings):
+    """Settings of a service that consumes events from its own queue."""
+
+    prefetch: int = Field(32, ge=1, le=1000)
+    # Delays of the retry wait queues, in seconds; one attempt per delay, then the DLQ.
+    retry_delays: Annotated[tuple[int, ...], NoDecode] = (1, 5, 30)
+    # Out-of-order events wait through the same queues, with a budget of their own.
+    max_deferrals: int = Field(10, ge=0, le=100)
+    # How long the inbox remembers a processed event id (the dedupe window).
+    inbox_retention_hours: float = Field(24 * 7, gt=0)
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _parse_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = tuple(int(part) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError("must be comma-separated whole seconds, e.g. 1,5,30") from None
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _positive_distinct(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(d < 1 for d in value) or len(set(value)) != len(value):
+            raise ValueError("must be one or more distinct positive whole seconds")
+        return value
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S], service: str, **overrides: object) -> S:
+    """Build settings from the environment, or exit with one line naming the bad setting."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        print(f"{service}: invalid setting: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,96 @@
+"""Broker topology: the names of DESIGN.md and their idempotent declaration.
+
+For a consuming service's queue `Q`:
+
+    shop.events --(binding)--> Q --(delivery limit / dead-letter)--> Q.dlq
+                                ^
+    Q.retry.<N>s --(TTL expires, dead-letter)--'   (one wait queue per delay)
+
+Every queue is a durable quorum queue. The arguments here must match
+`deploy/rabbitmq/definitions.json`, or the broker refuses the second declaration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+EXCHANGE = "shop.events"
+# A message the consumer itself keeps crashing on is dead-lettered after this many deliveries.
+DELIVERY_LIMIT = 5
+DEFAULT_RETRY_DELAYS = (1, 5, 30)
+
+# The queue each consuming service owns, and the routing keys it binds.
+SERVICE_QUEUES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "points": ("points.events", ("order.*",)),
+    "mailer": ("mailer.events", ("order.*",)),
+    "audit": ("audit.events", ("#",)),
+}
+
+_QUORUM = {"x-queue-type": "quorum"}
+# at-least-once dead-lettering: the broker keeps a message until the DLQ confirmed it.
+_SAFE_DEAD_LETTERING = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
+@dataclass(frozen=True)
+class QueueTopology:
+    """The work queue of one service, its dead-letter queue and its retry wait queues."""
+
+    name: str
+    bindings: tuple[str, ...]
+    retry_delays: tuple[int, ...] = DEFAULT_RETRY_DELAYS
+
+    @classmethod
+    def for_service(cls, service: str, retry_delays: tuple[int, ...] = DEFAULT_RETRY_DELAYS):
+        try:
+            name, bindings = SERVICE_QUEUES[service]
+        except KeyError:
+            known = ", ".join(sorted(SERVICE_QUEUES))
+            raise ValueError(f"unknown service {service!r}; known: {known}") from None
+        return cls(name, bindings, retry_delays)
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.name}.dlq"
+
+    def retry_queue(self, delay_seconds: int) -> str:
+        return f"{self.name}.retry.{delay_seconds}s"
+
+    def work_arguments(self) -> dict:
+        return {
+            **_QUORUM,
+            **_SAFE_DEAD_LETTERING,
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.dlq,
+        }
+
+    def retry_arguments(self, delay_seconds: int) -> dict:
+        return {
+            **_QUORUM,
+            **_SAFE_DEAD_LETTERING,
+            "x-message-ttl": delay_seconds * 1000,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.name,
+        }
+
+    async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
+        """Declare exchange, DLQ, wait queues and the bound work queue; returns the work queue."""
+        exchange = await declare_exchange(channel)
+        await channel.declare_queue(self.dlq, durable=True, arguments=dict(_QUORUM))
+        for delay in self.retry_delays:
+            await channel.declare_queue(
+                self.retry_queue(delay), durable=True, arguments=self.retry_arguments(delay)
+            )
+        queue = await channel.declare_queue(
+            self.name, durable=True, arguments=self.work_arguments()
+        )
+        for key in self.bindings:
+            await queue.bind(exchange, routing_key=key)
+        return queue
+
+
+async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
+    return await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)

@@ -1,0 +1,3 @@
+from audit.main import main
+
+main()

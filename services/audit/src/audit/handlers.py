@@ -1,0 +1,27 @@
+"""What audit does with an event: record it, once, with where it came from."""
+
+from __future__ import annotations
+
+from messaging.contracts import Event, utcnow
+from opentelemetry import trace
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from audit import store
+
+
+async def record_event(event: Event, session: AsyncSession) -> None:
+    span = trace.get_current_span().get_span_context()
+    await store.append(
+        session,
+        event_id=str(event.event_id),
+        event_type=event.event_type,
+        order_id=str(event.order_id),
+        sequence=event.sequence,
+        occurred_at=event.occurred_at,
+        correlation_id=event.correlation_id,
+        trace_id=format(span.trace_id, "032x") if span.is_valid else None,
+        received_at=utcnow(),
+    )
+
+
+handle = record_event

@@ -1,0 +1,7 @@
+from messaging.settings import ConsumerSettings
+from pydantic import Field
+
+
+class Settings(ConsumerSettings):
+    port: int = Field(8003, ge=1, le=65535)
+    database_url: str = "sqlite+aiosqlite:///var/audit.db"

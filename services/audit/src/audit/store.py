@@ -1,0 +1,33 @@
+"""The audit log: append-only, one row per event, ever."""
+
+from __future__ import annotations
+
+from messaging.db import UtcDateTime
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+metadata = MetaData()
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("event_type", String(64), nullable=False),
+    Column("order_id", String(36), nullable=False, index=True),
+    Column("sequence", Integer, nullable=False),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("correlation_id", String(128), nullable=False),
+    Column("trace_id", String(32), nullable=True),
+    Column("received_at", UtcDateTime, nullable=False),
+)
+
+
+async def append(session: AsyncSession, **row: object) -> None:
+    await session.execute(insert(audit_log).values(**row))
+
+
+async def events_of_order(session: AsyncSession, order_id: str) -> list[dict]:
+    rows = await session.execute(
+        select(audit_log).where(audit_log.c.order_id == order_id).order_by(audit_log.c.sequence)
+    )
+    return [dict(row._mapping) for row in rows]

@@ -1,0 +1,48 @@
+"""What points does with an event. Knows no transport: called by the RabbitMQ consumer in
+the normal deployment, by the in-process dispatcher in the synchronous mode."""
+
+from __future__ import annotations
+
+from messaging.contracts import Event, OrderPaid, OrderRefunded
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from points import store
+
+
+def points_for(amount: int) -> int:
+    """One point per 100 minor units paid."""
+    return amount // 100
+
+
+async def grant_points(event: OrderPaid, session: AsyncSession) -> None:
+    await store.add_entry(
+        session,
+        customer_id=event.data.customer_id,
+        order_id=str(event.order_id),
+        event_id=str(event.event_id),
+        delta=points_for(event.data.amount),
+        reason="order paid",
+        at=event.occurred_at,
+    )
+
+
+async def revoke_points(event: OrderRefunded, session: AsyncSession) -> None:
+    """Take back exactly what the order was granted, so a balance never goes below zero."""
+    granted = await store.order_total(session, str(event.order_id))
+    await store.add_entry(
+        session,
+        customer_id=event.data.customer_id,
+        order_id=str(event.order_id),
+        event_id=str(event.event_id),
+        delta=-granted,
+        reason="order refunded",
+        at=event.occurred_at,
+    )
+
+
+async def handle(event: Event, session: AsyncSession) -> None:
+    match event:
+        case OrderPaid():
+            await grant_points(event, session)
+        case OrderRefunded():
+            await revoke_points(event, session)
