@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from messaging.contracts import Event, utcnow
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit import store
+from messaging.contracts import Event, utcnow
 
 
 async def record_event(event: Event, session: AsyncSession) -> None:

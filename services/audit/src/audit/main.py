@@ -1,14 +1,14 @@
 """Composition root of audit: settings -> consumer app (engine, inbox, consumer, API) -> server."""
 
 from fastapi import FastAPI
+
+from audit import api, handlers, store
+from audit.settings import Settings
 from messaging import telemetry
 from messaging.app import consumer_app
 from messaging.logs import setup_logging
 from messaging.runtime import serve
 from messaging.settings import load_settings
-
-from audit import api, handlers, store
-from audit.settings import Settings
 
 SERVICE = "audit"
 

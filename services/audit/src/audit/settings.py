@@ -1,5 +1,6 @@
-from messaging.settings import ConsumerSettings
 from pydantic import Field
+
+from messaging.settings import ConsumerSettings
 
 
 class Settings(ConsumerSettings):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from messaging.db import UtcDateTime
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from messaging.db import UtcDateTime
 
 metadata = MetaData()
 

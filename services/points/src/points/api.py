@@ -2,10 +2,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from messaging.contracts import CUSTOMER_ID_PATTERN
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from messaging.contracts import CUSTOMER_ID_PATTERN
 from points import store
 
 

@@ -3,9 +3,9 @@ the normal deployment, by the in-process dispatcher in the synchronous mode."""
 
 from __future__ import annotations
 
-from messaging.contracts import Event, OrderPaid, OrderRefunded
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from messaging.contracts import Event, OrderPaid, OrderRefunded
 from points import store
 
 

@@ -1,12 +1,12 @@
 """Composition root of points: settings -> consumer app (engine, inbox, consumer, API) -> server."""
 
 from fastapi import FastAPI
+
 from messaging import telemetry
 from messaging.app import consumer_app
 from messaging.logs import setup_logging
 from messaging.runtime import serve
 from messaging.settings import load_settings
-
 from points import api, handlers, store
 from points.settings import Settings
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from messaging.db import UtcDateTime
 from sqlalchemy import (
     Column,
     Integer,
@@ -16,6 +15,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from messaging.db import UtcDateTime
 
 metadata = MetaData()
 

@@ -1,0 +1,3 @@
+from mailer.main import main
+
+main()

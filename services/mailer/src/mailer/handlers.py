@@ -1,0 +1,65 @@
+"""What mailer does with an event: one mail per event, remembered so a redelivery sends nothing.
+
+The SMTP server takes the mail before our transaction commits. If the process dies in
+that gap the event is redelivered and the mail goes out again, with the same Message-ID
+(derived from the event id), so mail clients can fold the two. README: "Mail".
+"""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailer import store
+from messaging.contracts import Event, OrderPaid, OrderRefunded, utcnow
+
+CORRELATION_HEADER = "X-Correlation-ID"
+
+
+class MailSender(Protocol):
+    async def send(self, message: EmailMessage) -> None: ...
+
+
+def message_id_for(event: Event) -> str:
+    return f"<{event.event_id}@mini-ec>"
+
+
+def compose(event: Event, mail_from: str) -> EmailMessage:
+    amount = f"{event.data.amount} {event.data.currency} (minor units)"
+    match event:
+        case OrderPaid():
+            subject = "Thank you for your order"
+            body = (f"Hello {event.data.customer_id},\n\nwe received your payment of {amount} "
+                    f"for order {event.order_id}.\n\nThank you for shopping with Mini EC.\n")
+        case OrderRefunded():
+            subject = "Your refund"
+            body = (f"Hello {event.data.customer_id},\n\nyour payment of {amount} for order "
+                    f"{event.order_id} has been refunded.\n")
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = event.data.email
+    message["Subject"] = subject
+    message["Date"] = formatdate(event.occurred_at.timestamp(), usegmt=True)
+    message["Message-ID"] = message_id_for(event)
+    message[CORRELATION_HEADER] = event.correlation_id
+    message.set_content(body)
+    return message
+
+
+async def send_mail(
+    event: Event, session: AsyncSession, *, sender: MailSender, mail_from: str
+) -> None:
+    message = compose(event, mail_from)
+    await sender.send(message)
+    await store.record_sent(
+        session,
+        event_id=str(event.event_id),
+        order_id=str(event.order_id),
+        to=event.data.email,
+        subject=message["Subject"],
+        message_id=message["Message-ID"],
+        sent_at=utcnow(),
+    )
