@@ -100,13 +100,15 @@ def envelope(seq: int) -> tuple[str, bytes]:
 # --------------------------------------------------------------------------------------------
 
 
-def _consumer_main(url: str, queue_name: str, prefetch: int, counter: Any, ready: Any,
-                   stop: Any, results: Any) -> None:
+def _consumer_main(
+    url: str, queue_name: str, prefetch: int, counter: Any, ready: Any, stop: Any, results: Any
+) -> None:
     asyncio.run(_consume(url, queue_name, prefetch, counter, ready, stop, results))
 
 
-async def _consume(url: str, queue_name: str, prefetch: int, counter: Any, ready: Any,
-                   stop: Any, results: Any) -> None:
+async def _consume(
+    url: str, queue_name: str, prefetch: int, counter: Any, ready: Any, stop: Any, results: Any
+) -> None:
     import aio_pika
 
     latencies: list[float] = []
@@ -121,14 +123,14 @@ async def _consume(url: str, queue_name: str, prefetch: int, counter: Any, ready
             nonlocal errors
             try:
                 json.loads(message.body)
-                sent = (message.headers or {}).get("x-bench-sent")
+                sent = (message.headers or {}).get("x-bench-sent-ns")
                 await message.ack()
             except Exception:  # noqa: BLE001 - a bench must not die on one message
                 errors += 1
                 await message.nack(requeue=False)
                 return
-            if isinstance(sent, float):
-                latencies.append((time.time() - sent) * 1000.0)
+            if isinstance(sent, int):
+                latencies.append((time.time_ns() - sent) / 1e6)
             counter.value += 1
 
         tag = await queue.consume(on_message, no_ack=False)
@@ -139,25 +141,46 @@ async def _consume(url: str, queue_name: str, prefetch: int, counter: Any, ready
         await queue.cancel(tag)
     finally:
         await connection.close()
-    results.put({
-        "role": queue_name,
-        "consumed": counter.value,
-        "errors": errors,
-        "latency_ms": summarize(latencies),
-        "latency_samples_ms": downsample_sorted(latencies, 2000),
-    })
+    results.put(
+        {
+            "role": queue_name,
+            "consumed": counter.value,
+            "errors": errors,
+            "latency_ms": summarize(latencies),
+            "latency_samples_ms": downsample_sorted(latencies, 2000),
+        }
+    )
 
 
-def _publisher_main(url: str, cfg: CeilingConfig, counters: list[Any], confirmed: Any,
-                    ready: Any, go: Any, stop_publishing: Any, done: Any, stop: Any,
-                    results: Any) -> None:
-    asyncio.run(_publish(url, cfg, counters, confirmed, ready, go, stop_publishing, done, stop,
-                         results))
+def _publisher_main(
+    url: str,
+    cfg: CeilingConfig,
+    counters: list[Any],
+    confirmed: Any,
+    ready: Any,
+    go: Any,
+    stop_publishing: Any,
+    done: Any,
+    stop: Any,
+    results: Any,
+) -> None:
+    asyncio.run(
+        _publish(url, cfg, counters, confirmed, ready, go, stop_publishing, done, stop, results)
+    )
 
 
-async def _publish(url: str, cfg: CeilingConfig, counters: list[Any], confirmed: Any,
-                   ready: Any, go: Any, stop_publishing: Any, done: Any, stop: Any,
-                   results: Any) -> None:
+async def _publish(
+    url: str,
+    cfg: CeilingConfig,
+    counters: list[Any],
+    confirmed: Any,
+    ready: Any,
+    go: Any,
+    stop_publishing: Any,
+    done: Any,
+    stop: Any,
+    results: Any,
+) -> None:
     import aio_pika
 
     loop = asyncio.get_running_loop()
@@ -187,7 +210,8 @@ async def _publish(url: str, cfg: CeilingConfig, counters: list[Any], confirmed:
                 headers={
                     "traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
                     "x-retry-attempt": 0,
-                    "x-bench-sent": time.time(),
+                    # int ns: pamqp encodes a Python float as a 32-bit float (±2 min at epoch)
+                    "x-bench-sent-ns": time.time_ns(),
                 },
             )
             try:
@@ -220,14 +244,16 @@ async def _publish(url: str, cfg: CeilingConfig, counters: list[Any], confirmed:
             pass
     finally:
         await connection.close()
-    results.put({
-        "role": "publisher",
-        "published": published,
-        "confirmed": confirmed.value,
-        "failed": len(failures),
-        "failure_samples": [f for f in failures if f][:10],
-        "backlog_waits": backlog_waits,
-    })
+    results.put(
+        {
+            "role": "publisher",
+            "published": published,
+            "confirmed": confirmed.value,
+            "failed": len(failures),
+            "failure_samples": [f for f in failures if f][:10],
+            "backlog_waits": backlog_waits,
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,11 +267,13 @@ async def _declare(url: str) -> None:
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
-        exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC,
-                                                  durable=True)
+        exchange = await channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
         for name, key in QUEUES.items():
             queue = await channel.declare_queue(
-                name, durable=True,
+                name,
+                durable=True,
                 arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT},
             )
             await queue.bind(exchange, key)
@@ -277,13 +305,29 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
             for q in QUEUES:
                 readies[q] = ctx.Event()
                 procs[q] = ctx.Process(
-                    target=_consumer_main, name=f"ceiling-{q}", daemon=True,
-                    args=(url, q, cfg.prefetch, counters[q], readies[q], stop, results))
+                    target=_consumer_main,
+                    name=f"ceiling-{q}",
+                    daemon=True,
+                    args=(url, q, cfg.prefetch, counters[q], readies[q], stop, results),
+                )
             readies["publisher"] = ctx.Event()
             procs["publisher"] = ctx.Process(
-                target=_publisher_main, name="ceiling-publisher", daemon=True,
-                args=(url, cfg, list(counters.values()), confirmed, readies["publisher"], go,
-                      stop_publishing, publisher_done, stop, results))
+                target=_publisher_main,
+                name="ceiling-publisher",
+                daemon=True,
+                args=(
+                    url,
+                    cfg,
+                    list(counters.values()),
+                    confirmed,
+                    readies["publisher"],
+                    go,
+                    stop_publishing,
+                    publisher_done,
+                    stop,
+                    results,
+                ),
+            )
             for p in procs.values():
                 p.start()
             for name, ev in readies.items():
@@ -297,8 +341,13 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
             samples: list[tuple[float, int, int, list[int]]] = []
             t0 = time.monotonic()
             go.set()
-            bar = tqdm(total=round(cfg.duration), desc="ceiling", unit="s",
-                       disable=not progress, leave=False)
+            bar = tqdm(
+                total=round(cfg.duration),
+                desc="ceiling",
+                unit="s",
+                disable=not progress,
+                leave=False,
+            )
             last_monitor = 0.0
             shown = 0
             while True:
@@ -321,11 +370,17 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
             publish_end = time.monotonic() - t0
             bar.close()
 
-            wait_until(publisher_done.is_set, cfg.drain_timeout,
-                       what="the publisher's outstanding confirms")
+            wait_until(
+                publisher_done.is_set,
+                cfg.drain_timeout,
+                what="the publisher's outstanding confirms",
+            )
             final = confirmed.value
-            wait_until(lambda: all(counters[q].value >= final for q in QUEUES),
-                       cfg.drain_timeout, what="the consumers to drain the queues")
+            wait_until(
+                lambda: all(counters[q].value >= final for q in QUEUES),
+                cfg.drain_timeout,
+                what="the consumers to drain the queues",
+            )
             drained_at = time.monotonic() - t0
             per_queue = [counters[q].value for q in QUEUES]
             samples.append((drained_at, confirmed.value, min(per_queue), per_queue))
@@ -357,8 +412,12 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
         "rate": rate,
         "rate_incl_drain": total_rate,
         "unit": "messages/s consumed and acked by all three consumers",
-        "config": {**cfg.__dict__, "warmup_s": cfg.warmup_s, "queues": QUEUES,
-                   "body_bytes": len(envelope(0)[1])},
+        "config": {
+            **cfg.__dict__,
+            "warmup_s": cfg.warmup_s,
+            "queues": QUEUES,
+            "body_bytes": len(envelope(0)[1]),
+        },
         "publish_window_s": round(publish_end, 3),
         "drained_after_s": round(drained_at, 3),
         "publisher": publisher,
@@ -371,5 +430,11 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
 
 def scenario(ctx: Any) -> dict[str, Any]:
     """Scenario entry point for ``bench.run`` (``ctx`` is a ``bench.run.BenchContext``)."""
-    cfg = CeilingConfig(duration=ctx.ceiling_duration)
+    knobs = {
+        "window": ctx.options.get("ceiling_window"),
+        "prefetch": ctx.options.get("ceiling_prefetch"),
+    }
+    cfg = CeilingConfig(
+        duration=ctx.ceiling_duration, **{k: v for k, v in knobs.items() if v is not None}
+    )
     return run_ceiling(ctx.broker, cfg, progress=ctx.progress)

@@ -61,8 +61,15 @@ def summarize(values: Iterable[float]) -> dict[str, float | int | None]:
     """count, mean, p50, p95, p99, max (and min) of a sample; ``None`` fields when empty."""
     data = sorted(values)
     if not data:
-        return {"count": 0, "mean": None, "min": None, "p50": None, "p95": None, "p99": None,
-                "max": None}
+        return {
+            "count": 0,
+            "mean": None,
+            "min": None,
+            "p50": None,
+            "p95": None,
+            "p99": None,
+            "max": None,
+        }
     return {
         "count": len(data),
         "mean": sum(data) / len(data),
@@ -221,7 +228,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 
 def lookup(results: Mapping[str, Any], path: str) -> Any:
-    """``lookup(r, "fixed_rate.post_ms.p99")`` → ``r["fixed_rate"]["post_ms"]["p99"]``; None if absent."""
+    """``lookup(r, "a.b.c")`` → ``r["a"]["b"]["c"]``, or None when any part is absent."""
     node: Any = results
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -298,7 +305,12 @@ def _fmt(value: Any, unit: str = "") -> str:
     if isinstance(value, float):
         if unit == "%":
             return f"{value * 100:.1f} %"
-        text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        if abs(value) >= 100:
+            text = f"{value:,.0f}"
+        elif abs(value) >= 10:
+            text = f"{value:.1f}"
+        else:
+            text = f"{value:.3g}"
     else:
         text = str(value)
     return f"{text} {unit}".rstrip()
@@ -306,7 +318,7 @@ def _fmt(value: Any, unit: str = "") -> str:
 
 def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*header), "  ".join("-" * w for w in widths)]
     out += [line.format(*row) for row in rows]
     return out
@@ -339,8 +351,9 @@ def format_table(
         rows = []
         for t in targets:
             shown = {"met": "met", "missed": "MISSED", "not run": "not run"}[t.status]
-            rows.append([t.name, _fmt(t.value, t.unit), f"{t.op} {_fmt(t.threshold, t.unit)}",
-                         shown])
+            rows.append(
+                [t.name, _fmt(t.value, t.unit), f"{t.op} {_fmt(t.threshold, t.unit)}", shown]
+            )
         lines += _grid(["target", "measured", "wanted", "result"], rows)
     return "\n".join(lines)
 
@@ -372,15 +385,18 @@ class Broker:
     password: str = "guest"
 
     def amqp_url(self, vhost: str = "/") -> str:
-        return (f"amqp://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-                f"@{self.amqp_host}:{self.amqp_port}/{quote(vhost, safe='')}")
+        return (
+            f"amqp://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"@{self.amqp_host}:{self.amqp_port}/{quote(vhost, safe='')}"
+        )
 
     def version(self) -> str | None:
         import httpx
 
         try:
-            r = httpx.get(f"{self.mgmt_url}/api/overview", auth=(self.user, self.password),
-                          timeout=5)
+            r = httpx.get(
+                f"{self.mgmt_url}/api/overview", auth=(self.user, self.password), timeout=5
+            )
             r.raise_for_status()
             return r.json().get("rabbitmq_version")
         except httpx.HTTPError:
@@ -394,8 +410,9 @@ def throwaway_vhost(broker: Broker, prefix: str = "bench") -> Iterator[str]:
 
     name = f"{prefix}-{secrets.token_hex(4)}"
     quoted = quote(name, safe="")
-    with httpx.Client(base_url=broker.mgmt_url, auth=(broker.user, broker.password),
-                      timeout=15) as client:
+    with httpx.Client(
+        base_url=broker.mgmt_url, auth=(broker.user, broker.password), timeout=15
+    ) as client:
         client.put(f"/api/vhosts/{quoted}").raise_for_status()
         try:
             client.put(
@@ -438,10 +455,13 @@ class ProcessStats:
         return self.peak_rss_bytes / 1e6
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "cpu_s": round(self.cpu_s, 3),
-                "cpu_user_s": round(self.cpu_user_s, 3),
-                "cpu_system_s": round(self.cpu_system_s, 3),
-                "peak_rss_mb": round(self.peak_rss_mb, 1)}
+        return {
+            "pid": self.pid,
+            "cpu_s": round(self.cpu_s, 3),
+            "cpu_user_s": round(self.cpu_user_s, 3),
+            "cpu_system_s": round(self.cpu_system_s, 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+        }
 
 
 class ProcessMonitor:
@@ -498,8 +518,10 @@ def find_broker_pid() -> int | None:
 
     for proc in psutil.process_iter(["name", "cmdline"]):
         try:
-            if proc.info["name"] and proc.info["name"].startswith("beam") and any(
-                "rabbit" in part for part in (proc.info["cmdline"] or [])
+            if (
+                proc.info["name"]
+                and proc.info["name"].startswith("beam")
+                and any("rabbit" in part for part in (proc.info["cmdline"] or []))
             ):
                 return proc.pid
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -511,12 +533,11 @@ def machine_info() -> dict[str, Any]:
     import psutil
 
     model = None
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
@@ -530,8 +551,14 @@ def git_commit(repo: Path) -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
-                             capture_output=True, text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -581,8 +608,12 @@ def plot_results(
         if not data:
             continue
         n = len(data)
-        ax_lat.step(data, [(i + 1) / n for i in range(n)], where="post",
-                    label=f"{label} (p99 {percentile(data, 99):.1f} ms)")
+        ax_lat.step(
+            data,
+            [(i + 1) / n for i in range(n)],
+            where="post",
+            label=f"{label} (p99 {percentile(data, 99):.1f} ms)",
+        )
         drawn = True
     ax_lat.set_title("latency distribution (CDF)")
     ax_lat.set_xlabel("latency (ms, log)")
@@ -591,8 +622,9 @@ def plot_results(
         ax_lat.set_xscale("log")
         ax_lat.legend(fontsize="small")
     else:
-        ax_lat.text(0.5, 0.5, "no latency samples", ha="center", va="center",
-                    transform=ax_lat.transAxes)
+        ax_lat.text(
+            0.5, 0.5, "no latency samples", ha="center", va="center", transform=ax_lat.transAxes
+        )
     ax_lat.grid(True, which="both", alpha=0.3)
 
     for label, points in throughput.items():

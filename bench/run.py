@@ -77,20 +77,37 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
 }
 
 TARGETS: list[Target] = [
-    Target("pipeline saturation ≥ 50 % of ceiling", "saturation.rate", ">=", 0.5, "%",
-           relative_to="ceiling.rate"),
+    Target(
+        "pipeline saturation ≥ 50 % of ceiling",
+        "saturation.rate",
+        ">=",
+        0.5,
+        "%",
+        relative_to="ceiling.rate",
+    ),
     Target("200/s: POST p99 < 50 ms", "fixed_rate.latency_ms.post.p99", "<", 50, "ms"),
     Target("200/s: end-to-end p99 < 500 ms", "fixed_rate.latency_ms.e2e.p99", "<", 500, "ms"),
     *[
-        Target(f"{svc}: peak RSS < 150 MB", f"service_resources.resources.{svc}.peak_rss_mb",
-               "<", 150, "MB")
+        Target(
+            f"{svc}: peak RSS < 150 MB",
+            f"service_resources.resources.{svc}.peak_rss_mb",
+            "<",
+            150,
+            "MB",
+        )
         for svc in SERVICES
     ],
-    Target("slow mail, async: POST p50 within 20 % of normal",
-           "slow_mail.latency_ms.async_post.p50", "<=", 1.2, "x",
-           relative_to="slow_mail.latency_ms.async_post_normal.p50"),
-    Target("slow mail, sync: POST p50 ≥ 200 ms", "slow_mail.latency_ms.sync_post.p50", ">=",
-           200, "ms"),
+    Target(
+        "slow mail, async: POST p50 within 20 % of normal",
+        "slow_mail.latency_ms.async_post.p50",
+        "<=",
+        1.2,
+        "x",
+        relative_to="slow_mail.latency_ms.async_post_normal.p50",
+    ),
+    Target(
+        "slow mail, sync: POST p50 ≥ 200 ms", "slow_mail.latency_ms.sync_post.p50", ">=", 200, "ms"
+    ),
 ]
 
 
@@ -108,8 +125,9 @@ def postprocess(results: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
         samples = res.pop("latency_samples_ms", None) or {}
         if samples:
             res["latency_ms"] = {label: summarize(v) for label, v in samples.items()}
-            res["latency_samples_ms"] = {label: downsample_sorted(v, 2000)
-                                         for label, v in samples.items()}
+            res["latency_samples_ms"] = {
+                label: downsample_sorted(v, 2000) for label, v in samples.items()
+            }
             for label, v in samples.items():
                 plot_lat[f"{name}: {label}"] = list(v)
         if res.get("timeseries"):
@@ -131,12 +149,32 @@ def build_table(results: dict[str, dict[str, Any]], targets: list[Target]) -> tu
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    p.add_argument("--only", default=",".join(SCENARIOS),
-                   help=f"comma-separated scenarios (default: all of {', '.join(SCENARIOS)})")
-    p.add_argument("--duration", type=float, default=None,
-                   help="seconds per timed scenario (ceiling default 20)")
-    p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite",
-                   help="database for the services (pipeline scenarios)")
+    p.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios (default: all of {', '.join(SCENARIOS)})",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds per timed scenario (ceiling default 20)",
+    )
+    p.add_argument(
+        "--db",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="database for the services (pipeline scenarios)",
+    )
+    p.add_argument(
+        "--ceiling-window",
+        type=int,
+        default=None,
+        help="ceiling: publishes awaiting their confirm at once",
+    )
+    p.add_argument(
+        "--ceiling-prefetch", type=int, default=None, help="ceiling: prefetch per consumer"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -145,13 +183,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _shown(path: Path) -> Path:
+    path = path.resolve()
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
-        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}",
-              file=sys.stderr)
+        print(
+            f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
         return 2
     broker = Broker(amqp_port=args.amqp_port, mgmt_url=args.mgmt_url)
     version = broker.version()
@@ -167,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration or 30.0,
         ceiling_duration=args.duration or 20.0,
         progress=not args.no_progress,
-        options={"db": args.db},
+        options={
+            "db": args.db,
+            "ceiling_window": args.ceiling_window,
+            "ceiling_prefetch": args.ceiling_prefetch,
+        },
     )
     started = time.time()
     stem = results_stem(started)
@@ -201,15 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     json_path = write_results(report, stem, args.results_dir)
     png_path = None
     if not args.no_plot and (plot_lat or plot_tp):
-        png_path = plot_results(plot_lat, plot_tp, args.results_dir / f"{stem}.png",
-                                title=f"Mini EC benchmark {report['started_at']} "
-                                      f"({report['machine']['cpus']} CPUs, RabbitMQ {version})")
+        png_path = plot_results(
+            plot_lat,
+            plot_tp,
+            args.results_dir / f"{stem}.png",
+            title=f"Mini EC benchmark {report['started_at']} "
+            f"({report['machine']['cpus']} CPUs, RabbitMQ {version})",
+        )
     print()
     print(table)
     print()
     for name, err in errors.items():
         print(f"scenario {name} FAILED: {err}")
-    print(f"results: {json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}")
+    print(f"results: {_shown(json_path)}")
     if png_path is not None:
-        print(f"plot:    {png_path.relative_to(REPO) if png_path.is_relative_to(REPO) else png_path}")
+        print(f"plot:    {_shown(png_path)}")
     return 1 if errors else 0
