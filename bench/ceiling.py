@@ -34,11 +34,9 @@ from typing import Any
 from bench.harness import (
     Broker,
     ProcessMonitor,
-    downsample_sorted,
     find_broker_pid,
     rate_series,
     steady_rate,
-    summarize,
     throwaway_vhost,
     wait_until,
 )
@@ -141,13 +139,13 @@ async def _consume(
         await queue.cancel(tag)
     finally:
         await connection.close()
+    # every sample: the runner summarises (exact percentiles) and thins them for the JSON
     results.put(
         {
             "role": queue_name,
             "consumed": counter.value,
             "errors": errors,
-            "latency_ms": summarize(latencies),
-            "latency_samples_ms": downsample_sorted(latencies, 2000),
+            "latency_samples_ms": latencies,
         }
     )
 

@@ -329,10 +329,12 @@ def format_table(
     ceiling_rate: float | None,
     resources: Sequence[tuple[str, float | None, float | None]] = (),
     targets: Sequence[TargetResult] = (),
+    latencies: Sequence[tuple[str, Mapping[str, Any]]] = (),
 ) -> str:
     """The report: throughput rows with their ratio to the ceiling, CPU/RSS, then targets.
 
-    ``rates``: (label, msgs/s); ``resources``: (process, cpu seconds, peak RSS MB).
+    ``rates``: (label, msgs/s); ``resources``: (process, cpu seconds, peak RSS MB);
+    ``latencies``: (label, ``summarize()`` result).
     Every target is shown: met, MISSED, or not run — a miss is never hidden.
     """
     lines: list[str] = []
@@ -342,6 +344,14 @@ def format_table(
             ratio = ratio_to_ceiling(rate, ceiling_rate)
             rows.append([label, _fmt(rate, "msg/s"), _fmt(ratio, "%")])
         lines += _grid(["throughput", "sustained", "of ceiling"], rows)
+    if latencies:
+        lines.append("")
+        rows = [
+            [label, str(s.get("count", 0))]
+            + [_fmt(s.get(k), "ms") for k in ("p50", "p95", "p99", "max")]
+            for label, s in latencies
+        ]
+        lines += _grid(["latency", "n", "p50", "p95", "p99", "max"], rows)
     if resources:
         lines.append("")
         rows = [[name, _fmt(cpu, "s"), _fmt(rss, "MB")] for name, cpu, rss in resources]
@@ -444,11 +454,14 @@ class ProcessStats:
     cpu_system_s: float = 0.0
     peak_rss_bytes: int = 0
     # CPU already used when monitoring started (e.g. the broker's uptime); subtracted.
-    cpu_base_s: float = 0.0
+    cpu_base_user_s: float = 0.0
+    cpu_base_system_s: float = 0.0
 
     @property
     def cpu_s(self) -> float:
-        return self.cpu_user_s + self.cpu_system_s - self.cpu_base_s
+        return (self.cpu_user_s - self.cpu_base_user_s) + (
+            self.cpu_system_s - self.cpu_base_system_s
+        )
 
     @property
     def peak_rss_mb(self) -> float:
@@ -458,8 +471,8 @@ class ProcessStats:
         return {
             "pid": self.pid,
             "cpu_s": round(self.cpu_s, 3),
-            "cpu_user_s": round(self.cpu_user_s, 3),
-            "cpu_system_s": round(self.cpu_system_s, 3),
+            "cpu_user_s": round(self.cpu_user_s - self.cpu_base_user_s, 3),
+            "cpu_system_s": round(self.cpu_system_s - self.cpu_base_system_s, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
         }
 
@@ -485,7 +498,8 @@ class ProcessMonitor:
         if since_now:
             # a long-running process: count only from now on, and its RSS from now on
             t = proc.cpu_times()
-            stats.cpu_base_s = t.user + t.system
+            stats.cpu_base_user_s = t.user + t.children_user
+            stats.cpu_base_system_s = t.system + t.children_system
             stats.peak_rss_bytes = proc.memory_info().rss
             self._procs[name] = (proc, False)
         else:
@@ -544,6 +558,8 @@ def machine_info() -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        # other work on the machine skews every figure: recorded so a noisy run shows
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
     }
 
 

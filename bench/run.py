@@ -143,8 +143,14 @@ def build_table(results: dict[str, dict[str, Any]], targets: list[Target]) -> tu
         for name, res in results.items()
         for proc, stats in (res.get("resources") or {}).items()
     ]
+    latencies = [
+        (f"{name}: {label}", summary)
+        for name, res in results.items()
+        for label, summary in (res.get("latency_ms") or {}).items()
+    ]
     evaluated = evaluate_targets(targets, results)
-    return format_table(rates, ceiling_rate, resources, evaluated), evaluated
+    table = format_table(rates, ceiling_rate, resources, evaluated, latencies)
+    return table, evaluated
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -259,3 +259,5 @@ def test_table_shows_misses_ratios_and_not_run():
     assert next(line for line in lines if line.startswith("post ")).rstrip().endswith("met")
     assert next(line for line in lines if line.startswith("rss ")).rstrip().endswith("not run")
     assert "80.0 MB" in table
+    lat_row = next(line for line in lines if line.startswith("fixed_rate: post"))
+    assert lat_row.split()[2:5] == ["3", "2", "ms"]  # n, p50
