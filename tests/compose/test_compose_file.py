@@ -1,0 +1,171 @@
+"""docker-compose.yml, checked without Docker: schema, healthchecks, pinned images, loopback-only
+ports, scalable consumers, and every environment variable against what the service reads."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT.parent / "shared" / "compose-spec.json"
+APP_SERVICES = ("payment", "points", "mailer", "audit")
+CONSUMERS = ("points", "mailer", "audit")
+CONTRACT_PORTS = {"payment": "8000", "points": "8001", "mailer": "8002", "audit": "8003"}
+# Read by the OpenTelemetry SDK itself, not by the service's Settings.
+SDK_VARIABLES = re.compile(r"^OTEL_\w+$")
+
+
+def _one_shot(compose: dict) -> set[str]:
+    """Services others wait for to *finish* (service_completed_successfully)."""
+    return {
+        name
+        for service in compose["services"].values()
+        for name, dep in (service.get("depends_on") or {}).items()
+        if isinstance(dep, dict) and dep.get("condition") == "service_completed_successfully"
+    }
+
+
+def _environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def _validator() -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(json.loads(SCHEMA.read_text(encoding="utf-8")))
+
+
+def test_validates_against_the_compose_specification(compose):
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in _validator().iter_errors(compose)]
+    assert errors == []
+
+
+def test_the_schema_check_can_fail(compose):
+    broken = {**compose, "services": {**compose["services"], "audit": {"image": 3, "portz": []}}}
+    assert list(_validator().iter_errors(broken))
+
+
+def test_the_stack_has_the_designed_services(compose):
+    services = set(compose["services"])
+    assert {"rabbitmq", "postgres", "jaeger", "mailpit", *APP_SERVICES} <= services
+    assert {"rabbitmq-2", "rabbitmq-3"} <= services
+
+
+def test_every_long_running_service_has_a_healthcheck(compose):
+    one_shot = _one_shot(compose)
+    assert one_shot == {"rabbitmq-definitions"}
+    for name, service in compose["services"].items():
+        if name in one_shot:
+            assert service.get("restart") == "no", name
+            continue
+        check = service.get("healthcheck")
+        assert check and not check.get("disable") and check.get("test"), f"{name}: no healthcheck"
+
+
+def test_images_are_pinned_to_a_version(compose):
+    for name, service in compose["services"].items():
+        if "build" in service and "image" not in service:
+            continue
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and "/" not in tag, f"{name}: {image} has no tag"
+        assert tag != "latest" and re.search(r"\d+\.\d+", tag), f"{name}: {image} is not pinned"
+
+
+def test_python_image_is_the_same_everywhere(compose):
+    images = {compose["services"]["rabbitmq-definitions"]["image"]}
+    for service in APP_SERVICES:
+        dockerfile = (ROOT / "services" / service / "Dockerfile").read_text(encoding="utf-8")
+        images |= set(re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M))
+    assert len(images) == 1, images
+
+
+def test_every_published_port_is_bound_to_loopback(compose):
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
+            else:
+                assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_consumers_can_scale(compose):
+    for name in CONSUMERS:
+        service = compose["services"][name]
+        assert "container_name" not in service, name
+        assert "hostname" not in service, name
+        for port in service.get("ports", []):
+            _, host_port, container_port = str(port).split(":")
+            first, sep, last = host_port.partition("-")
+            assert sep and int(last) - int(first) >= 2, f"{name}: {port} is not a port range"
+            assert container_port == CONTRACT_PORTS[name]
+
+
+def test_app_services_wait_for_healthy_dependencies(compose):
+    for name in APP_SERVICES:
+        depends = compose["services"][name]["depends_on"]
+        assert {"rabbitmq", "postgres", "jaeger"} <= set(depends), name
+        assert all(dep["condition"] == "service_healthy" for dep in depends.values()), name
+    assert compose["services"]["mailer"]["depends_on"]["mailpit"]["condition"] == "service_healthy"
+
+
+def test_app_services_use_their_own_credentials_and_the_contract_ports(compose):
+    for name in APP_SERVICES:
+        env = _environment(compose["services"][name])
+        assert env["PORT"] == CONTRACT_PORTS[name]
+        assert env["RABBITMQ_URL"].startswith(f"amqp://{name}:"), name
+        assert env["RABBITMQ_URL"].endswith("@rabbitmq:5672/shop"), name
+        assert re.fullmatch(
+            rf"postgresql\+asyncpg://{name}:[^@]+@postgres:5432/{name}", env["DATABASE_URL"]
+        ), name
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+        assert env["OTEL_SERVICE_NAME"] == name
+    mailer = _environment(compose["services"]["mailer"])
+    assert (mailer["SMTP_HOST"], mailer["SMTP_PORT"]) == ("mailpit", "1025")
+
+
+def test_env_file_is_the_single_source(compose_tools, env_file):
+    """Every ${VAR} of the compose file is set in .env, and nothing in .env is unused."""
+    text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    used = compose_tools.variables_used(text)
+    assert used - set(env_file) == set()
+    assert set(env_file) - used == {"COMPOSE_PROJECT_NAME"}  # read by compose itself
+
+
+def test_a_missing_variable_is_caught(compose_tools, env_file):
+    """The check above can fail: without a password the compose file does not resolve."""
+    env = dict(env_file)
+    del env["RABBITMQ_POINTS_PASSWORD"]
+    with pytest.raises(KeyError, match="RABBITMQ_POINTS_PASSWORD"):
+        compose_tools.load_compose(env)
+
+
+def _dockerfile_env(service: str) -> set[str]:
+    """Variables the runtime stage of the Dockerfile sets for the service (ENV after last FROM)."""
+    text = (ROOT / "services" / service / "Dockerfile").read_text(encoding="utf-8")
+    runtime = text.rsplit("\nFROM ", 1)[1].replace("\\\n", " ")
+    names = set()
+    for line in runtime.splitlines():
+        if line.startswith("ENV "):
+            names |= set(re.findall(r"(\w+)=", line))
+    return names - {"PATH", "PYTHONUNBUFFERED"}
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_every_variable_given_is_a_setting_and_every_required_setting_is_given(compose, service):
+    settings = importlib.import_module(f"{service}.settings").Settings
+    fields = {name.upper(): field for name, field in settings.model_fields.items()}
+    given = set(_environment(compose["services"][service])) | _dockerfile_env(service)
+
+    unknown = {var for var in given if var not in fields and not SDK_VARIABLES.match(var)}
+    assert unknown == set(), f"{service} does not read {sorted(unknown)}"
+    missing = {var for var, field in fields.items() if field.is_required() and var not in given}
+    assert missing == set(), f"compose does not give {service} {sorted(missing)}"
