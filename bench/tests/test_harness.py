@@ -250,7 +250,11 @@ def test_table_shows_misses_ratios_and_not_run():
         RESULTS,
     )
     table = format_table(
-        [("ceiling", 1000.0), ("saturation", 400.0)], 1000.0, [("payment", 1.5, 80.0)], targets
+        [("ceiling", 1000.0), ("saturation", 400.0)],
+        1000.0,
+        [("payment", 1.5, 80.0)],
+        targets,
+        [("fixed_rate: post", summarize([1.0, 2.0, 3.0]))],
     )
     lines = table.splitlines()
     sat_row = next(line for line in lines if line.startswith("saturation"))
