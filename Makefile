@@ -19,7 +19,7 @@ $(UV):
 install: .venv/.synced ## create the workspace environment (.venv) from uv.lock
 
 run: install ## start the four services and a local SMTP sink (Ctrl-C stops all)
-	$(PY) -m messaging.devstack
+	$(PY) -m devstack
 
 test: install ## everything: unit, integration, end-to-end (needs the local RabbitMQ + PostgreSQL)
 	$(PY) -m pytest

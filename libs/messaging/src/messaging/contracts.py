@@ -14,16 +14,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, field_validator
+from pydantic_extra_types.currency_code import ISO4217
 
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-CURRENCY_PATTERN = r"^[A-Z]{3}$"
 MAX_AMOUNT = 10_000_000
 # A body larger than this is poison: no event of ours comes near it.
 MAX_BODY_BYTES = 64 * 1024
 
 CustomerId = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
 Amount = Annotated[int, Field(ge=1, le=MAX_AMOUNT, strict=True)]
-Currency = Annotated[str, Field(pattern=CURRENCY_PATTERN)]
+# An ISO 4217 code ("JPY"); "jpy" is accepted and normalised to upper case.
+Currency = ISO4217
 
 
 class PoisonMessage(ValueError):

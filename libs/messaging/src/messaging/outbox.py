@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -93,7 +94,7 @@ class OutboxRelay:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        connection: AbstractRobustConnection,
+        connect: Callable[[], Awaitable[AbstractRobustConnection]],
         *,
         service: str = "payment",
         batch_size: int = 200,
@@ -101,7 +102,7 @@ class OutboxRelay:
         max_backoff: float = 30.0,
     ):
         self._sessions = sessions
-        self._connection = connection
+        self._connect = connect
         self._service = service
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -163,7 +164,7 @@ class OutboxRelay:
 
     async def _exchange(self) -> aio_pika.abc.AbstractExchange:
         if self._channel is None or self._channel.is_closed:
-            self._channel = await open_confirm_channel(self._connection)
+            self._channel = await open_confirm_channel(await self._connect())
         return await declare_exchange(self._channel)
 
     async def _publish_row(self, exchange: aio_pika.abc.AbstractExchange, row) -> None:

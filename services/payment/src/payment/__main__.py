@@ -1,0 +1,3 @@
+from payment.main import main
+
+main()

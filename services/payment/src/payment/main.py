@@ -1,0 +1,61 @@
+"""Composition root of payment: settings -> engine -> payment service + outbox relay -> app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI
+
+from messaging import db, outbox, telemetry
+from messaging.http import install_common
+from messaging.logs import setup_logging
+from messaging.runtime import BrokerLink, serve
+from messaging.settings import load_settings
+from payment import api, store
+from payment.handlers import PaymentService
+from payment.settings import Settings
+
+SERVICE = "payment"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    engine = db.create_engine(settings.database_url)
+    sessions = db.session_factory(engine)
+    broker = BrokerLink(settings.rabbitmq_url, SERVICE)
+    relay = outbox.OutboxRelay(
+        sessions, broker.connection, service=SERVICE,
+        batch_size=settings.outbox_batch_size, poll_interval=settings.outbox_poll_seconds,
+    )
+
+    async def wake_relay(_events) -> None:  # type: ignore[no-untyped-def]
+        relay.notify()
+
+    payments = PaymentService(sessions, events_committed=wake_relay)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        telemetry.instrument_engine(engine)
+        await db.create_schema(engine, store.metadata, outbox.metadata)
+        # The relay waits for the broker by itself: payments are taken while it is down.
+        relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        yield
+        relay_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay_task
+        await broker.close()
+        await engine.dispose()
+
+    app = FastAPI(title="Mini EC payment", lifespan=lifespan)
+    app.include_router(api.router(payments))
+    install_common(app, SERVICE, {"database": partial(db.ping, engine), "broker": broker.check})
+    return app
+
+
+def main() -> None:
+    settings = load_settings(Settings, SERVICE)
+    setup_logging(SERVICE, settings.log_level)
+    telemetry.setup_tracing(SERVICE)
+    serve(create_app(settings), settings)

@@ -1,0 +1,89 @@
+"""Payments table and its queries. An Order goes in and comes out; SQL stays here."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from messaging.contracts import utcnow
+from messaging.db import UtcDateTime
+from payment.domain import Order, PaymentStatus
+
+metadata = MetaData()
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("payment_id", String(36), primary_key=True),
+    Column("order_id", String(36), nullable=False, unique=True),  # an order is paid once
+    Column("customer_id", String(64), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("amount", Integer, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("correlation_id", String(128), nullable=False),
+    Column("sequence", Integer, nullable=False),
+    Column("idempotency_key", String(255), nullable=True, unique=True),
+    # sha-256 of the request body the key was first used with.
+    Column("request_fingerprint", String(64), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+
+def _to_order(row) -> Order:  # type: ignore[no-untyped-def]
+    return Order(
+        order_id=uuid.UUID(row.order_id), payment_id=uuid.UUID(row.payment_id),
+        customer_id=row.customer_id, email=row.email, amount=row.amount, currency=row.currency,
+        status=PaymentStatus(row.status), correlation_id=row.correlation_id,
+        sequence=row.sequence,
+    )
+
+
+async def add(
+    session: AsyncSession, order: Order, *, idempotency_key: str | None,
+    request_fingerprint: str | None,
+) -> None:
+    now = utcnow()
+    await session.execute(
+        insert(payments).values(
+            payment_id=str(order.payment_id), order_id=str(order.order_id),
+            customer_id=order.customer_id, email=order.email, amount=order.amount,
+            currency=order.currency, status=order.status.value,
+            correlation_id=order.correlation_id, sequence=order.sequence,
+            idempotency_key=idempotency_key, request_fingerprint=request_fingerprint,
+            created_at=now, updated_at=now,
+        )
+    )
+
+
+async def save(session: AsyncSession, order: Order) -> None:
+    await session.execute(
+        update(payments)
+        .where(payments.c.payment_id == str(order.payment_id))
+        .values(status=order.status.value, sequence=order.sequence, updated_at=utcnow())
+    )
+
+
+async def get(session: AsyncSession, payment_id: uuid.UUID) -> Order | None:
+    row = (
+        await session.execute(select(payments).where(payments.c.payment_id == str(payment_id)))
+    ).first()
+    return _to_order(row) if row else None
+
+
+async def get_by_order(session: AsyncSession, order_id: uuid.UUID) -> Order | None:
+    row = (
+        await session.execute(select(payments).where(payments.c.order_id == str(order_id)))
+    ).first()
+    return _to_order(row) if row else None
+
+
+async def get_by_idempotency_key(session: AsyncSession, key: str) -> tuple[Order, str] | None:
+    """The payment first made with `key`, and the fingerprint of that first request."""
+    row = (
+        await session.execute(select(payments).where(payments.c.idempotency_key == key))
+    ).first()
+    return (_to_order(row), row.request_fingerprint) if row else None

@@ -1,0 +1,75 @@
+"""`make run`: the four services and a local SMTP sink on this machine; Ctrl-C stops them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from devstack import smtp_sink
+from devstack.stack import SERVICES, Stack
+
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672/"
+
+
+def broker_reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", parts.port or 5672), 2):
+            return True
+    except OSError:
+        return False
+
+
+def main() -> int:
+    rabbitmq_url = os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
+    if not broker_reachable(rabbitmq_url):
+        host = urlsplit(rabbitmq_url).netloc.rpartition("@")[2]
+        print(f"make run: RabbitMQ is not reachable at {host}; start one with "
+              "`sudo rabbitmq-server -detached` (or `docker compose up -d rabbitmq`) and retry.",
+              file=sys.stderr)
+        return 1
+    smtp_port = int(os.environ.get("SMTP_PORT", "1025"))
+    mail_dir = Path("var/mail")
+    controller, _ = smtp_sink.start(mail_dir, port=smtp_port)
+    stack = Stack(
+        rabbitmq_url=rabbitmq_url,
+        database_urls={s: os.environ.get(f"{s.upper()}_DATABASE_URL",
+                                         f"sqlite+aiosqlite:///var/{s}.db") for s in SERVICES},
+        smtp_port=smtp_port,
+    )
+    stopping = False
+
+    def _stop(*_args: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        stack.start()
+        stack.wait_ready(timeout=30)
+        print("\nMini EC is running:")
+        for name in SERVICES:
+            print(f"  {name:<8} {stack.url(name)}")
+        print(f"  mail     smtp://127.0.0.1:{smtp_port} -> {mail_dir}/*.eml")
+        print("Ctrl-C stops everything.\n", flush=True)
+        while not stopping:
+            for name in SERVICES:
+                proc = stack.services[name].process
+                if proc is not None and proc.poll() is not None:
+                    print(f"make run: {name} exited ({proc.returncode}); stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        stack.stop()
+        controller.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

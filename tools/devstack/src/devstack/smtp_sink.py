@@ -1,0 +1,85 @@
+"""A local SMTP server that keeps every mail it receives as an .eml file (like Mailpit, offline).
+
+    python -m devstack.smtp_sink --port 1025 --dir var/mail
+
+It can also refuse service for a while (`--fail-for`, or `fail_until` when embedded), which
+is how the tests play a mail server that is down, and it can be slow (`--delay`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email
+import email.policy
+import time
+import uuid
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+
+class SaveToDirectory:
+    """aiosmtpd handler: one file per accepted mail, named after its Message-ID."""
+
+    def __init__(self, directory: Path, delay_seconds: float = 0.0):
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.delay_seconds = delay_seconds
+        self.fail_until = 0.0  # time.monotonic() before which mails are refused with 451
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd API)
+        if time.monotonic() < self.fail_until:
+            return "451 4.3.0 mail server temporarily unavailable (test fault)"
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)  # the behaviour under test: a slow server
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        name = (message.get("Message-ID") or f"<{uuid.uuid4()}>").strip("<>").replace("/", "_")
+        target = self.directory / f"{name}.eml"
+        # Same Message-ID twice (a resend): keep both, numbered, so duplicates stay visible.
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.directory / f"{name}.{n}.eml"
+        target.write_bytes(envelope.content)
+        return "250 OK"
+
+
+def mails_in(directory: Path) -> list[email.message.EmailMessage]:
+    return [
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+        for p in sorted(directory.glob("*.eml"))
+    ]
+
+
+def start(directory: Path, host: str = "127.0.0.1", port: int = 1025,
+          delay_seconds: float = 0.0) -> tuple[Controller, SaveToDirectory]:
+    handler = SaveToDirectory(directory, delay_seconds)
+    controller = Controller(handler, hostname=host, port=port)
+    controller.start()
+    return controller, handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1025)
+    parser.add_argument("--dir", type=Path, default=Path("var/mail"))
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to hold each mail")
+    args = parser.parse_args()
+    controller, _ = start(args.dir, args.host, args.port, args.delay)
+    print(f"smtp sink on {args.host}:{args.port}, saving to {args.dir}/", flush=True)
+    try:
+        asyncio.run(_forever())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        controller.stop()
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The native stack as local processes: what `make run`, the end-to-end tests, the chaos
+check and the benchmark all start. Each service is `python -m <service>` with its settings
+in the environment, exactly as DESIGN.md section 2 runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+SERVICES = ("payment", "points", "mailer", "audit")
+DEFAULT_PORTS = {"payment": 8000, "points": 8001, "mailer": 8002, "audit": 8003}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path | None
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Stack:
+    """Four services sharing one broker vhost, each with its own database."""
+
+    rabbitmq_url: str
+    database_urls: dict[str, str]
+    smtp_port: int
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    log_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = field(default_factory=Path.cwd)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in SERVICES:
+            env = {
+                **os.environ,
+                "PORT": str(self.ports[name]),
+                "DATABASE_URL": self.database_urls[name],
+                "RABBITMQ_URL": self.rabbitmq_url,
+                **self.extra_env,
+            }
+            if name == "mailer":
+                env |= {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.smtp_port)}
+            log = self.log_dir / f"{name}.log" if self.log_dir else None
+            self.services[name] = ServiceProcess(name, self.ports[name], env, log)
+
+    def url(self, name: str) -> str:
+        return self.services[name].url
+
+    def start(self, *names: str) -> None:
+        for name in names or SERVICES:
+            svc = self.services[name]
+            out = open(svc.log_path, "ab") if svc.log_path else None  # noqa: SIM115
+            svc.process = subprocess.Popen(
+                [sys.executable, "-m", name], env=svc.env, cwd=self.cwd,
+                stdout=out, stderr=subprocess.STDOUT if out else None,
+            )
+
+    def wait_ready(self, *names: str, timeout: float = 30.0) -> None:
+        """Poll each service's /readyz until it answers 200, or fail with its log tail."""
+        deadline = time.monotonic() + timeout
+        for name in names or SERVICES:
+            svc = self.services[name]
+            while True:
+                if svc.process is not None and svc.process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {svc.process.returncode}:\n"
+                                       f"{self.log_tail(name)}")
+                try:
+                    if httpx.get(f"{svc.url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not ready after {timeout}s:\n{self.log_tail(name)}")
+                time.sleep(0.05)
+
+    def signal(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.services[name].process
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+
+    def wait_exit(self, name: str, timeout: float = 20.0) -> int:
+        proc = self.services[name].process
+        assert proc is not None
+        return proc.wait(timeout)
+
+    def kill(self, name: str) -> None:
+        self.signal(name, signal.SIGKILL)
+        self.wait_exit(name)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for name in SERVICES:
+            self.signal(name, signal.SIGTERM)
+        for name in SERVICES:
+            proc = self.services[name].process
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.services[name].log_path
+        if path is None or not path.exists():
+            return "(no log file)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
