@@ -1,0 +1,97 @@
+"""Fixtures every test layer shares: throwaway broker vhosts, databases, an SMTP sink, the stack.
+
+Each test gets its own vhost and random ids and cleans up after itself, so tests never see
+each other's messages and the local broker is left as it was found.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from devstack import smtp_sink, throwaway
+from devstack.stack import SERVICES, Stack, free_port
+
+
+def eventually(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
+               message: str = "condition not met") -> object:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{message} within {timeout}s (last value: {last!r})")
+
+
+@pytest.fixture
+def vhost():
+    """(name, amqp_url) of a fresh, empty vhost."""
+    with throwaway.throwaway_vhost() as pair:
+        yield pair
+
+
+@pytest.fixture
+def amqp_url(vhost) -> str:
+    return vhost[1]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request, tmp_path):
+    """The same test on an embedded SQLite file and on a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/test.db"
+    else:
+        async with throwaway.throwaway_postgres() as url:
+            yield url
+
+
+@pytest.fixture
+def smtp(tmp_path):
+    """A real SMTP server on a free port, saving mails under tmp_path/mail."""
+    port = free_port()
+    controller, handler = smtp_sink.start(tmp_path / "mail", port=port)
+    handler.port = port
+    yield handler
+    controller.stop()
+
+
+def start_stack(tmp_path: Path, amqp_url: str, smtp_port: int, **env: str) -> Stack:
+    stack = Stack(
+        rabbitmq_url=amqp_url,
+        database_urls={s: f"sqlite+aiosqlite:///{tmp_path}/{s}.db" for s in SERVICES},
+        smtp_port=smtp_port,
+        ports={s: free_port() for s in SERVICES},
+        log_dir=tmp_path,
+        extra_env={"LOG_LEVEL": "INFO", **env},
+    )
+    stack.start()
+    try:
+        stack.wait_ready(timeout=40)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The four services as processes on free ports, one vhost, SQLite files, an SMTP sink."""
+    tmp = tmp_path_factory.mktemp("stack")
+    port = free_port()
+    controller, handler = smtp_sink.start(tmp / "mail", port=port)
+    with throwaway.throwaway_vhost("e2e") as (name, url):
+        running = start_stack(tmp, url, port)
+        running.vhost = name
+        running.mail_dir = tmp / "mail"
+        running.smtp = handler
+        try:
+            yield running
+        finally:
+            running.stop()
+            controller.stop()
