@@ -6,27 +6,11 @@ each other's messages and the local broker is left as it was found.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from devstack import smtp_sink, throwaway
 from devstack.stack import SERVICES, Stack, free_port
-
-
-def eventually(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
-               message: str = "condition not met") -> object:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{message} within {timeout}s (last value: {last!r})")
 
 
 @pytest.fixture
