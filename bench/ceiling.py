@@ -297,7 +297,6 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
         confirmed = ctx.RawValue("q", 0)
         procs: dict[str, Any] = {}
         readies: dict[str, Any] = {}
-        monitor = ProcessMonitor()
         broker_pid = find_broker_pid()
         try:
             for q in QUEUES:
@@ -331,6 +330,7 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
             for name, ev in readies.items():
                 if not ev.wait(30):
                     raise TimeoutError(f"ceiling {name} not ready within 30 s")
+            monitor = ProcessMonitor()  # from here on: the measured run
             for name, p in procs.items():
                 monitor.add(name, p.pid)
             if broker_pid is not None:
@@ -421,6 +421,8 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
         "publisher": publisher,
         "consumers": {q: reports[q] for q in QUEUES},
         "resources": monitor.as_dict(),
+        # CPU the machine spent on work outside this benchmark (another process = noisy run)
+        "machine_cpu": monitor.machine_dict(),
         "timeseries": rate_series([(t, c) for t, _, c, _ in samples], window=1.0),
         "latency_samples_ms": latency_samples,
     }

@@ -482,7 +482,8 @@ class ProcessMonitor:
 
     Call ``sample()`` periodically and once more just before the processes exit. Peak RSS is
     the max of the sampled RSS and the kernel's high-water mark. ``since_now=True`` counts only
-    CPU used from ``add`` on (for a long-running process such as the broker).
+    CPU used from ``add`` on (for a long-running process such as the broker). It also tracks
+    the whole machine's busy CPU since it was created, so a run disturbed by other work shows.
     """
 
     def __init__(self) -> None:
@@ -491,6 +492,24 @@ class ProcessMonitor:
         self._psutil = psutil
         self.stats: dict[str, ProcessStats] = {}
         self._procs: dict[str, Any] = {}
+        self._machine_start = self._machine_busy()
+        self._machine_last = self._machine_start
+        self._wall_start = self._wall_last = time.monotonic()
+
+    def _machine_busy(self) -> tuple[float, float]:
+        t = self._psutil.cpu_times()
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        return sum(t) - idle, idle
+
+    @property
+    def machine_busy_s(self) -> float:
+        """CPU seconds the whole machine (all cores, every process) spent busy so far."""
+        return self._machine_last[0] - self._machine_start[0]
+
+    @property
+    def other_cpu_s(self) -> float:
+        """Busy CPU seconds not used by the monitored processes: other work skewing the run."""
+        return max(0.0, self.machine_busy_s - sum(s.cpu_s for s in self.stats.values()))
 
     def add(self, name: str, pid: int, *, since_now: bool = False) -> None:
         proc = self._psutil.Process(pid)
@@ -508,6 +527,8 @@ class ProcessMonitor:
         self.sample()
 
     def sample(self) -> None:
+        self._machine_last = self._machine_busy()
+        self._wall_last = time.monotonic()
         for name, (proc, use_hwm) in self._procs.items():
             stats = self.stats[name]
             try:
@@ -524,6 +545,14 @@ class ProcessMonitor:
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return {name: s.as_dict() for name, s in self.stats.items()}
+
+    def machine_dict(self) -> dict[str, float]:
+        capacity = (self._wall_last - self._wall_start) * (os.cpu_count() or 1)
+        return {
+            "capacity_cpu_s": round(capacity, 2),
+            "busy_cpu_s": round(self.machine_busy_s, 2),
+            "other_cpu_s": round(self.other_cpu_s, 2),
+        }
 
 
 def find_broker_pid() -> int | None:

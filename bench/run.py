@@ -266,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print()
+    for name, res in results.items():
+        m = res.get("machine_cpu") or {}
+        if m.get("capacity_cpu_s") and m.get("other_cpu_s", 0) > 0.1 * m["capacity_cpu_s"]:
+            print(
+                f"warning: during {name}, other processes used {m['other_cpu_s']:.1f} of "
+                f"{m['capacity_cpu_s']:.1f} CPU seconds; its figures are skewed by that load"
+            )
     for name, err in errors.items():
         print(f"scenario {name} FAILED: {err}")
     print(f"results: {_shown(json_path)}")
