@@ -71,7 +71,11 @@ def passwords_from_env(definitions: dict, *, generate_missing: bool) -> dict[str
 
 
 def render(
-    definitions: dict, passwords: dict[str, str], *, vhost: str = TEMPLATE_VHOST, user_prefix: str = ""
+    definitions: dict,
+    passwords: dict[str, str],
+    *,
+    vhost: str = TEMPLATE_VHOST,
+    user_prefix: str = "",
 ) -> dict:
     """The definitions with passwords hashed in, moved to `vhost`, user names prefixed."""
     out = copy.deepcopy(definitions)
@@ -141,13 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--definitions", type=Path, default=DEFINITIONS)
     parser.add_argument("--vhost", default=TEMPLATE_VHOST)
     parser.add_argument("--user-prefix", default="")
-    parser.add_argument("--render", type=Path, metavar="FILE", help="write the file, touch no broker")
+    parser.add_argument(
+        "--render", type=Path, metavar="FILE", help="write the file, touch no broker"
+    )
     parser.add_argument("--delete", action="store_true", help="remove the vhost and the users")
     parser.add_argument(
         "--management-url",
         default=os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672"),
     )
-    parser.add_argument("--management-user", default=os.environ.get("RABBITMQ_MANAGEMENT_USER", "guest"))
+    parser.add_argument(
+        "--management-user", default=os.environ.get("RABBITMQ_MANAGEMENT_USER", "guest")
+    )
     parser.add_argument(
         "--management-password", default=os.environ.get("RABBITMQ_MANAGEMENT_PASSWORD", "guest")
     )
@@ -173,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         api.close()
     urls = amqp_urls(
-        definitions, passwords, vhost=args.vhost, user_prefix=args.user_prefix, amqp_base=args.amqp_base
+        definitions,
+        passwords,
+        vhost=args.vhost,
+        user_prefix=args.user_prefix,
+        amqp_base=args.amqp_base,
     )
     print(json.dumps(urls, indent=2))
     return 0

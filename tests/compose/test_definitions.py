@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from messaging.topology import EXCHANGE, SERVICE_QUEUES, QueueTopology
 
 pytestmark = pytest.mark.unit

@@ -152,6 +152,10 @@ def test_lock_is_current():
     if shutil.which("uv") is None:
         pytest.fail("uv is needed to check uv.lock")
     result = subprocess.run(
-        ["uv", "lock", "--check", "--offline"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        ["uv", "lock", "--check", "--offline"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr

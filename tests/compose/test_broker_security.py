@@ -1,0 +1,205 @@
+"""The least-privilege broker of deploy/rabbitmq/definitions.json, on the real local broker.
+
+The definitions are applied (users, permissions, topology) to a throwaway vhost with uniquely
+prefixed users, exactly as `deploy/rabbitmq/apply_definitions.py` applies them for the native
+stack; then each service's user is tried against what it must and must not be able to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+import uuid
+
+import aio_pika
+import httpx
+import pytest
+from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity
+
+from messaging.topology import QueueTopology
+
+pytestmark = pytest.mark.integration
+
+MANAGEMENT_URL = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
+MANAGEMENT_AUTH = (
+    os.environ.get("RABBITMQ_MANAGEMENT_USER", "guest"),
+    os.environ.get("RABBITMQ_MANAGEMENT_PASSWORD", "guest"),
+)
+AMQP_BASE = os.environ.get("RABBITMQ_AMQP_BASE", "amqp://127.0.0.1:5672")
+
+
+@pytest.fixture(scope="module")
+def broker(apply_definitions):
+    """AMQP URLs of the definitions' users in a fresh vhost; everything removed afterwards."""
+    run = secrets.token_hex(4)
+    vhost, prefix = f"mini-ec-security-{run}", f"t{run}-"
+    definitions = apply_definitions.load()
+    users = apply_definitions.user_names(definitions)
+    passwords = {user: secrets.token_urlsafe(16) for user in users}
+    api = apply_definitions.ManagementAPI(MANAGEMENT_URL, *MANAGEMENT_AUTH)
+    try:
+        apply_definitions.apply(api, definitions, passwords, vhost=vhost, user_prefix=prefix)
+        yield apply_definitions.amqp_urls(
+            definitions, passwords, vhost=vhost, user_prefix=prefix, amqp_base=AMQP_BASE
+        )
+    finally:
+        api.delete(vhost, [prefix + user for user in users])
+        api.close()
+
+
+def _message(body: bytes = b"{}") -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        message_id=uuid.uuid4().hex,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+async def _publish(url: str, exchange: str, routing_key: str, body: bytes = b"{}") -> None:
+    """A confirmed, mandatory publish, the way the services publish."""
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        target = (
+            channel.default_exchange
+            if exchange == ""
+            else await channel.get_exchange(exchange, ensure=False)
+        )
+        await target.publish(_message(body), routing_key=routing_key, mandatory=True, timeout=10)
+
+
+async def _get(url: str, queue: str, *, deadline: float = 10.0) -> aio_pika.IncomingMessage:
+    """The next message of `queue`, polled with a deadline; acked."""
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        q = await channel.get_queue(queue, ensure=False)
+        until = time.monotonic() + deadline
+        while True:
+            message = await q.get(fail=False)
+            if message is not None:
+                await message.ack()
+                return message
+            assert time.monotonic() < until, f"nothing arrived in {queue} within {deadline}s"
+            await asyncio.sleep(0.1)
+
+
+async def _consume_once(url: str, queue: str) -> None:
+    async def ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        pass
+
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        q = await channel.get_queue(queue, ensure=False)
+        await q.consume(ignore)
+
+
+async def test_every_user_logs_in_with_its_password_and_no_other(broker):
+    for url in broker.values():
+        connection = await aio_pika.connect(url)
+        await connection.close()
+    wrong = broker["points"].replace("@", "x@", 1)
+    with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
+        await aio_pika.connect(wrong)
+
+
+async def test_payment_publishes_to_shop_events_and_every_consumer_queue_receives_it(broker):
+    body = f'{{"probe": "{uuid.uuid4()}"}}'.encode()
+    await _publish(broker["payment"], "shop.events", "order.paid", body)
+    for service in ("points", "mailer", "audit"):
+        message = await _get(broker[service], f"{service}.events")
+        assert message.body == body
+
+
+async def test_payment_cannot_consume_or_declare(broker):
+    with pytest.raises(ChannelAccessRefused):
+        await _consume_once(broker["payment"], "points.events")
+    async with await aio_pika.connect(broker["payment"]) as connection:
+        channel = await connection.channel()
+        with pytest.raises(ChannelAccessRefused):
+            await channel.declare_queue("", exclusive=True)  # a private queue to listen with
+
+
+async def test_payment_cannot_publish_anywhere_else(broker):
+    with pytest.raises(ChannelAccessRefused):
+        await _publish(broker["payment"], "", "points.events")
+
+
+@pytest.mark.parametrize("service", ["points", "mailer", "audit"])
+async def test_a_consumer_cannot_publish_to_shop_events(broker, service):
+    with pytest.raises(ChannelAccessRefused):
+        await _publish(broker[service], "shop.events", "order.paid")
+
+
+@pytest.mark.parametrize(
+    ("service", "other"), [("points", "mailer"), ("mailer", "audit"), ("audit", "points")]
+)
+async def test_a_consumer_cannot_read_another_services_queues(broker, service, other):
+    with pytest.raises(ChannelAccessRefused):
+        await _consume_once(broker[service], f"{other}.events")
+    with pytest.raises(ChannelAccessRefused):
+        await _consume_once(broker[service], f"{other}.events.dlq")
+
+
+async def test_points_works_its_own_retry_and_dead_letter_path(broker):
+    body = f'{{"probe": "{uuid.uuid4()}"}}'.encode()
+    # To the 1 s wait queue: after the TTL the broker dead-letters it back to the work queue.
+    await _publish(broker["points"], "", "points.events.retry.1s", body)
+    message = await _get(broker["points"], "points.events", deadline=15)
+    assert message.body == body
+    # To its DLQ, and read it back from there (the DLQ tool does this).
+    await _publish(broker["points"], "", "points.events.dlq", body)
+    assert (await _get(broker["points"], "points.events.dlq")).body == body
+
+
+async def test_a_consumer_redeclares_its_own_queues_but_not_the_exchange(broker):
+    """What the service may declare at start: its queues (same arguments: no error) and the
+    binding; the exchange only passively, an active declaration is configuration."""
+    topology = QueueTopology.for_service("points")
+    async with await aio_pika.connect(broker["points"]) as connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange("shop.events", ensure=True)  # passive: allowed
+        await channel.declare_queue(
+            topology.dlq, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        for delay in topology.retry_delays:
+            await channel.declare_queue(
+                topology.retry_queue(delay), durable=True, arguments=topology.retry_arguments(delay)
+            )
+        queue = await channel.declare_queue(
+            topology.name, durable=True, arguments=topology.work_arguments()
+        )
+        await queue.bind(exchange, routing_key="order.*")
+
+        with pytest.raises(ChannelAccessRefused):
+            await channel.declare_exchange("shop.events", aio_pika.ExchangeType.TOPIC, durable=True)
+    async with await aio_pika.connect(broker["points"]) as connection:
+        channel = await connection.channel()
+        with pytest.raises(ChannelAccessRefused):
+            await channel.declare_queue("mailer.events.sneaky", durable=True)
+
+
+async def test_the_topology_is_in_place_before_any_service_starts(broker):
+    """Definitions create the queues: an unknown one is a 404, not silently created."""
+    async with await aio_pika.connect(broker["admin"]) as connection:
+        channel = await connection.channel()
+        for service in ("points", "mailer", "audit"):
+            await channel.get_queue(f"{service}.events", ensure=True)
+        with pytest.raises(ChannelNotFoundEntity):
+            await channel.get_queue("nobody.events", ensure=True)
+
+
+def test_only_the_admin_user_reaches_the_management_api(broker):
+    def login(service: str) -> int:
+        url = httpx.URL(broker[service])
+        response = httpx.get(
+            f"{MANAGEMENT_URL}/api/whoami",
+            auth=(url.username, url.password),
+            timeout=10,
+        )
+        return response.status_code
+
+    assert login("admin") == 200
+    for service in ("payment", "points", "mailer", "audit"):
+        assert login(service) == 401, service
