@@ -31,7 +31,7 @@ from opentelemetry import trace
 
 from messaging import correlation, metrics
 from messaging import headers as h
-from messaging.contracts import Event, PoisonMessage, parse_event, utcnow
+from messaging.contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging.inbox import Outcome, OutOfOrder
 from messaging.publisher import PublishFailed, open_confirm_channel, publish_confirmed
 from messaging.topology import QueueTopology
@@ -115,7 +115,7 @@ class EventConsumer:
         token = correlation.current.set(cid)
         span = trace.get_current_span()
         span.set_attribute("correlation_id", cid)
-        event_type = message.type or "unknown"
+        event_type = _label(message.type)
         metrics.CONSUMED.labels(self.service, event_type).inc()
         started = time.perf_counter()
         try:
@@ -163,7 +163,7 @@ class EventConsumer:
         log.warning("attempt %d failed (%s: %s); retrying in %ds",
                     attempt + 1, type(exc).__name__, exc, delay)
         await self._republish(message, self.topology.retry_queue(delay), {h.ATTEMPT: attempt + 1})
-        metrics.RETRIED.labels(self.service, message.type or "unknown", "transient").inc()
+        metrics.RETRIED.labels(self.service, _label(message.type), "transient").inc()
 
     async def _defer(self, message: AbstractIncomingMessage, exc: OutOfOrder) -> None:
         deferrals = _int_header(message, h.DEFERRALS)
@@ -176,7 +176,7 @@ class EventConsumer:
         await self._republish(
             message, self.topology.retry_queue(delay), {h.DEFERRALS: deferrals + 1}
         )
-        metrics.RETRIED.labels(self.service, message.type or "unknown", "out-of-order").inc()
+        metrics.RETRIED.labels(self.service, _label(message.type), "out-of-order").inc()
 
     async def _dead_letter(
         self,
@@ -200,7 +200,7 @@ class EventConsumer:
                 h.ERROR_QUEUE: self.topology.name,
             },
         )
-        metrics.DEAD_LETTERED.labels(self.service, message.type or "unknown", error_class).inc()
+        metrics.DEAD_LETTERED.labels(self.service, _label(message.type), error_class).inc()
 
     async def _republish(
         self, message: AbstractIncomingMessage, queue: str, extra_headers: dict
@@ -226,6 +226,12 @@ class EventConsumer:
             await message.nack(requeue=True)
             return
         await message.ack()
+
+
+def _label(event_type: str | None) -> str:
+    """The `type` property as a metric label: anything off the wire but our event types is
+    'unknown', so a flood of junk types cannot blow up the metrics' label cardinality."""
+    return event_type if event_type in EVENT_TYPES else "unknown"
 
 
 def _own_headers(message: AbstractIncomingMessage) -> dict:
