@@ -191,7 +191,7 @@ class OutboxRelay:
     async def _record(self, rows, results) -> None:
         now = utcnow()
         sent = [row.id for row, r in zip(rows, results, strict=True) if r is None]
-        failed = [(row.id, r) for row, r in zip(rows, results, strict=True) if r is not None]
+        failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]
         async with self._sessions() as session, session.begin():
             if sent:
                 await session.execute(
@@ -199,10 +199,13 @@ class OutboxRelay:
                     .where(outbox_table.c.id.in_(sent))
                     .values(published_at=now, attempts=outbox_table.c.attempts + 1)
                 )
-            for row_id, exc in failed:
+            for row, exc in failed:
+                # The row stays unpublished: `run` backs off and publishes it again.
+                log.error("outbox: event %s not published (%s); kept for a retry",
+                          row.event_id, exc)
                 await session.execute(
                     update(outbox_table)
-                    .where(outbox_table.c.id == row_id)
+                    .where(outbox_table.c.id == row.id)
                     .values(attempts=outbox_table.c.attempts + 1, last_error=str(exc)[:1000])
                 )
 
