@@ -39,3 +39,7 @@ HTTP_SECONDS = Histogram(
     "http_request_duration_seconds", "HTTP request duration", ["service", "method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+DISPATCHED = Counter(
+    "events_dispatched", "Handler calls by the in-process dispatcher (synchronous mode)",
+    ["handler", "event_type", "outcome"],
+)
