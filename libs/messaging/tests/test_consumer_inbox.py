@@ -1,0 +1,126 @@
+"""A consumer acks only after its effect and inbox record committed; a redelivery changes nothing."""
+
+import asyncio
+
+import aio_pika
+import pytest
+from sqlalchemy import Column, MetaData, String, Table, func, insert, select
+
+from devstack import events
+from devstack.wait import eventually_async
+from messaging import db, inbox
+from messaging.consumer import EventConsumer
+from messaging.inbox import Inbox, Outcome
+from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
+from messaging.topology import QueueTopology, declare_exchange
+
+pytestmark = pytest.mark.integration
+
+effects_metadata = MetaData()
+effects = Table("effects", effects_metadata, Column("event_id", String(36), nullable=False))
+
+
+@pytest.fixture
+async def sessions(database_url):
+    engine = db.create_engine(database_url)
+    await db.create_schema(engine, effects_metadata, inbox.metadata)
+    yield db.session_factory(engine)
+    await engine.dispose()
+
+
+async def record_effect(event, session):
+    await session.execute(insert(effects).values(event_id=str(event.event_id)))
+
+
+async def effect_count(sessions, event) -> int:
+    async with sessions() as session:
+        return await session.scalar(
+            select(func.count()).select_from(effects).where(
+                effects.c.event_id == str(event.event_id))
+        )
+
+
+async def publish(connection, event) -> None:
+    channel = await open_confirm_channel(connection)
+    exchange = await declare_exchange(channel)
+    message = build_message(event.to_json(), message_id=str(event.event_id),
+                            correlation_id=event.correlation_id, event_type=event.event_type,
+                            timestamp=event.occurred_at)
+    await publish_confirmed(exchange, message, event.routing_key)
+    await channel.close()
+
+
+async def start_consumer(amqp_url, sessions, handler, outcomes=None):
+    connection = await aio_pika.connect_robust(amqp_url)
+    box = Inbox(sessions)
+
+    async def process(event):
+        outcome = await box.process(event, handler)
+        if outcomes is not None:
+            outcomes.append(outcome)
+        return outcome
+
+    consumer = EventConsumer(service="points", topology=QueueTopology.for_service("points"),
+                             connection=connection, process=process, prefetch=4)
+    await consumer.start()
+    return connection, consumer
+
+
+async def queue_is_empty(amqp_url) -> bool:
+    """Nothing ready and nothing unacked: passive declare counts ready; get proves no unacked."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("points.events", passive=True)
+        return queue.declaration_result.message_count == 0
+    finally:
+        await connection.close()
+
+
+async def test_the_same_event_delivered_twice_has_one_effect(amqp_url, sessions):
+    outcomes: list[Outcome] = []
+    connection, consumer = await start_consumer(amqp_url, sessions, record_effect, outcomes)
+    try:
+        paid = events.order_paid()
+        await publish(connection, paid)
+        await publish(connection, paid)
+        await eventually_async(lambda: _ready(outcomes, 2), message="both deliveries settled")
+        assert await effect_count(sessions, paid) == 1
+        assert sorted(outcomes) == sorted([Outcome.APPLIED, Outcome.DUPLICATE])
+    finally:
+        await consumer.stop()
+        await connection.close()
+
+
+async def test_a_consumer_that_dies_before_committing_leaves_the_message_for_the_next(
+    amqp_url, sessions
+):
+    entered = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stuck_handler(event, session):
+        await record_effect(event, session)
+        entered.set()
+        await never.wait()  # holds the transaction open: nothing committed, nothing acked
+
+    connection, consumer = await start_consumer(amqp_url, sessions, stuck_handler)
+    paid = events.order_paid()
+    await publish(connection, paid)
+    await asyncio.wait_for(entered.wait(), timeout=10)
+    await connection.close()  # the crash: the broker takes the unacked message back
+    assert await effect_count(sessions, paid) == 0
+
+    outcomes: list[Outcome] = []
+    connection, consumer = await start_consumer(amqp_url, sessions, record_effect, outcomes)
+    try:
+        await eventually_async(lambda: _ready(outcomes, 1), message="redelivered and applied")
+        assert outcomes == [Outcome.APPLIED]
+        assert await effect_count(sessions, paid) == 1
+        assert await eventually_async(lambda: queue_is_empty(amqp_url), message="acked")
+    finally:
+        await consumer.stop()
+        await connection.close()
+
+
+async def _ready(outcomes, n) -> bool:
+    return len(outcomes) >= n

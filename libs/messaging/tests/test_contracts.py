@@ -1,0 +1,94 @@
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from messaging.contracts import (
+    MAX_BODY_BYTES,
+    OrderPaid,
+    OrderRefunded,
+    PoisonMessage,
+    parse_event,
+    routing_key_for,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def envelope(**overrides) -> dict:
+    body = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "OrderPaid",
+        "version": 1,
+        "occurred_at": "2026-11-29T12:00:00Z",
+        "correlation_id": "c0ffee",
+        "order_id": str(uuid.uuid4()),
+        "sequence": 1,
+        "data": {"payment_id": str(uuid.uuid4()), "customer_id": "alice",
+                 "email": "alice@example.com", "amount": 1200, "currency": "JPY"},
+    }
+    body.update(overrides)
+    return body
+
+
+def encode(body: object) -> bytes:
+    return json.dumps(body).encode()
+
+
+def test_a_valid_order_paid_envelope_parses_into_its_typed_event():
+    event = parse_event(encode(envelope()))
+    assert isinstance(event, OrderPaid)
+    assert event.data.amount == 1200
+    assert event.occurred_at == datetime(2026, 11, 29, 12, tzinfo=UTC)
+
+
+def test_order_refunded_parses_into_its_own_type():
+    assert isinstance(parse_event(encode(envelope(event_type="OrderRefunded", sequence=2))),
+                      OrderRefunded)
+
+
+def test_an_event_survives_a_round_trip_through_json():
+    event = parse_event(encode(envelope()))
+    assert parse_event(event.to_json()) == event
+
+
+@pytest.mark.parametrize(
+    ("event_type", "key"), [("OrderPaid", "order.paid"), ("OrderRefunded", "order.refunded")]
+)
+def test_routing_key_is_the_event_type_in_dotted_lower_case(event_type, key):
+    assert routing_key_for(event_type) == key
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "not UTF-8 JSON"),
+        (b"\xff\xfe", "not UTF-8 JSON"),
+        (b"[1, 2]", "JSON list, not an object"),
+        (encode(envelope(event_type="OrderShipped")), "unknown event_type 'OrderShipped'"),
+        (encode(envelope(version=2)), "unknown version 2"),
+        (encode(envelope(surprise="field")), "surprise"),
+        (encode(envelope(sequence=0)), "sequence"),
+        (encode(envelope(occurred_at="2026-11-29T12:00:00")), "time zone"),
+        (encode({k: v for k, v in envelope().items() if k != "order_id"}), "order_id"),
+        (b" " * (MAX_BODY_BYTES + 1), "larger than"),
+    ],
+    ids=["not-json", "not-utf8", "not-an-object", "unknown-type", "unknown-version",
+         "unknown-field", "bad-sequence", "naive-time", "missing-field", "oversized"],
+)
+def test_a_body_that_is_not_the_contract_is_poison_and_says_why(body, reason):
+    with pytest.raises(PoisonMessage, match=reason):
+        parse_event(body)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("amount", 0), ("amount", 10_000_001), ("amount", "1200"), ("currency", "XYZ"),
+     ("customer_id", "has space"), ("customer_id", "x" * 65), ("email", "not-an-address")],
+)
+def test_data_outside_the_contract_is_poison_naming_the_field(field, value):
+    body = envelope()
+    body["data"][field] = value
+    with pytest.raises(PoisonMessage, match=f"data.{field}"):
+        parse_event(encode(body))
