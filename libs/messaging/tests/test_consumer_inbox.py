@@ -1,13 +1,13 @@
-"""A consumer acks only after its effect and inbox record committed; a redelivery changes nothing."""
+"""A consumer acks only after its effect and inbox record commit; a redelivery changes nothing."""
 
 import asyncio
 
 import aio_pika
 import pytest
-from sqlalchemy import Column, MetaData, String, Table, func, insert, select
-
 from devstack import events
 from devstack.wait import eventually_async
+from sqlalchemy import Column, MetaData, String, Table, func, insert, select
+
 from messaging import db, inbox
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox, Outcome

@@ -34,7 +34,7 @@ from messaging import headers as h
 from messaging.contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging.inbox import Outcome, OutOfOrder
 from messaging.publisher import PublishFailed, open_confirm_channel, publish_confirmed
-from messaging.topology import QueueTopology
+from messaging.topology import QueueTopology, ensure_exchange
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class EventConsumer:
         self._channel = await open_confirm_channel(self._connection)
         # Prefetch per consumer (global=False): how many unacked messages we work on at once.
         await self._channel.set_qos(prefetch_count=self._prefetch)
+        await ensure_exchange(self._connection)
         self._queue = await self.topology.declare(self._channel)
         self._consumer_tag = await self._queue.consume(self._on_message)
         log.info("consuming %s (prefetch %d)", self.topology.name, self._prefetch)

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq.exceptions import ChannelNotFoundEntity
 
 EXCHANGE = "shop.events"
 # A message the consumer itself keeps crashing on is dead-lettered after this many deliveries.
@@ -77,8 +78,10 @@ class QueueTopology:
         }
 
     async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
-        """Declare exchange, DLQ, wait queues and the bound work queue; returns the work queue."""
-        exchange = await declare_exchange(channel)
+        """Declare DLQ, wait queues and the work queue bound to the exchange; returns the queue.
+
+        The exchange must exist (`ensure_exchange`): a consumer may bind to it, not own it.
+        """
         await channel.declare_queue(self.dlq, durable=True, arguments=dict(_QUORUM))
         for delay in self.retry_delays:
             await channel.declare_queue(
@@ -88,9 +91,26 @@ class QueueTopology:
             self.name, durable=True, arguments=self.work_arguments()
         )
         for key in self.bindings:
-            await queue.bind(exchange, routing_key=key)
+            await queue.bind(EXCHANGE, routing_key=key)
         return queue
 
 
 async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
+    """Declare `shop.events`: needs the configure right, which only the publisher has."""
     return await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+async def ensure_exchange(connection: AbstractConnection) -> None:
+    """Make sure `shop.events` exists without needing the right to configure it.
+
+    A passive check first (what a least-privilege consumer may do); only when the exchange
+    is missing, as on a fresh local broker with the guest user, is it declared.
+    """
+    channel = await connection.channel()
+    try:
+        await channel.get_exchange(EXCHANGE, ensure=True)
+    except ChannelNotFoundEntity:
+        channel = await connection.channel()  # a failed passive check closes its channel
+        await declare_exchange(channel)
+    finally:
+        await channel.close()
