@@ -68,6 +68,10 @@ class OutOfOrder(Exception):
         )
 
 
+class _LostRace(Exception):
+    """The order's applied sequence changed under us; the transaction is rolled back."""
+
+
 class Inbox:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
@@ -75,12 +79,16 @@ class Inbox:
     async def process(self, event: Event, handler: Handler) -> Outcome:
         try:
             return await self._process_once(event, handler)
-        except IntegrityError:
-            # A competing consumer committed the same event between our check and our
-            # commit. If it is now in the inbox that's a duplicate; anything else is real.
+        except (IntegrityError, _LostRace):
+            # A competing consumer committed this event, or another event of the order,
+            # between our check and our commit; ours rolled back. Decide again on what is
+            # committed now: a duplicate or stale outcome, or (rarely) a genuine error.
             if await self.seen(str(event.event_id)):
                 return Outcome.DUPLICATE
-            raise
+            try:
+                return await self._process_once(event, handler)
+            except _LostRace:
+                raise RuntimeError(f"order {event.order_id} kept changing; retry later") from None
 
     async def _process_once(self, event: Event, handler: Handler) -> Outcome:
         event_id, order_id = str(event.event_id), str(event.order_id)
@@ -115,11 +123,16 @@ class Inbox:
                     )
                 )
             else:
-                await session.execute(
+                # Conditional on what we read: two events of one order with the same sequence
+                # (or two consumers racing) cannot both move it. The loser rolls back.
+                moved = await session.execute(
                     update(order_progress_table)
-                    .where(order_progress_table.c.order_id == order_id)
+                    .where(order_progress_table.c.order_id == order_id,
+                           order_progress_table.c.last_sequence == applied)
                     .values(last_sequence=event.sequence)
                 )
+                if moved.rowcount != 1:
+                    raise _LostRace()
         return Outcome.APPLIED
 
     async def seen(self, event_id: str) -> bool:

@@ -1,0 +1,182 @@
+"""The inbox's ordering and dedupe rules, on real SQLite and PostgreSQL.
+
+Per order: sequence n is applied only after n-1; anything at or below what was applied is
+skipped (duplicate if the same event id, stale otherwise); the effect and its record commit
+together, so a handler that fails leaves no trace.
+"""
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from devstack import events
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+
+from messaging import db, inbox
+from messaging.contracts import utcnow
+from messaging.inbox import Inbox, Outcome, OutOfOrder, inbox_table, order_progress_table
+
+pytestmark = pytest.mark.integration
+
+effects_metadata = MetaData()
+effects = Table(
+    "effects", effects_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("order_id", String(36), nullable=False),
+)
+
+
+@pytest.fixture
+async def sessions(database_url):
+    engine = db.create_engine(database_url)
+    await db.create_schema(engine, effects_metadata, inbox.metadata)
+    yield db.session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def box(sessions) -> Inbox:
+    return Inbox(sessions)
+
+
+async def record(event, session) -> None:
+    await session.execute(
+        insert(effects).values(event_id=str(event.event_id), order_id=str(event.order_id))
+    )
+
+
+async def effects_of(sessions, order_id) -> list[str]:
+    async with sessions() as session:
+        rows = await session.execute(
+            select(effects.c.event_id).where(effects.c.order_id == str(order_id))
+            .order_by(effects.c.id)
+        )
+        return list(rows.scalars())
+
+
+async def test_events_in_order_are_applied_in_order(box, sessions):
+    paid = events.order_paid()
+    refunded = events.order_refunded(paid)
+    assert await box.process(paid, record) is Outcome.APPLIED
+    assert await box.process(refunded, record) is Outcome.APPLIED
+    assert await effects_of(sessions, paid.order_id) == [str(paid.event_id),
+                                                         str(refunded.event_id)]
+
+
+async def test_an_event_before_its_predecessor_is_refused_without_an_effect(box, sessions):
+    paid = events.order_paid()
+    refunded = events.order_refunded(paid)
+    with pytest.raises(OutOfOrder, match="waits for #1"):
+        await box.process(refunded, record)
+    assert await effects_of(sessions, paid.order_id) == []
+    assert not await box.seen(str(refunded.event_id))
+    # Once the predecessor is applied, the deferred event goes through.
+    assert await box.process(paid, record) is Outcome.APPLIED
+    assert await box.process(refunded, record) is Outcome.APPLIED
+
+
+async def test_the_same_event_again_is_a_duplicate_with_no_second_effect(box, sessions):
+    paid = events.order_paid()
+    assert await box.process(paid, record) is Outcome.APPLIED
+    assert await box.process(paid, record) is Outcome.DUPLICATE
+    assert await effects_of(sessions, paid.order_id) == [str(paid.event_id)]
+
+
+async def test_an_older_event_arriving_after_a_newer_one_is_stale(box, sessions):
+    paid = events.order_paid()
+    refunded = events.order_refunded(paid)
+    await box.process(paid, record)
+    await box.process(refunded, record)
+    # Another event claiming sequence 1 of the same order (e.g. re-created upstream).
+    other_first = paid.model_copy(update={"event_id": events.order_paid().event_id})
+    assert await box.process(other_first, record) is Outcome.STALE
+    assert len(await effects_of(sessions, paid.order_id)) == 2
+
+
+async def test_a_failing_handler_leaves_neither_effect_nor_inbox_record(box, sessions):
+    paid = events.order_paid()
+
+    async def half_then_fail(event, session):
+        await record(event, session)
+        raise ConnectionError("mail server went away")
+
+    with pytest.raises(ConnectionError):
+        await box.process(paid, half_then_fail)
+    assert await effects_of(sessions, paid.order_id) == []
+    assert not await box.seen(str(paid.event_id))
+    assert await box.process(paid, record) is Outcome.APPLIED
+
+
+async def test_orders_are_independent_of_each_other(box, sessions):
+    first, second = events.order_paid(), events.order_paid()
+    assert await box.process(second, record) is Outcome.APPLIED
+    assert await box.process(first, record) is Outcome.APPLIED
+
+
+async def test_the_same_event_processed_concurrently_is_applied_once(box, sessions):
+    """Two competing consumers got the same event (published twice): one effect."""
+    paid = events.order_paid()
+    started = asyncio.Event()
+
+    async def slow_record(event, session):
+        await record(event, session)
+        started.set()
+        await asyncio.sleep(0.2)  # widen the race: both are inside their transactions
+
+    outcomes = await asyncio.gather(box.process(paid, slow_record),
+                                    box.process(paid, slow_record))
+    assert sorted(outcomes) == [Outcome.APPLIED, Outcome.DUPLICATE]
+    assert await effects_of(sessions, paid.order_id) == [str(paid.event_id)]
+
+
+async def test_two_events_with_the_same_sequence_at_once_apply_only_one(box, sessions):
+    """Two different events both claiming #2 of one order race: the loser is skipped as stale."""
+    paid = events.order_paid()
+    await box.process(paid, record)
+    one, other = events.order_refunded(paid), events.order_refunded(paid)
+
+    async def slow_record(event, session):
+        await record(event, session)
+        await asyncio.sleep(0.2)
+
+    outcomes = await asyncio.gather(box.process(one, slow_record),
+                                    box.process(other, slow_record))
+    assert sorted(outcomes) == [Outcome.APPLIED, Outcome.STALE]
+    assert len(await effects_of(sessions, paid.order_id)) == 2  # paid + one refund
+    async with sessions() as session:
+        progress = await session.scalar(
+            select(order_progress_table.c.last_sequence)
+            .where(order_progress_table.c.order_id == str(paid.order_id)))
+    assert progress == 2
+
+
+async def test_forgetting_removes_only_inbox_records_older_than_the_retention(box, sessions):
+    old, recent = events.order_paid(), events.order_paid()
+    await box.process(old, record)
+    await box.process(recent, record)
+    async with sessions() as session, session.begin():
+        await session.execute(
+            inbox_table.update().where(inbox_table.c.event_id == str(old.event_id))
+            .values(processed_at=utcnow() - timedelta(hours=48))
+        )
+    assert await box.forget_older_than(timedelta(hours=24)) == 1
+    assert not await box.seen(str(old.event_id))
+    assert await box.seen(str(recent.event_id))
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(inbox_table)) == 1
+
+
+async def test_a_duplicate_after_the_retention_is_still_skipped_as_stale(box, sessions):
+    """The inbox forgot the event id, but the order's applied sequence still refuses it."""
+    paid = events.order_paid()
+    refunded = events.order_refunded(paid)
+    for event in (paid, refunded):
+        await box.process(event, record)
+    later = utcnow() + timedelta(days=30)
+    assert await box.forget_older_than(timedelta(days=7), now=later) == 2
+    assert not await box.seen(str(paid.event_id))
+
+    assert await box.process(paid, record) is Outcome.STALE
+    assert await box.process(refunded, record) is Outcome.STALE
+    assert len(await effects_of(sessions, paid.order_id)) == 2
