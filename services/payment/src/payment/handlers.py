@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from messaging.contracts import Event, utcnow
 from messaging.outbox import add_to_outbox
 from payment import store
-from payment.domain import Order
+from payment.domain import NotRefundable, Order
 
 EventsCommitted = Callable[[list[Event]], Awaitable[None]]
 
@@ -93,13 +93,19 @@ class PaymentService:
         return order, False
 
     async def refund(self, payment_id: uuid.UUID) -> Order:
-        async with self._sessions() as session, session.begin():
-            order = await store.get(session, payment_id)
-            if order is None:
-                raise PaymentNotFound(payment_id)
-            order.refund(now=utcnow())
-            await store.save(session, order)
-            events = await _stage_events(session, order)
+        try:
+            async with self._sessions() as session, session.begin():
+                order = await store.get(session, payment_id)
+                if order is None:
+                    raise PaymentNotFound(payment_id)
+                read_sequence = order.sequence
+                order.refund(now=utcnow())
+                await store.save(session, order, read_sequence=read_sequence)
+                events = await _stage_events(session, order)
+        except store.ConcurrentChange:
+            # A concurrent refund won; answer as if ours had come second.
+            current = await self.get(payment_id)
+            raise NotRefundable(payment_id, current.status) from None
         await self._events_committed(events)
         return order
 

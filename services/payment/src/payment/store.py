@@ -59,12 +59,24 @@ async def add(
     )
 
 
-async def save(session: AsyncSession, order: Order) -> None:
-    await session.execute(
+class ConcurrentChange(Exception):
+    """The order changed since it was read (e.g. two refunds at once); nothing was written."""
+
+
+async def save(session: AsyncSession, order: Order, *, read_sequence: int) -> None:
+    """Write the order's new state, only if it is still at `read_sequence` (optimistic lock).
+
+    Two concurrent refunds both read "paid"; without the condition both would commit and
+    publish two OrderRefunded events with sequence 2.
+    """
+    result = await session.execute(
         update(payments)
-        .where(payments.c.payment_id == str(order.payment_id))
+        .where(payments.c.payment_id == str(order.payment_id),
+               payments.c.sequence == read_sequence)
         .values(status=order.status.value, sequence=order.sequence, updated_at=utcnow())
     )
+    if result.rowcount != 1:
+        raise ConcurrentChange(f"payment {order.payment_id} changed concurrently")
 
 
 async def get(session: AsyncSession, payment_id: uuid.UUID) -> Order | None:
