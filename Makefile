@@ -12,7 +12,7 @@ $(UV):
 	@echo "uv not found: installing it with pip"
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
-.venv/.synced: $(UV) pyproject.toml uv.lock libs/messaging/pyproject.toml services/*/pyproject.toml
+.venv/.synced: $(UV) pyproject.toml uv.lock libs/messaging/pyproject.toml services/*/pyproject.toml apps/*/pyproject.toml
 	$(UV) sync --all-packages --frozen
 	@touch $@
 
@@ -20,6 +20,10 @@ install: .venv/.synced ## create the workspace environment (.venv) from uv.lock
 
 run: install ## start the four services and a local SMTP sink (Ctrl-C stops all)
 	$(PY) -m devstack
+
+run-sync: install ## synchronous mode: one process (ports 8000-8003, no broker) and a local SMTP sink
+	@$(PY) -m devstack.smtp_sink --port $${SMTP_PORT:-1025} --dir var/mail & sink=$$!; \
+	trap "kill $$sink" EXIT; $(PY) -m inprocess
 
 test: install ## everything: unit, integration, end-to-end (needs the local RabbitMQ + PostgreSQL)
 	$(PY) -m pytest

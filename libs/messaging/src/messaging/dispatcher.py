@@ -110,11 +110,11 @@ class Dispatcher:
                 log.exception("dispatch: %s failed on %s %s after %.1f ms", name,
                               event.event_type, event.event_id, _ms_since(started))
                 return HandlerFailure(name, event.event_type, str(event.event_id), exc)
-        # Inbox.process returns an Outcome (applied / duplicate / stale): say which.
-        outcome = getattr(result, "value", "done")
-        metrics.DISPATCHED.labels(name, event.event_type, outcome).inc()
-        log.info("dispatch: %s handled %s %s (%s) in %.1f ms", name, event.event_type,
-                 event.event_id, outcome, _ms_since(started))
+            # Inbox.process returns an Outcome (applied / duplicate / stale): say which.
+            outcome = getattr(result, "value", "done")
+            metrics.DISPATCHED.labels(name, event.event_type, outcome).inc()
+            log.info("dispatch: %s handled %s %s (%s) in %.1f ms", name, event.event_type,
+                     event.event_id, outcome, _ms_since(started))
         return None
 
 

@@ -1,0 +1,3 @@
+from inprocess.main import main
+
+main()
