@@ -49,6 +49,9 @@ class Stack:
     log_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     cwd: Path = field(default_factory=Path.cwd)
+    # Per-service broker URLs (each service as its own least-privilege user); a service not
+    # named here uses `rabbitmq_url`.
+    rabbitmq_urls: dict[str, str] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,7 +60,7 @@ class Stack:
                 **os.environ,
                 "PORT": str(self.ports[name]),
                 "DATABASE_URL": self.database_urls[name],
-                "RABBITMQ_URL": self.rabbitmq_url,
+                "RABBITMQ_URL": self.rabbitmq_urls.get(name, self.rabbitmq_url),
                 **self.extra_env,
             }
             if name == "mailer":
