@@ -40,5 +40,8 @@ test-e2e: install ## end-to-end tests (the whole stack as local processes)
 lint: install ## ruff
 	$(PY) -m ruff check .
 
+dlq: install ## dead-letter queues: make dlq ARGS="list" | "show points" | "replay points --all"
+	$(PY) -m messaging.dlq $(ARGS)
+
 clean: ## remove local state (databases, mails)
 	rm -rf var/

@@ -11,7 +11,7 @@ or `--url`. Counts come from a passive queue declaration, so they are exact, not
 management API's sampled statistics.
 
 Nothing is lost on the way: `show` takes messages without acking and gives them all back
-(requeue, in their order); `replay` acks a DLQ copy only after the broker confirmed its
+(requeue; on RabbitMQ 3.10 they go behind the others, so a second `show` pages on); `replay` acks a DLQ copy only after the broker confirmed its
 copy in the work queue; a crash in between leaves a duplicate, which the inbox absorbs.
 
 Exit codes: 0 done, 1 partly done or the broker unreachable, 2 unknown service or queue.
@@ -94,7 +94,7 @@ async def show(connection: AbstractConnection, service: str,
     async with _channel(connection) as channel:
         queue = await channel.get_queue(dlq, ensure=False)
         taken = await _take(queue, min(limit, await _count(connection, dlq) or 0))
-        for message in taken:  # give back in order: the queue looks as before
+        for message in taken:  # give every one back
             await message.nack(requeue=True)
     return taken
 
