@@ -35,7 +35,8 @@ def consumer_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         telemetry.instrument_engine(engine)
-        await db.create_schema(engine, metadata, inbox.metadata)
+        with telemetry.untraced():  # start-up is not part of any trace
+            await db.create_schema(engine, metadata, inbox.metadata)
         await runtime.start()
         yield
         await runtime.stop()

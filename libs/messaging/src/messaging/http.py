@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from messaging import correlation, metrics
+from messaging import correlation, metrics, telemetry
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
@@ -29,7 +31,8 @@ def ops_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
         results: dict[str, str] = {}
         for name, check in checks.items():
             try:
-                await check()
+                with telemetry.untraced():  # a probe is not part of any order
+                    await check()
                 results[name] = "ok"
             except Exception as exc:
                 results[name] = f"unavailable: {exc or type(exc).__name__}"
@@ -43,34 +46,57 @@ def ops_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
     return router
 
 
-class CorrelationMiddleware(BaseHTTPMiddleware):
-    """Takes `X-Correlation-ID` (or mints one), makes it current, echoes it, counts the request."""
+class CorrelationMiddleware:
+    """Takes `X-Correlation-ID` (or mints one), makes it current, echoes it, counts the request.
 
-    def __init__(self, app, service: str):  # type: ignore[no-untyped-def]
-        super().__init__(app)
+    Plain ASGI rather than BaseHTTPMiddleware, so the id stays current until the response is
+    fully sent (logs and spans of the send phase carry it too).
+    """
+
+    def __init__(self, app: ASGIApp, service: str):
+        self.app = app
         self.service = service
 
-    async def dispatch(self, request: Request, call_next):  # type: ignore[no-untyped-def]
-        cid = correlation.valid_or_new(request.headers.get(correlation.HEADER))
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cid = correlation.valid_or_new(Headers(scope=scope).get(correlation.HEADER))
         token = correlation.current.set(cid)
-        trace.get_current_span().set_attribute("correlation_id", cid)
+        # The server span was started by the OpenTelemetry middleware, outside this one.
+        trace.get_current_span().set_attribute(telemetry.ATTRIBUTE, cid)
         started = time.perf_counter()
-        status = 500
+        status = 500  # unless a response starts: an unhandled error becomes a 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[correlation.HEADER] = cid
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            response.headers[correlation.HEADER] = cid
-            return response
+            await self.app(scope, receive, send_with_id)
         finally:
-            route = request.scope.get("route")
+            route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            metrics.HTTP_REQUESTS.labels(self.service, request.method, path, str(status)).inc()
-            metrics.HTTP_SECONDS.labels(self.service, request.method, path).observe(
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(self.service, method, path, str(status)).inc()
+            metrics.HTTP_SECONDS.labels(self.service, method, path).observe(
                 time.perf_counter() - started
             )
             correlation.current.reset(token)
 
 
+# Probes and scrapes are not part of any order: no traces for them.
+UNTRACED_URLS = "/healthz$,/readyz$,/metrics$"
+
+
 def install_common(app: FastAPI, service: str, checks: dict[str, ReadinessCheck]) -> None:
+    """Ops routes, the correlation middleware and the HTTP server spans."""
     app.add_middleware(CorrelationMiddleware, service=service)
     app.include_router(ops_router(checks))
+    # The ASGI layer's own "http send/receive" spans say nothing the server span does not.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls=UNTRACED_URLS, exclude_spans=["receive", "send"]
+    )

@@ -65,6 +65,8 @@ def setup_logging(service: str, level: str = "INFO", *, json_lines: bool | None 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings too, so that every line of the service's output is one JSON object.
+    logging.captureWarnings(True)
     # The AMQP client is chatty about reconnects at INFO; its warnings are enough.
     for noisy in ("aiormq", "aio_pika"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from messaging import metrics
+from messaging import correlation, metrics
 from messaging.contracts import Event, utcnow
 from messaging.db import UtcDateTime
 from messaging.publisher import (
@@ -42,6 +42,7 @@ from messaging.publisher import (
     open_confirm_channel,
     publish_confirmed,
 )
+from messaging.telemetry import untraced
 from messaging.topology import declare_exchange
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,9 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                # The backlog grows while the broker is away: keep the lag gauges true.
+                with contextlib.suppress(Exception):
+                    await self._update_lag_metrics()
                 await self._wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
@@ -140,15 +144,16 @@ class OutboxRelay:
 
         Raises PublishFailed after marking what did go out, so `run` backs off.
         """
-        async with self._sessions() as session:
-            rows = (
-                await session.execute(
-                    select(outbox_table)
-                    .where(outbox_table.c.published_at.is_(None))
-                    .order_by(outbox_table.c.id)
-                    .limit(self._batch_size)
-                )
-            ).all()
+        with untraced():  # polling: no trace per poll
+            async with self._sessions() as session:
+                rows = (
+                    await session.execute(
+                        select(outbox_table)
+                        .where(outbox_table.c.published_at.is_(None))
+                        .order_by(outbox_table.c.id)
+                        .limit(self._batch_size)
+                    )
+                ).all()
         if rows:
             exchange = await self._exchange()
             # Publishes are pipelined: one confirm round-trip per batch, not per row.
@@ -169,7 +174,10 @@ class OutboxRelay:
 
     async def _publish_row(self, exchange: aio_pika.abc.AbstractExchange, row) -> None:
         parent = propagate.extract(json.loads(row.trace_context or "{}"))
-        with tracer.start_as_current_span(
+        # This runs in the relay's own task: make the row's correlation id current for the
+        # spans (publish) and log lines made under it.
+        token = correlation.current.set(row.correlation_id)
+        with _reset_on_exit(token), tracer.start_as_current_span(
             "outbox relay", context=parent, kind=SpanKind.INTERNAL,
             attributes={"correlation_id": row.correlation_id, "event_id": row.event_id,
                         "order_id": row.order_id, "outbox.id": row.id},
@@ -192,33 +200,42 @@ class OutboxRelay:
         now = utcnow()
         sent = [row.id for row, r in zip(rows, results, strict=True) if r is None]
         failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]
-        async with self._sessions() as session, session.begin():
-            if sent:
-                await session.execute(
-                    update(outbox_table)
-                    .where(outbox_table.c.id.in_(sent))
-                    .values(published_at=now, attempts=outbox_table.c.attempts + 1)
-                )
-            for row, exc in failed:
-                # The row stays unpublished: `run` backs off and publishes it again.
-                log.error("outbox: event %s not published (%s); kept for a retry",
-                          row.event_id, exc)
-                await session.execute(
-                    update(outbox_table)
-                    .where(outbox_table.c.id == row.id)
-                    .values(attempts=outbox_table.c.attempts + 1, last_error=str(exc)[:1000])
-                )
+        with untraced():  # one update per batch, not part of any one order's trace
+            async with self._sessions() as session, session.begin():
+                if sent:
+                    await session.execute(
+                        update(outbox_table)
+                        .where(outbox_table.c.id.in_(sent))
+                        .values(published_at=now, attempts=outbox_table.c.attempts + 1)
+                    )
+                for row, exc in failed:
+                    # The row stays unpublished: `run` backs off and publishes it again.
+                    log.error("outbox: event %s not published (%s); kept for a retry",
+                              row.event_id, exc)
+                    await session.execute(
+                        update(outbox_table)
+                        .where(outbox_table.c.id == row.id)
+                        .values(attempts=outbox_table.c.attempts + 1, last_error=str(exc)[:1000])
+                    )
 
     async def _update_lag_metrics(self) -> None:
-        async with self._sessions() as session:
-            pending, oldest = (
-                await session.execute(
-                    select(func.count(), func.min(outbox_table.c.created_at)).where(
-                        outbox_table.c.published_at.is_(None)
+        with untraced():
+            async with self._sessions() as session:
+                pending, oldest = (
+                    await session.execute(
+                        select(func.count(), func.min(outbox_table.c.created_at)).where(
+                            outbox_table.c.published_at.is_(None)
+                        )
                     )
-                )
-            ).one()
+                ).one()
         metrics.OUTBOX_PENDING.labels(self._service).set(pending)
         age = (utcnow() - oldest).total_seconds() if oldest else 0.0
         metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(max(age, 0.0))
 
+
+@contextlib.contextmanager
+def _reset_on_exit(token):  # type: ignore[no-untyped-def]
+    try:
+        yield
+    finally:
+        correlation.current.reset(token)

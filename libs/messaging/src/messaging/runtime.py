@@ -16,6 +16,7 @@ import uvicorn
 from aio_pika.abc import AbstractRobustConnection
 from fastapi import FastAPI
 
+from messaging import telemetry
 from messaging.broker import connect
 from messaging.consumer import EventConsumer
 from messaging.contracts import Event
@@ -124,7 +125,8 @@ class ConsumerRuntime:
         retention = timedelta(hours=self._settings.inbox_retention_hours)
         while True:
             try:
-                removed = await self._inbox.forget_older_than(retention)
+                with telemetry.untraced():  # upkeep, not part of any order
+                    removed = await self._inbox.forget_older_than(retention)
                 if removed:
                     log.info("inbox: forgot %d event ids older than %s", removed, retention)
             except Exception:
@@ -138,4 +140,7 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="on", timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        telemetry.shutdown_tracing()  # export the last spans before the process ends

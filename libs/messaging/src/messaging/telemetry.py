@@ -3,30 +3,49 @@
 Spans go to OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
 variable) is set; otherwise they are made (so trace ids reach the logs) but not exported,
 and nothing complains.
+
+Every span carries the `correlation_id` attribute, so Jaeger's tag search finds all the spans
+of one order in every service. Housekeeping that belongs to no request or message (the relay's
+polling, readiness probes, inbox trimming) runs `untraced()`: it would otherwise flood the
+backend with one root trace per poll, none of them with a correlation id.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import weakref
+from collections.abc import Iterator
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from messaging import correlation
 
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+ATTRIBUTE = "correlation_id"
 
 
 class CorrelationIdSpanProcessor(SpanProcessor):
-    """Puts the current correlation id on every span as it starts."""
+    """Puts the correlation id on every span as it starts.
+
+    From the current work's context variable; failing that, from the local parent span, which
+    covers spans started where the variable is not set (e.g. the HTTP server span's children
+    made by the ASGI layer outside our middleware).
+    """
 
     def on_start(self, span, parent_context=None) -> None:  # type: ignore[no-untyped-def]
         cid = correlation.get()
+        if not cid:
+            parent = trace.get_current_span(parent_context)
+            if isinstance(parent, ReadableSpan) and parent.attributes:
+                cid = parent.attributes.get(ATTRIBUTE)
         if cid:
-            span.set_attribute("correlation_id", cid)
+            span.set_attribute(ATTRIBUTE, cid)
 
 
 def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerProvider:
@@ -48,9 +67,44 @@ def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerP
     return provider
 
 
-def instrument_engine(engine, provider: TracerProvider | None = None) -> None:  # type: ignore[no-untyped-def]
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+def shutdown_tracing() -> None:
+    """Export what is still buffered; the batch processor would drop it when the process ends."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
 
-    SQLAlchemyInstrumentor().instrument(
-        engine=engine.sync_engine, tracer_provider=provider or trace.get_tracer_provider()
-    )
+
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """No spans from instrumented libraries (SQL, AMQP) inside this block."""
+    with suppress_instrumentation():
+        yield
+
+
+_traced_engines: weakref.WeakSet = weakref.WeakSet()
+
+
+def instrument_engine(engine, provider: TracerProvider | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Trace the statements of this engine (an AsyncEngine).
+
+    The instrumentor is a process-wide switch: its `instrument(engine=...)` is ignored after
+    the first call, so any further engine (another app in the same process, a test) gets its
+    own tracer here.
+    """
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from opentelemetry.instrumentation.sqlalchemy.version import __version__
+    from opentelemetry.metrics import get_meter
+
+    sync_engine = engine.sync_engine
+    if sync_engine in _traced_engines:
+        return
+    _traced_engines.add(sync_engine)
+    provider = provider or trace.get_tracer_provider()
+    instrumentor = SQLAlchemyInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(engine=sync_engine, tracer_provider=provider)
+        return
+    tracer = trace.get_tracer(SQLAlchemyInstrumentor.__module__, __version__, provider)
+    usage = get_meter(__name__).create_up_down_counter("db.client.connections.usage")
+    EngineTracer(tracer, sync_engine, usage)

@@ -38,7 +38,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         telemetry.instrument_engine(engine)
-        await db.create_schema(engine, store.metadata, outbox.metadata)
+        with telemetry.untraced():  # start-up is not part of any trace
+            await db.create_schema(engine, store.metadata, outbox.metadata)
         # The relay waits for the broker by itself: payments are taken while it is down.
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         yield
