@@ -36,9 +36,13 @@ class BrokerLink:
         self._url, self._name = url, name
         self._connected: asyncio.Future[AbstractRobustConnection] | None = None
 
-    async def connection(self) -> AbstractRobustConnection:
+    def start(self) -> None:
+        """Begin connecting in the background (idempotent)."""
         if self._connected is None:
             self._connected = asyncio.ensure_future(connect(self._url, self._name))
+
+    async def connection(self) -> AbstractRobustConnection:
+        self.start()
         return await asyncio.shield(self._connected)
 
     async def check(self) -> None:

@@ -40,7 +40,8 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry.instrument_engine(engine)
         with telemetry.untraced():  # start-up is not part of any trace
             await db.create_schema(engine, store.metadata, outbox.metadata)
-        # The relay waits for the broker by itself: payments are taken while it is down.
+        # Payments are taken while the broker is down: the relay waits for the connection.
+        broker.start()
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         yield
         relay_task.cancel()
