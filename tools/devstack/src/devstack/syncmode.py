@@ -1,0 +1,76 @@
+"""The synchronous mode as a local process: `python -m inprocess`, the four services' HTTP
+APIs on four ports of one process, no broker. Used by the two-mode behaviour tests and the
+latency comparison, next to `Stack` (the asynchronous mode)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from devstack.stack import DEFAULT_PORTS, SERVICES
+
+
+@dataclass
+class SyncShop:
+    database_urls: dict[str, str]
+    smtp_port: int
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    log_path: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def start(self) -> None:
+        env = {**os.environ, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.smtp_port),
+               **self.extra_env}
+        for name in SERVICES:
+            env[f"{name.upper()}_PORT"] = str(self.ports[name])
+            env[f"{name.upper()}_DATABASE_URL"] = self.database_urls[name]
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "inprocess"], env=env,
+            stdout=out, stderr=subprocess.STDOUT if out else None,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Poll every port's /readyz until it answers 200, or fail with the log tail."""
+        deadline = time.monotonic() + timeout
+        for name in SERVICES:
+            while True:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"inprocess exited with {self.process.returncode}:\n"
+                                       f"{self.log_tail()}")
+                try:
+                    if httpx.get(f"{self.url(name)}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"inprocess ({name}) not ready after {timeout}s:\n"
+                                       f"{self.log_tail()}")
+                time.sleep(0.05)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log file)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
