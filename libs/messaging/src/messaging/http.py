@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +15,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from messaging import correlation, metrics, telemetry
+
+log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
@@ -82,14 +85,17 @@ class CorrelationMiddleware:
             path = getattr(route, "path", "unmatched")
             method = scope["method"]
             metrics.HTTP_REQUESTS.labels(self.service, method, path, str(status)).inc()
-            metrics.HTTP_SECONDS.labels(self.service, method, path).observe(
-                time.perf_counter() - started
-            )
+            elapsed = time.perf_counter() - started
+            metrics.HTTP_SECONDS.labels(self.service, method, path).observe(elapsed)
+            if path not in _QUIET_ROUTES:
+                # The access log (uvicorn's is off): in the request's trace and correlation.
+                log.info("%s %s -> %d (%.1f ms)", method, scope["path"], status, elapsed * 1000)
             correlation.current.reset(token)
 
 
-# Probes and scrapes are not part of any order: no traces for them.
-UNTRACED_URLS = "/healthz$,/readyz$,/metrics$"
+# Probes and scrapes are not part of any order: no traces and no access log lines for them.
+_QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")
+UNTRACED_URLS = ",".join(f"{route}$" for route in _QUIET_ROUTES)
 
 
 def install_common(app: FastAPI, service: str, checks: dict[str, ReadinessCheck]) -> None:

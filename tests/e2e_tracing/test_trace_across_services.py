@@ -1,0 +1,220 @@
+"""One payment, one trace, across four processes; the same ids in every service's logs.
+
+The test runs its own OTLP/HTTP receiver (decoding with opentelemetry-proto) and points the
+four services at it, exactly as they would be pointed at Jaeger's port 4318.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from devstack.smtp_sink import mails_in
+from devstack.wait import eventually
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+
+from conftest import start_stack
+
+pytestmark = pytest.mark.e2e
+
+KINDS = {ProtoSpan.SPAN_KIND_INTERNAL: "INTERNAL", ProtoSpan.SPAN_KIND_SERVER: "SERVER",
+         ProtoSpan.SPAN_KIND_CLIENT: "CLIENT", ProtoSpan.SPAN_KIND_PRODUCER: "PRODUCER",
+         ProtoSpan.SPAN_KIND_CONSUMER: "CONSUMER"}
+
+
+@dataclass
+class Span:
+    service: str
+    name: str
+    kind: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    start: int
+    attributes: dict = field(default_factory=dict)
+
+
+def _value(any_value) -> object:
+    kind = any_value.WhichOneof("value")
+    return getattr(any_value, kind) if kind else None
+
+
+class OtlpReceiver:
+    """A minimal OTLP/HTTP traces endpoint (POST /v1/traces, protobuf) keeping what it gets."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver._keep(ExportTraceServiceRequest.FromString(body))
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _keep(self, request: ExportTraceServiceRequest) -> None:
+        for resource_spans in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for s in scope_spans.spans:
+                    span = Span(
+                        service=str(resource.get("service.name")), name=s.name,
+                        kind=KINDS.get(s.kind, str(s.kind)), trace_id=s.trace_id.hex(),
+                        span_id=s.span_id.hex(), parent_id=s.parent_span_id.hex() or None,
+                        start=s.start_time_unix_nano,
+                        attributes={a.key: _value(a.value) for a in s.attributes},
+                    )
+                    with self._lock:
+                        self.spans.append(span)
+
+    def received(self) -> list[Span]:
+        with self._lock:
+            return list(self.spans)
+
+    def __enter__(self) -> OtlpReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def sql_label(statement: str) -> str:
+    """SQL spans are named "<verb> <database file>"; say which table instead."""
+    words = statement.split()
+    if words[0].upper() == "SELECT" and "FROM" in words:
+        return f"SELECT … FROM {words[words.index('FROM') + 1]}"
+    return " ".join(words[:3])
+
+
+def tree(spans: list[Span]) -> str:
+    """The trace as indented text: `service  name  [KIND]`, children in start order."""
+    by_parent: dict[str | None, list[Span]] = {}
+    ids = {s.span_id for s in spans}
+    for s in spans:
+        by_parent.setdefault(s.parent_id if s.parent_id in ids else None, []).append(s)
+    lines: list[str] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for s in sorted(by_parent.get(parent, []), key=lambda s: s.start):
+            label = s.name
+            if statement := s.attributes.get("db.statement"):
+                label = sql_label(str(statement))
+            lines.append(f"{'    ' * depth}{s.service:<8} {label}  [{s.kind}]")
+            walk(s.span_id, depth + 1)
+
+    walk(None, 0)
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def receiver():
+    with OtlpReceiver() as running:
+        yield running
+
+
+def log_lines(path) -> list[dict]:
+    """Every line of a service's output, each parsed as the one JSON object it must be."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_one_payment_is_one_trace_across_payment_points_mailer_and_audit(
+    tmp_path, amqp_url, smtp, receiver
+):
+    stack = start_stack(
+        tmp_path, amqp_url, smtp.port,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="200",
+    )
+    try:
+        cid = f"e2e-trace-{uuid.uuid4().hex[:12]}"
+        order_id = str(uuid.uuid4())
+        response = httpx.post(
+            f"{stack.url('payment')}/payments", headers={"X-Correlation-ID": cid}, timeout=10,
+            json={"order_id": order_id, "customer_id": "alice", "email": "alice@example.com",
+                  "amount": 1200, "currency": "JPY"},
+        )
+        assert response.status_code == 201, response.text
+
+        def consumers_and_mail_exported():
+            mine = [s for s in receiver.received() if s.attributes.get("correlation_id") == cid]
+            consumers = {s.service for s in mine if s.kind == "CONSUMER"}
+            smtp_sent = any(s.name == "smtp send" for s in mine)
+            return mine if consumers == {"points", "mailer", "audit"} and smtp_sent else None
+
+        eventually(consumers_and_mail_exported, timeout=60, message="all consumer spans exported")
+        audit_rows = eventually(
+            lambda: httpx.get(f"{stack.url('audit')}/events",
+                              params={"order_id": order_id}, timeout=5).json(),
+            timeout=30, message="audit row",
+        )
+    finally:
+        stack.stop()  # SIGTERM: each service flushes its last spans on the way out
+
+    everything = receiver.received()
+    mine = [s for s in everything if s.attributes.get("correlation_id") == cid]
+    [trace_id] = {s.trace_id for s in mine}
+    trace = [s for s in everything if s.trace_id == trace_id]
+    print(f"\ntrace {trace_id} (correlation id {cid}):\n{tree(trace)}")
+
+    # Exactly one trace, and every span in it carries the correlation id.
+    assert trace == mine
+    [server] = [s for s in trace if s.kind == "SERVER"]
+    [producer] = [s for s in trace if s.kind == "PRODUCER"]
+    consumers = {s.service: s for s in trace if s.kind == "CONSUMER"}
+    assert (server.service, server.name, server.parent_id) == ("payment", "POST /payments", None)
+    assert producer.service == "payment"
+    assert len(consumers) == 3 and len([s for s in trace if s.kind == "CONSUMER"]) == 3
+    assert {name: s.parent_id for name, s in consumers.items()} == {
+        "points": producer.span_id, "mailer": producer.span_id, "audit": producer.span_id}
+    [relay] = [s for s in trace if s.name == "outbox relay"]
+    assert producer.parent_id == relay.span_id and relay.parent_id == server.span_id
+    [smtp_span] = [s for s in trace if s.name == "smtp send"]
+    assert smtp_span.service == "mailer" and smtp_span.kind == "CLIENT"
+    assert smtp_span.parent_id == consumers["mailer"].span_id
+    # Not only this trace: no span of any service lacks a correlation id (probes make none).
+    assert [s.name for s in everything if not s.attributes.get("correlation_id")] == []
+
+    # audit stored the order's trace id and correlation id.
+    [row] = audit_rows
+    assert (row["trace_id"], row["correlation_id"]) == (trace_id, cid)
+
+    # The mail carries the correlation id.
+    [mail] = mails_in(tmp_path / "mail")
+    assert mail["X-Correlation-ID"] == cid
+
+    # Every line each service wrote is one JSON object; each service logged this payment
+    # with the same correlation id and trace id.
+    for service in ("payment", "points", "mailer", "audit"):
+        lines = log_lines(tmp_path / f"{service}.log")
+        assert all({"time", "level", "service", "message", "trace_id", "span_id",
+                    "correlation_id"} <= line.keys() for line in lines)
+        about_it = [line for line in lines if line["correlation_id"] == cid]
+        assert about_it, f"{service} logged nothing with {cid}"
+        assert {line["trace_id"] for line in about_it} == {trace_id}, service
+        assert {line["service"] for line in about_it} == {service}
