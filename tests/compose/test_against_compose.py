@@ -1,0 +1,133 @@
+"""Cross-service checks against a *running* `docker compose` stack: `make test-compose`.
+
+They read everything through the stack's own windows: the services' HTTP APIs, Jaeger's
+query API (`/api/v3/traces`), Mailpit's API (`/api/v1/search`) and the RabbitMQ management
+API. Base URLs come from the environment (`make test-compose` sets the defaults of .env).
+`make test` deselects them (marker `compose`): there is no Docker engine on the CI machine.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import quote
+
+import httpx
+import pytest
+from devstack.jaeger import Jaeger
+from devstack.mailpit import Mailpit
+from devstack.wait import eventually
+
+pytestmark = pytest.mark.compose
+
+if not os.environ.get("PAYMENT_URL"):
+    pytest.skip(
+        "needs a running compose stack: `docker compose up --build -d`, then `make test-compose`",
+        allow_module_level=True,
+    )
+
+PAYMENT_URL = os.environ["PAYMENT_URL"]
+POINTS_URL = os.environ["POINTS_URL"]
+MAILER_URL = os.environ["MAILER_URL"]
+AUDIT_URL = os.environ["AUDIT_URL"]
+JAEGER_URL = os.environ["JAEGER_URL"]
+MAILPIT_URL = os.environ["MAILPIT_URL"]
+MANAGEMENT_URL = os.environ["RABBITMQ_MANAGEMENT_URL"]
+MANAGEMENT_AUTH = (
+    os.environ["RABBITMQ_MANAGEMENT_USER"], os.environ["RABBITMQ_MANAGEMENT_PASSWORD"]
+)
+VHOST = os.environ.get("RABBITMQ_VHOST", "shop")
+SLOW = 120.0  # traces are exported in batches and images may still be warming up
+
+
+@pytest.fixture(scope="module")
+def paid():
+    """One payment with its own correlation id and customer, shared by the checks below."""
+    customer = f"compose-{uuid.uuid4().hex[:10]}"
+    correlation_id = f"test-compose-{uuid.uuid4().hex}"
+    response = httpx.post(
+        f"{PAYMENT_URL}/payments",
+        json={"order_id": str(uuid.uuid4()), "customer_id": customer,
+              "email": f"{customer}@example.com", "amount": 1200, "currency": "JPY"},
+        headers={"X-Correlation-ID": correlation_id},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["X-Correlation-ID"] == correlation_id
+    return response.json()
+
+
+def _get(url: str):
+    response = httpx.get(url, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def _management(path: str):
+    response = httpx.get(f"{MANAGEMENT_URL}{path}", auth=MANAGEMENT_AUTH, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_points_and_audit_record_the_payment(paid):
+    customer, order_id = paid["customer_id"], paid["order_id"]
+    balance = eventually(
+        lambda: _get(f"{POINTS_URL}/customers/{customer}/points")["balance"],
+        timeout=SLOW, message="points granted",
+    )
+    assert balance == 12
+    audit = eventually(lambda: _get(f"{AUDIT_URL}/events?order_id={order_id}"),
+                       timeout=SLOW, message="audited")
+    assert [(e["event_type"], e["correlation_id"]) for e in audit] == [
+        ("OrderPaid", paid["correlation_id"])
+    ]
+
+
+def test_the_thank_you_mail_is_in_mailpit_with_the_correlation_id(paid):
+    mailpit = Mailpit(MAILPIT_URL)
+    try:
+        mails = eventually(lambda: mailpit.mails_to(paid["email"]), timeout=SLOW,
+                           message="mail in Mailpit")
+        assert len(mails) == 1
+        headers = {k.lower(): v for k, v in mailpit.headers(mails[0].id).items()}
+        assert headers["x-correlation-id"] == [paid["correlation_id"]]
+    finally:
+        mailpit.close()
+    sent = _get(f"{MAILER_URL}/mails?order_id={paid['order_id']}")
+    assert [m["to"] for m in sent] == [paid["email"]]
+
+
+def test_the_payment_is_one_trace_in_jaeger_from_the_request_to_every_consumer(paid):
+    jaeger = Jaeger(JAEGER_URL)
+
+    def whole_trace():
+        spans = jaeger.trace_by_correlation_id(paid["correlation_id"])
+        services = {s.service for s in spans}
+        complete = {"payment", "points", "mailer", "audit"} <= services and any(
+            s.name == "smtp send" for s in spans
+        )
+        return spans if complete else None
+
+    try:
+        spans = eventually(whole_trace, timeout=SLOW, interval=1.0,
+                           message="the whole trace in Jaeger")
+    finally:
+        jaeger.close()
+    assert len({s.trace_id for s in spans}) == 1, "one trace per order"
+    roots = [s for s in spans if not s.parent_span_id]
+    assert [r.service for r in roots] == ["payment"], "the HTTP request is the root"
+    assert "outbox relay" in {s.name for s in spans}
+    assert all(s.attributes.get("correlation_id") == paid["correlation_id"] for s in spans)
+
+
+def test_the_broker_runs_the_definitions_topology_with_consumers_and_no_guest(paid):
+    queues = {q["name"]: q for q in _management(f"/api/queues/{quote(VHOST, safe='')}")}
+    for service in ("points", "mailer", "audit"):
+        work = f"{service}.events"
+        expected = {work, f"{work}.dlq"} | {f"{work}.retry.{d}s" for d in (1, 5, 30)}
+        assert expected <= set(queues), service
+        assert all(queues[name]["type"] == "quorum" for name in expected)
+        assert queues[work]["consumers"] >= 1, f"nobody consumes {work}"
+    users = {u["name"] for u in _management("/api/users")}
+    assert {"admin", "payment", "points", "mailer", "audit"} <= users
+    assert "guest" not in users
