@@ -423,6 +423,13 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
         "resources": monitor.as_dict(),
         # CPU the machine spent on work outside this benchmark (another process = noisy run)
         "machine_cpu": monitor.machine_dict(),
+        # CPU cost per message: steady under other load, unlike the rate
+        "cpu_ms_per_message": {
+            name: round(st.cpu_s * 1000 / publisher["confirmed"], 4)
+            for name, st in monitor.stats.items()
+        }
+        if publisher["confirmed"]
+        else {},
         "timeseries": rate_series([(t, c) for t, _, c, _ in samples], window=1.0),
         "latency_samples_ms": latency_samples,
     }
