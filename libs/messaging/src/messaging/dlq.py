@@ -11,8 +11,9 @@ or `--url`. Counts come from a passive queue declaration, so they are exact, not
 management API's sampled statistics.
 
 Nothing is lost on the way: `show` takes messages without acking and gives them all back
-(requeue; on RabbitMQ 3.10 they go behind the others, so a second `show` pages on); `replay` acks a DLQ copy only after the broker confirmed its
-copy in the work queue; a crash in between leaves a duplicate, which the inbox absorbs.
+(requeued; on RabbitMQ 3.10 behind the others, so a second `show` pages on). `replay` acks
+a DLQ copy only after the broker confirmed its copy in the work queue; a crash in between
+leaves a duplicate, which the inbox absorbs.
 
 Exit codes: 0 done, 1 partly done or the broker unreachable, 2 unknown service or queue.
 """
