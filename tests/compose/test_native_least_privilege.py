@@ -9,9 +9,12 @@ work its retry queue and its dead-letter queue with nothing but its own permissi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
+import subprocess
+import sys
 import uuid
 from urllib.parse import quote
 
@@ -23,7 +26,6 @@ from devstack import smtp_sink
 from devstack.stack import SERVICES, Stack, free_port
 from devstack.wait import eventually
 
-from messaging import headers as h
 from messaging.publisher import publish_confirmed
 
 pytestmark = pytest.mark.e2e
@@ -128,13 +130,16 @@ def _metric(stack, service: str, name: str, **labels: str) -> float:
     return total
 
 
+async def _depth(stack, queue: str) -> int:
+    """Messages in `queue`, exact (a passive declare as admin; the management API samples)."""
+    async with await aio_pika.connect(stack.urls["admin"]) as connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.message_count
+
+
 def _queue_depth(stack, queue: str) -> int:
-    response = httpx.get(
-        f"{MANAGEMENT_URL}/api/queues/{quote(stack.vhost, safe='')}/{quote(queue, safe='')}",
-        auth=MANAGEMENT_AUTH, timeout=10,
-    )
-    response.raise_for_status()
-    return int(response.json().get("messages", 0))
+    return asyncio.run(_depth(stack, queue))
 
 
 def test_each_service_is_connected_as_its_own_user(secured):
@@ -183,7 +188,15 @@ def test_the_mailer_retries_through_its_own_wait_queue_as_its_own_user(secured):
     assert _queue_depth(secured, "mailer.events.dlq") == 0
 
 
-async def test_the_mailer_dead_letters_as_its_own_user_and_its_user_can_replay(secured):
+def _dlq_tool(stack, *args: str) -> subprocess.CompletedProcess:
+    """`python -m messaging.dlq` (what `make dlq` runs) with the mailer's own credentials."""
+    return subprocess.run(
+        [sys.executable, "-m", "messaging.dlq", "--url", stack.urls["mailer"], *args],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_the_mailer_dead_letters_as_its_own_user_and_the_dlq_tool_replays_as_it(secured):
     secured.sink.refusals = 2  # the attempt and its one retry both fail: exhausted
     order_id = _pay(secured, f"lp-{uuid.uuid4().hex[:8]}")["order_id"]
 
@@ -193,24 +206,27 @@ async def test_the_mailer_dead_letters_as_its_own_user_and_its_user_can_replay(s
     )
     assert _mails_for(secured, order_id) == []
 
-    # What the DLQ tool does on a replay, with the mailer's own credentials: read the DLQ,
-    # publish the message back to the work queue without its failure headers, then ack.
-    async with await aio_pika.connect(secured.urls["mailer"]) as connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        dlq = await channel.get_queue("mailer.events.dlq", ensure=False)
-        parked = await dlq.get(timeout=10)
-        assert parked.headers[h.ERROR_CLASS] == "exhausted"
-        assert parked.headers[h.ERROR_SERVICE] == "mailer"
-        assert parked.correlation_id
-        headers = {k: v for k, v in parked.headers.items()
-                   if k not in (*h.ERROR_HEADERS, h.ATTEMPT)}
-        replay = aio_pika.Message(
-            parked.body, headers=headers, message_id=parked.message_id,
-            correlation_id=parked.correlation_id, type=parked.type,
-            content_type=parked.content_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
-        await publish_confirmed(channel.default_exchange, replay, routing_key="mailer.events")
-        await parked.ack()
+    shown = _dlq_tool(secured, "show", "mailer")
+    assert shown.returncode == 0, shown.stderr
+    assert "exhausted" in shown.stdout and order_id in shown.stdout
 
+    replayed = _dlq_tool(secured, "replay", "mailer", "--all")
+    assert replayed.returncode == 0, replayed.stderr
     mails = eventually(lambda: _mails_for(secured, order_id), timeout=SLOW, message="replayed")
     assert len(mails) == 1
+    assert _queue_depth(secured, "mailer.events.dlq") == 0
+
+
+async def test_the_dlq_tool_cannot_take_another_services_dead_letters_as_the_mailer(secured):
+    # Something parked in points' DLQ (by points' own user): an empty DLQ is never read.
+    async with await aio_pika.connect(secured.urls["points"]) as connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        parked = aio_pika.Message(b"{}", message_id=uuid.uuid4().hex,
+                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        await publish_confirmed(channel.default_exchange, parked, routing_key="points.events.dlq")
+
+    refused = await asyncio.to_thread(_dlq_tool, secured, "replay", "points", "--all")
+
+    assert refused.returncode == 1
+    assert "ACCESS_REFUSED" in refused.stderr
+    assert await _depth(secured, "points.events.dlq") == 1  # nothing taken
