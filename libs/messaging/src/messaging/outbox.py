@@ -100,7 +100,8 @@ class OutboxRelay:
         service: str = "payment",
         batch_size: int = 200,
         poll_interval: float = 1.0,
-        max_backoff: float = 30.0,
+        # Low on purpose: after a broker outage the relay resumes within this many seconds.
+        max_backoff: float = 5.0,
     ):
         self._sessions = sessions
         self._connect = connect
