@@ -1,0 +1,422 @@
+"""The chaos check: payments and refunds under load while every consumer is SIGKILLed and
+restarted at random moments and the broker is restarted once; then count, per service,
+what happened to every event in Jepsen's categories.
+
+    python -m devstack.chaos                      # the full run (make chaos): 2,000 payments
+    python -m devstack.chaos --payments 300 --seconds 20 --kills 1   # the short form
+
+Loopback only: the local RabbitMQ (a throwaway vhost), SQLite files under a temporary
+directory, an in-process SMTP sink. Restarting the broker uses `rabbitmqctl stop_app` /
+`start_app`, which drops every connection on the node: don't run it while others test.
+
+Categories, per service, over the events the payment service committed (its outbox):
+  expected    events that should have an effect (every committed OrderPaid / OrderRefunded)
+  lost        expected events with no effect
+  duplicated  expected events with more than one effect
+  unexpected  effects of events nobody committed, or with the wrong content
+The mailer's effect is counted twice: the row it records, and the mail the SMTP server
+received (by Message-ID). A mail can be handed to SMTP and the process killed before the
+record commits; the redelivery then sends it again with the same Message-ID. Those are
+reported as `resent`, not as duplicated effects, as long as there are no more of them than
+mailer kills (each kill can interrupt at most one send: SQLite serialises the handlers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from devstack import smtp_sink, throwaway
+from devstack.stack import SERVICES, Stack, free_port
+
+CONSUMERS = ("points", "mailer", "audit")
+WORK_QUEUES = {"points": "points.events", "mailer": "mailer.events", "audit": "audit.events"}
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    payments: int = 2000
+    refund_ratio: float = 0.10
+    seconds: float = 50.0  # the load is spread over this window; faults happen inside it
+    kills_per_consumer: int = 3
+    broker_restarts: int = 1
+    broker_down_seconds: float = 2.0
+    concurrency: int = 16
+    settle_timeout: float = 90.0
+    seed: int | None = None
+
+
+@dataclass
+class Counts:
+    expected: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    unexpected: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == self.duplicated == self.unexpected == 0
+
+
+@dataclass
+class Report:
+    config: ChaosConfig
+    seed: int
+    counts: dict[str, Counts] = field(default_factory=dict)
+    resent_mails: int = 0
+    kills: Counter = field(default_factory=Counter)
+    broker_restarts: int = 0
+    payments: int = 0
+    refunds: int = 0
+    http_retries: int = 0
+    load_seconds: float = 0.0
+    settle_seconds: float = 0.0
+    settled: bool = False
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.ok for c in self.counts.values())
+
+    def table(self) -> str:
+        lines = [
+            f"chaos: {self.payments} payments, {self.refunds} refunds over "
+            f"{self.load_seconds:.0f}s (seed {self.seed}); SIGKILL+restart: "
+            + ", ".join(f"{s} x{self.kills[s]}" for s in CONSUMERS)
+            + f"; broker restarts: {self.broker_restarts}; HTTP retries: {self.http_retries}",
+            f"settled {'in' if self.settled else 'NOT within'} {self.settle_seconds:.0f}s after "
+            f"the load; dead-lettered: {self.dead_lettered}",
+            "",
+            f"{'service':<22}{'expected':>10}{'lost':>8}{'duplicated':>12}{'unexpected':>12}",
+        ]
+        for name, c in self.counts.items():
+            lines.append(f"{name:<22}{c.expected:>10}{c.lost:>8}{c.duplicated:>12}"
+                         f"{c.unexpected:>12}")
+        lines += [
+            "",
+            f"mails resent (same Message-ID): {self.resent_mails} "
+            f"(mailer SIGKILLed {self.kills['mailer']} times; a kill between the SMTP server's "
+            "250 and the commit resends that one mail with its Message-ID; not counted as "
+            "duplicated unless there are more resends than kills)",
+            f"result: {'PASS' if self.passed else 'FAIL'} "
+            "(lost, duplicated and unexpected must all be zero)",
+        ]
+        return "\n".join(lines)
+
+
+# --- faults ------------------------------------------------------------------------------
+
+def restart_broker(down_seconds: float) -> None:
+    """Stop and start the RabbitMQ application on the local node; always start it again."""
+    try:
+        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
+        time.sleep(down_seconds)  # the outage itself, not a synchronisation
+    finally:
+        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+
+
+def fault_schedule(config: ChaosConfig, rng: random.Random) -> list[tuple[float, str]]:
+    """(seconds after the load starts, what) for every fault, in time order."""
+    window = config.seconds
+    faults = [(rng.uniform(0.05, 0.95) * window, f"kill:{name}")
+              for name in CONSUMERS for _ in range(config.kills_per_consumer)]
+    faults += [(rng.uniform(0.3, 0.6) * window, "broker") for _ in range(config.broker_restarts)]
+    return sorted(faults)
+
+
+def run_faults(stack: Stack, schedule, started: float, report: Report, stop: threading.Event,
+               config: ChaosConfig) -> None:
+    for at, what in schedule:
+        if stop.wait(max(0.0, started + at - time.monotonic())):
+            return
+        if what == "broker":
+            restart_broker(config.broker_down_seconds)
+            report.broker_restarts += 1
+            continue
+        name = what.split(":", 1)[1]
+        stack.signal(name, signal.SIGKILL)
+        stack.wait_exit(name, timeout=30)
+        report.kills[name] += 1
+        stack.start(name)  # back at once; it reconnects and the broker redelivers
+
+
+# --- load --------------------------------------------------------------------------------
+
+async def _post(client: httpx.AsyncClient, path: str, report: Report, ok: tuple[int, ...],
+                **kwargs) -> httpx.Response:
+    """POST until it gets an answer in `ok` (retrying is safe: Idempotency-Key, 409)."""
+    for attempt in range(8):
+        try:
+            response = await client.post(path, **kwargs)
+            if response.status_code in ok:
+                return response
+            if response.status_code < 500:
+                raise RuntimeError(f"{path}: {response.status_code} {response.text}")
+        except httpx.TransportError:
+            pass
+        report.http_retries += 1
+        await asyncio.sleep(0.2 * 2**attempt)
+    raise RuntimeError(f"{path}: no answer after retries")
+
+
+async def generate_load(base_url: str, config: ChaosConfig, rng: random.Random,
+                        report: Report) -> dict[str, dict]:
+    """Pay `payments` orders at an even rate over the window; refund about `refund_ratio`."""
+    orders: dict[str, dict] = {}
+    gate = asyncio.Semaphore(config.concurrency)
+    interval = config.seconds / max(config.payments, 1)
+    started = time.monotonic()
+
+    async def one(i: int, client: httpx.AsyncClient) -> None:
+        await asyncio.sleep(max(0.0, started + i * interval - time.monotonic()))
+        customer = f"chaos-{i % 50}"
+        body = {"order_id": str(uuid.uuid4()), "customer_id": customer,
+                "email": f"{customer}@example.com", "amount": rng.randint(100, 50_000),
+                "currency": "JPY"}
+        refund = rng.random() < config.refund_ratio
+        async with gate:
+            paid = await _post(client, "/payments", report, (201,), json=body,
+                               headers={"Idempotency-Key": body["order_id"]})
+            order = {**body, "payment_id": paid.json()["payment_id"], "refunded": False}
+            orders[body["order_id"]] = order
+            report.payments += 1
+            if refund:
+                # 200 first time; 409 when a retry finds our own earlier refund done.
+                await _post(client, f"/payments/{order['payment_id']}/refund", report,
+                            (200, 409))
+                order["refunded"] = True
+                report.refunds += 1
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=15) as client:
+        await asyncio.gather(*(one(i, client) for i in range(config.payments)))
+    return orders
+
+
+# --- counting ----------------------------------------------------------------------------
+
+def _rows(database_url: str, sql: str) -> list[tuple]:
+    path = database_url.split("///", 1)[1]
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def expected_events(stack: Stack, orders: dict[str, dict]) -> dict[str, dict]:
+    """event_id -> what it should do, from the payment outbox, for orders the client saw."""
+    events = {}
+    for event_id, event_type, order_id, body in _rows(
+        stack.database_urls["payment"], "SELECT event_id, event_type, order_id, body FROM outbox"
+    ):
+        order = orders.get(order_id)
+        if order is None:
+            continue
+        payload = json.loads(body)
+        points = order["amount"] // 100
+        events[event_id] = {
+            "type": event_type, "order_id": order_id, "sequence": payload["sequence"],
+            "delta": points if event_type == "OrderPaid" else -points,
+        }
+    return events
+
+
+def producer_counts(stack: Stack, orders: dict[str, dict]) -> Counts:
+    """Each payment / refund the client got an answer for has exactly one outbox row."""
+    wanted = Counter()
+    for order_id, order in orders.items():
+        wanted[(order_id, "OrderPaid")] = 1
+        if order["refunded"]:
+            wanted[(order_id, "OrderRefunded")] = 1
+    rows = Counter((o, t) for o, t in _rows(stack.database_urls["payment"],
+                                            "SELECT order_id, event_type FROM outbox"))
+    return Counts(
+        expected=len(wanted),
+        lost=sum(1 for k in wanted if rows[k] == 0),
+        duplicated=sum(1 for k in wanted if rows[k] > 1),
+        unexpected=sum(1 for k in rows if k not in wanted),
+    )
+
+
+def _categorise(expected: dict[str, dict], effects: dict[str, list], fits) -> Counts:
+    counts = Counts(expected=len(expected))
+    for event_id, want in expected.items():
+        got = effects.get(event_id, [])
+        if not got:
+            counts.lost += 1
+        elif len(got) > 1:
+            counts.duplicated += 1
+        elif not fits(want, got[0]):
+            counts.unexpected += 1
+    counts.unexpected += sum(len(v) for k, v in effects.items() if k not in expected)
+    return counts
+
+
+def _group(rows: list[tuple]) -> dict[str, list]:
+    grouped: dict[str, list] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(row[1:])
+    return grouped
+
+
+def consumer_counts(stack: Stack, expected: dict[str, dict]) -> dict[str, Counts]:
+    urls = stack.database_urls
+    points = _group(_rows(urls["points"], "SELECT event_id, order_id, delta FROM ledger"))
+    mails = _group(_rows(urls["mailer"], "SELECT event_id, order_id, message_id FROM sent_mails"))
+    audit = _group(_rows(urls["audit"],
+                         "SELECT event_id, order_id, event_type, sequence FROM audit_log"))
+    return {
+        "points (ledger)": _categorise(
+            expected, points, lambda w, g: (g[0], g[1]) == (w["order_id"], w["delta"])),
+        "mailer (sent_mails)": _categorise(
+            expected, mails, lambda w, g: g[0] == w["order_id"]),
+        "audit (audit_log)": _categorise(
+            expected, audit,
+            lambda w, g: (g[0], g[1], g[2]) == (w["order_id"], w["type"], w["sequence"])),
+    }
+
+
+def smtp_counts(mail_dir: Path, expected: dict[str, dict], mailer_kills: int
+                ) -> tuple[Counts, int]:
+    """(counts, resent) for the mails the SMTP server actually received, by Message-ID."""
+    received = Counter(str(m["Message-ID"]) for m in smtp_sink.mails_in(mail_dir))
+    wanted = {f"<{event_id}@mini-ec>" for event_id in expected}
+    extra = sum(n - 1 for mid, n in received.items() if mid in wanted and n > 1)
+    counts = Counts(
+        expected=len(wanted),
+        lost=sum(1 for mid in wanted if received[mid] == 0),
+        duplicated=max(0, extra - mailer_kills),  # more resends than kills can explain
+        unexpected=sum(n for mid, n in received.items() if mid not in wanted),
+    )
+    return counts, extra
+
+
+def _all_applied(stack: Stack, mail_dir: Path, expected: dict[str, dict]) -> bool:
+    urls = stack.database_urls
+    ids = set(expected)
+    for service, sql in (("points", "SELECT event_id FROM ledger"),
+                         ("mailer", "SELECT event_id FROM sent_mails"),
+                         ("audit", "SELECT event_id FROM audit_log")):
+        if not ids <= {r[0] for r in _rows(urls[service], sql)}:
+            return False
+    got = {str(m["Message-ID"]) for m in smtp_sink.mails_in(mail_dir)}
+    return {f"<{e}@mini-ec>" for e in ids} <= got
+
+
+def _queues_empty(vhost: str) -> bool:
+    return all(throwaway.queue_depth(vhost, q) == 0 for q in WORK_QUEUES.values())
+
+
+# --- the run -----------------------------------------------------------------------------
+
+def run(config: ChaosConfig, workdir: Path, out=sys.stdout) -> Report:
+    seed = config.seed if config.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    report = Report(config=config, seed=seed)
+    smtp_port = free_port()
+    controller, _ = smtp_sink.start(workdir / "mail", port=smtp_port)
+    try:
+        with throwaway.throwaway_vhost("chaos") as (vhost, amqp_url):
+            stack = Stack(
+                rabbitmq_url=amqp_url,
+                database_urls={s: f"sqlite+aiosqlite:///{workdir}/{s}.db" for s in SERVICES},
+                smtp_port=smtp_port, ports={s: free_port() for s in SERVICES},
+                log_dir=workdir,
+                # Short retry delays: a redelivered or deferred event comes back quickly.
+                extra_env={"LOG_LEVEL": "WARNING", "RETRY_DELAYS": "1,2,4",
+                           "MAX_DEFERRALS": "30"},
+            )
+            stack.start()
+            try:
+                stack.wait_ready(timeout=60)
+                _run_under_faults(stack, vhost, config, rng, report, workdir, out)
+            finally:
+                stack.stop()
+    finally:
+        controller.stop()
+    return report
+
+
+def _run_under_faults(stack: Stack, vhost: str, config: ChaosConfig, rng: random.Random,
+                      report: Report, workdir: Path, out) -> None:
+    schedule = fault_schedule(config, rng)
+    stop = threading.Event()
+    started = time.monotonic()
+    faults = threading.Thread(target=run_faults, name="chaos-faults", daemon=True,
+                              args=(stack, schedule, started, report, stop, config))
+    faults.start()
+    try:
+        orders = asyncio.run(generate_load(stack.url("payment"), config, rng, report))
+        report.load_seconds = time.monotonic() - started
+        faults.join()  # every scheduled fault happens, even if the load finished early
+    finally:
+        stop.set()
+        faults.join()
+    print(f"load done in {report.load_seconds:.0f}s; waiting for the consumers to settle",
+          file=out, flush=True)
+
+    # Every consumer running again, then wait until every expected effect is visible.
+    for name in CONSUMERS:
+        proc = stack.services[name].process
+        if proc is None or proc.poll() is not None:
+            stack.start(name)
+    stack.wait_ready(timeout=60)
+    expected = expected_events(stack, orders)
+    settle_started = time.monotonic()
+    deadline = settle_started + config.settle_timeout
+    while time.monotonic() < deadline:
+        if _all_applied(stack, workdir / "mail", expected) and _queues_empty(vhost):
+            report.settled = True
+            break
+        time.sleep(1)
+    report.settle_seconds = time.monotonic() - settle_started
+
+    report.counts["payment (outbox)"] = producer_counts(stack, orders)
+    report.counts.update(consumer_counts(stack, expected))
+    smtp, report.resent_mails = smtp_counts(workdir / "mail", expected, report.kills["mailer"])
+    report.counts["smtp sink (Message-ID)"] = smtp
+    report.dead_lettered = {name: throwaway.queue_depth(vhost, f"{q}.dlq")
+                            for name, q in WORK_QUEUES.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = ChaosConfig()
+    parser.add_argument("--payments", type=int, default=defaults.payments)
+    parser.add_argument("--refund-ratio", type=float, default=defaults.refund_ratio)
+    parser.add_argument("--seconds", type=float, default=defaults.seconds,
+                        help="window the load (and the faults) are spread over")
+    parser.add_argument("--kills", type=int, default=defaults.kills_per_consumer,
+                        help="SIGKILL + restart per consumer")
+    parser.add_argument("--broker-restarts", type=int, default=defaults.broker_restarts)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep databases, logs and mails in this directory")
+    args = parser.parse_args(argv)
+    config = ChaosConfig(payments=args.payments, refund_ratio=args.refund_ratio,
+                         seconds=args.seconds, kills_per_consumer=args.kills,
+                         broker_restarts=args.broker_restarts, seed=args.seed)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        report = run(config, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+            report = run(config, Path(tmp))
+    print(report.table(), flush=True)
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
