@@ -7,9 +7,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.trace import StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,7 +70,7 @@ class CorrelationMiddleware:
         # The server span was started by the OpenTelemetry middleware, outside this one.
         trace.get_current_span().set_attribute(telemetry.ATTRIBUTE, cid)
         started = time.perf_counter()
-        status = 500  # unless a response starts: an unhandled error becomes a 500
+        status: int | None = None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -80,7 +81,18 @@ class CorrelationMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answered here rather than by Starlette's outer error middleware, so that the
+            # 500 carries the correlation id and the log line has the request's ids.
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            span = trace.get_current_span()
+            span.record_exception(exc)
+            span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+            if status is not None:
+                raise  # the response has begun: nothing else can be sent
+            await PlainTextResponse("Internal Server Error", 500)(scope, receive, send_with_id)
         finally:
+            status = status or 500
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             method = scope["method"]

@@ -15,6 +15,7 @@ from datetime import timedelta
 import uvicorn
 from aio_pika.abc import AbstractRobustConnection
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from messaging import telemetry
 from messaging.broker import connect
@@ -141,10 +142,29 @@ class ConsumerRuntime:
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run the HTTP server until SIGTERM / Ctrl-C; the app's lifespan does the rest."""
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        lifespan="on", timeout_graceful_shutdown=10,
+        _flush_spans_at_shutdown(app), host=settings.host, port=settings.port,
+        log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=10,
     )
-    try:
-        uvicorn.Server(config).run()
-    finally:
-        telemetry.shutdown_tracing()  # export the last spans before the process ends
+    uvicorn.Server(config).run()
+
+
+def _flush_spans_at_shutdown(app: FastAPI) -> ASGIApp:
+    """Export the buffered spans once the app's lifespan has ended.
+
+    Not after `run()`: on SIGTERM uvicorn re-raises the signal when it is done, which ends
+    the process before any code after `run()` or an atexit hook gets to run.
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_flushing(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                telemetry.shutdown_tracing()
+            await send(message)
+
+        await app(scope, receive, send_flushing)
+
+    return wrapped

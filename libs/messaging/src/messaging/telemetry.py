@@ -67,10 +67,11 @@ def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerP
     return provider
 
 
-def shutdown_tracing() -> None:
-    """Export what is still buffered; the batch processor would drop it when the process ends."""
+def shutdown_tracing(timeout_seconds: float = 5.0) -> None:
+    """Export what is still buffered (bounded: a dead collector must not hold up the exit)."""
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
+        provider.force_flush(int(timeout_seconds * 1000))
         provider.shutdown()
 
 
