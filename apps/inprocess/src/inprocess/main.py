@@ -8,7 +8,8 @@ is how an event reaches the handlers:
     POST /payments -> PaymentService.pay (payment + outbox row, one commit)
                    -> events_committed -> Dispatcher.dispatch
                         -> points: Inbox.process(event, points.handlers.handle)
-                        -> mailer: Inbox.process(event, mailer.handlers.send_mail)
+                        -> mailer: Inbox.process(event, mailer.handlers.record_mail,
+                                                  before=mailer.handlers.send_mail)
                         -> audit:  Inbox.process(event, audit.handlers.handle)
                    -> 201
 
@@ -79,14 +80,15 @@ class InProcessShop:
         # order hold here too, and the tables are the ones the asynchronous mode would find.
         sender = SmtpSender(mail.smtp_host, mail.smtp_port, mail.smtp_timeout)
         handlers = {
-            "points": points.handlers.handle,
-            "mailer": partial(mailer.handlers.send_mail, sender=sender, mail_from=mail.mail_from),
-            "audit": audit.handlers.handle,
+            "points": (points.handlers.handle, None),
+            "mailer": (partial(mailer.handlers.record_mail, mail_from=mail.mail_from),
+                       partial(mailer.handlers.send_mail, sender=sender, mail_from=mail.mail_from)),
+            "audit": (audit.handlers.handle, None),
         }
         self.dispatcher = Dispatcher()
-        for name, handler in handlers.items():
+        for name, (handler, before) in handlers.items():
             self.dispatcher.subscribe(name, partial(inbox.Inbox(sessions[name]).process,
-                                                    handler=handler))
+                                                    handler=handler, before=before))
 
         payments = PaymentService(sessions["payment"], events_committed=self._dispatch)
         self.apps = {"payment": _payment_app(payments, self.engines["payment"])}

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from messaging import db, inbox, telemetry
 from messaging.http import install_common
-from messaging.inbox import Handler
+from messaging.inbox import Handler, SideEffect
 from messaging.runtime import ConsumerRuntime
 from messaging.settings import ConsumerSettings
 
@@ -25,12 +25,13 @@ def consumer_app(
     *,
     metadata: MetaData,
     handler: Handler,
+    before: SideEffect | None = None,
     router: RouterFactory,
 ) -> FastAPI:
     """Engine -> inbox + consumer of `<service>.events` -> read API, health, metrics."""
     engine = db.create_engine(settings.database_url)
     sessions = db.session_factory(engine)
-    runtime = ConsumerRuntime(service, settings, inbox.Inbox(sessions), handler)
+    runtime = ConsumerRuntime(service, settings, inbox.Inbox(sessions), handler, before)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

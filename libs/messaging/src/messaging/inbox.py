@@ -50,6 +50,7 @@ order_progress_table = Table(
 )
 
 Handler = Callable[[Event, AsyncSession], Awaitable[None]]
+SideEffect = Callable[[Event], Awaitable[None]]
 
 
 class Outcome(enum.StrEnum):
@@ -76,7 +77,21 @@ class Inbox:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
 
-    async def process(self, event: Event, handler: Handler) -> Outcome:
+    async def process(
+        self, event: Event, handler: Handler, *, before: SideEffect | None = None
+    ) -> Outcome:
+        """Apply `event` once and in order; `handler` writes its effect in our transaction.
+
+        `before` is for an effect outside the database (sending a mail): it runs after a
+        read-only check that the event is new and next in line, and before the transaction,
+        so no database connection waits on the network. If the process dies after it and
+        before the commit, the redelivery does it again: at least once, never lost.
+        """
+        if before is not None:
+            early = await self._check(event)
+            if early is not None:
+                return early
+            await before(event)
         try:
             return await self._process_once(event, handler)
         except (IntegrityError, _LostRace):
@@ -95,11 +110,7 @@ class Inbox:
         async with self._sessions() as session, session.begin():
             if await _exists(session, event_id):
                 return Outcome.DUPLICATE
-            applied = await session.scalar(
-                select(order_progress_table.c.last_sequence).where(
-                    order_progress_table.c.order_id == order_id
-                )
-            )
+            applied = await _applied(session, order_id)
             if applied is not None and event.sequence <= applied:
                 return Outcome.STALE
             if event.sequence != (applied or 0) + 1:
@@ -135,6 +146,18 @@ class Inbox:
                     raise _LostRace()
         return Outcome.APPLIED
 
+    async def _check(self, event: Event) -> Outcome | None:
+        """The outcome if the event must not be applied now (raises OutOfOrder), else None."""
+        async with self._sessions() as session:
+            if await _exists(session, str(event.event_id)):
+                return Outcome.DUPLICATE
+            applied = await _applied(session, str(event.order_id))
+        if applied is not None and event.sequence <= applied:
+            return Outcome.STALE
+        if event.sequence != (applied or 0) + 1:
+            raise OutOfOrder(event, applied or 0)
+        return None
+
     async def seen(self, event_id: str) -> bool:
         async with self._sessions() as session:
             return await _exists(session, event_id)
@@ -147,6 +170,14 @@ class Inbox:
                 delete(inbox_table).where(inbox_table.c.processed_at < cutoff)
             )
         return result.rowcount or 0
+
+
+async def _applied(session: AsyncSession, order_id: str) -> int | None:
+    return await session.scalar(
+        select(order_progress_table.c.last_sequence).where(
+            order_progress_table.c.order_id == order_id
+        )
+    )
 
 
 async def _exists(session: AsyncSession, event_id: str) -> bool:

@@ -21,7 +21,7 @@ from messaging import telemetry
 from messaging.broker import connect
 from messaging.consumer import EventConsumer
 from messaging.contracts import Event
-from messaging.inbox import Handler, Inbox, Outcome
+from messaging.inbox import Handler, Inbox, Outcome, SideEffect
 from messaging.settings import ConsumerSettings, ServiceSettings
 from messaging.topology import QueueTopology
 
@@ -68,17 +68,25 @@ class BrokerLink:
 class ConsumerRuntime:
     """The consuming half of a service: broker link, consumer, inbox upkeep."""
 
-    def __init__(self, service: str, settings: ConsumerSettings, inbox: Inbox, handler: Handler):
+    def __init__(
+        self,
+        service: str,
+        settings: ConsumerSettings,
+        inbox: Inbox,
+        handler: Handler,
+        before: SideEffect | None = None,
+    ):
         self.service = service
         self.broker = BrokerLink(settings.rabbitmq_url, service)
         self._settings = settings
         self._inbox = inbox
         self._handler = handler
+        self._before = before
         self._consumer: EventConsumer | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def process(self, event: Event) -> Outcome:
-        return await self._inbox.process(event, self._handler)
+        return await self._inbox.process(event, self._handler, before=self._before)
 
     async def start(self) -> None:
         self._tasks = [

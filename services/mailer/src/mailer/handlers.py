@@ -1,6 +1,8 @@
 """What mailer does with an event: one mail per event, remembered so a redelivery sends nothing.
 
-The SMTP server takes the mail before our transaction commits. If the process dies in
+Two steps: `send_mail` talks to the SMTP server outside any database transaction, then
+`record_mail` commits the record together with the inbox entry. The SMTP server takes the
+mail before that commit. If the process dies in
 that gap the event is redelivered and the mail goes out again, with the same Message-ID
 (derived from the event id), so mail clients can fold the two. README: "Mail".
 """
@@ -49,11 +51,14 @@ def compose(event: Event, mail_from: str) -> EmailMessage:
     return message
 
 
-async def send_mail(
-    event: Event, session: AsyncSession, *, sender: MailSender, mail_from: str
-) -> None:
+async def send_mail(event: Event, *, sender: MailSender, mail_from: str) -> None:
+    """Hand the mail to the SMTP server. Runs before the inbox transaction (see Inbox.process)."""
+    await sender.send(compose(event, mail_from))
+
+
+async def record_mail(event: Event, session: AsyncSession, *, mail_from: str) -> None:
+    """Remember what was sent, in the same transaction as the inbox record."""
     message = compose(event, mail_from)
-    await sender.send(message)
     await store.record_sent(
         session,
         event_id=str(event.event_id),

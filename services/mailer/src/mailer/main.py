@@ -18,9 +18,11 @@ SERVICE = "mailer"
 
 def create_app(settings: Settings) -> FastAPI:
     sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout)
-    handler = partial(handlers.send_mail, sender=sender, mail_from=settings.mail_from)
-    return consumer_app(SERVICE, settings, metadata=store.metadata, handler=handler,
-                        router=api.router)
+    return consumer_app(
+        SERVICE, settings, metadata=store.metadata, router=api.router,
+        before=partial(handlers.send_mail, sender=sender, mail_from=settings.mail_from),
+        handler=partial(handlers.record_mail, mail_from=settings.mail_from),
+    )
 
 
 def main() -> None:

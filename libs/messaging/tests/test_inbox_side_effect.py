@@ -1,0 +1,77 @@
+"""An effect outside the database (a mail) runs only for a new, in-order event, and holds no
+database connection while it waits."""
+
+import pytest
+from sqlalchemy import Column, MetaData, String, Table, insert, select
+
+from devstack import events
+from messaging import db, inbox
+from messaging.inbox import Inbox, Outcome, OutOfOrder
+
+pytestmark = pytest.mark.integration
+
+records_metadata = MetaData()
+records = Table("records", records_metadata, Column("event_id", String(36), nullable=False))
+
+
+@pytest.fixture
+async def sessions(database_url):
+    engine = db.create_engine(database_url)
+    await db.create_schema(engine, records_metadata, inbox.metadata)
+    yield db.session_factory(engine)
+    await engine.dispose()
+
+
+async def record(event, session):
+    await session.execute(insert(records).values(event_id=str(event.event_id)))
+
+
+async def recorded(sessions) -> list[str]:
+    async with sessions() as session:
+        return list((await session.execute(select(records.c.event_id))).scalars())
+
+
+async def test_the_side_effect_runs_once_for_a_new_event_and_not_for_its_duplicate(sessions):
+    sent = []
+
+    async def send(event):
+        sent.append(event.event_id)
+
+    paid = events.order_paid()
+    assert await Inbox(sessions).process(paid, record, before=send) is Outcome.APPLIED
+    assert await Inbox(sessions).process(paid, record, before=send) is Outcome.DUPLICATE
+    assert sent == [paid.event_id]
+    assert await recorded(sessions) == [str(paid.event_id)]
+
+
+async def test_the_side_effect_waits_for_the_predecessor_of_an_early_event(sessions):
+    sent = []
+
+    async def send(event):
+        sent.append(event.event_id)
+
+    refunded = events.order_refunded(events.order_paid())
+    with pytest.raises(OutOfOrder):
+        await Inbox(sessions).process(refunded, record, before=send)
+    assert sent == []
+
+
+async def test_a_failed_side_effect_records_nothing_so_the_retry_sends_again(sessions):
+    async def refuse(_event):
+        raise ConnectionRefusedError("smtp down")
+
+    paid = events.order_paid()
+    with pytest.raises(ConnectionRefusedError):
+        await Inbox(sessions).process(paid, record, before=refuse)
+    assert await recorded(sessions) == []
+    assert not await Inbox(sessions).seen(str(paid.event_id))
+
+
+async def test_the_side_effect_holds_no_database_connection(sessions):
+    async def send_while_reading(event):
+        # With SQLite's single pooled connection this would wait forever if we held it.
+        async with sessions() as session:
+            await session.execute(select(records.c.event_id))
+
+    paid = events.order_paid()
+    assert await Inbox(sessions).process(paid, record, before=send_while_reading) is Outcome.APPLIED
