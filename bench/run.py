@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
+import signal
 import sys
 import time
 import traceback
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling
+from bench import ceiling, pipeline
 from bench.harness import (
     RESULTS_DIR,
     Broker,
@@ -59,6 +61,7 @@ class BenchContext:
     base_urls: dict[str, str] = field(default_factory=dict)  # service → http://127.0.0.1:port
     pids: dict[str, int] = field(default_factory=dict)  # service → pid (CPU / RSS accounting)
     options: dict[str, Any] = field(default_factory=dict)  # e.g. {"db": "sqlite"}
+    stack: Any = None  # the running pipeline.PipelineStack, for scenarios that need it
 
     @property
     def amqp_url(self) -> str:
@@ -70,10 +73,11 @@ Scenario = Callable[[BenchContext], Any]
 # name → (function, needs the service stack)
 SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     "ceiling": (ceiling.scenario, False),
-    # "saturation": (pipeline.saturation, True),
-    # "fixed_rate": (pipeline.fixed_rate, True),
-    # "slow_mail": (pipeline.slow_mail, True),
-    # "service_resources": (pipeline.service_resources, True),
+    "saturation": (pipeline.saturation, True),
+    "fixed_rate": (pipeline.fixed_rate, True),
+    "service_resources": (pipeline.service_resources, True),
+    # starts its own stack (and the synchronous mode) with a slow SMTP server
+    "slow_mail": (pipeline.slow_mail, False),
 }
 
 TARGETS: list[Target] = [
@@ -111,10 +115,47 @@ TARGETS: list[Target] = [
 ]
 
 
-def _run_scenario(fn: Scenario, ctx: BenchContext) -> Any:
+async def _run_scenario(fn: Scenario, ctx: BenchContext) -> Any:
     if inspect.iscoroutinefunction(fn):
-        return asyncio.run(fn(ctx))
-    return fn(ctx)
+        return await fn(ctx)
+    return await asyncio.to_thread(fn, ctx)  # e.g. the ceiling, which runs its own loops
+
+
+async def _run_all(
+    names: list[str], ctx: BenchContext, results: dict[str, Any], errors: dict[str, str]
+) -> None:
+    """Run the scenarios in order; one stack serves the consecutive ones that need it."""
+    async with contextlib.AsyncExitStack() as exits:
+        stack_exits: contextlib.AsyncExitStack | None = None
+        for name in names:
+            fn, needs_stack = SCENARIOS[name]
+            if needs_stack and ctx.stack is None:
+                print("starting the service stack …", file=sys.stderr, flush=True)
+                stack_exits = await exits.enter_async_context(contextlib.AsyncExitStack())
+                try:
+                    ctx.stack = await stack_exits.enter_async_context(
+                        pipeline.pipeline_stack(ctx.broker, ctx.options["db"])
+                    )
+                except Exception as exc:  # noqa: BLE001 - reported like a failed scenario
+                    traceback.print_exc()
+                    errors[name] = f"stack did not start: {type(exc).__name__}: {exc}"
+                    continue
+                ctx.vhost = ctx.stack.vhost
+                ctx.base_urls = {s: ctx.stack.url(s) for s in SERVICES}
+                ctx.pids = ctx.stack.pids
+            elif not needs_stack and stack_exits is not None:
+                # the next scenarios measure something else: don't let the stack compete
+                await stack_exits.aclose()
+                stack_exits, ctx.stack = None, None
+            print(f"running {name} …", file=sys.stderr, flush=True)
+            t = time.monotonic()
+            try:
+                results[name] = await _run_scenario(fn, ctx)
+            except Exception as exc:  # noqa: BLE001 - report it and go on with the others
+                traceback.print_exc()
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            results[name]["wall_s"] = round(time.monotonic() - t, 2)
 
 
 def postprocess(results: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
@@ -181,12 +222,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--ceiling-prefetch", type=int, default=None, help="ceiling: prefetch per consumer"
     )
+    p.add_argument(
+        "--clients", type=int, default=32, help="saturation: concurrent closed-loop clients"
+    )
+    p.add_argument("--rate", type=float, default=200.0, help="fixed_rate: payments per second")
+    p.add_argument(
+        "--smtp-delay", type=float, default=0.2, help="slow_mail: SMTP hold per mail (s)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--amqp-port", type=int, default=5672)
     p.add_argument("--mgmt-url", default="http://127.0.0.1:15672")
     return p.parse_args(argv)
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _shown(path: Path) -> Path:
@@ -209,10 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     if version is None:
         print(f"RabbitMQ management API not reachable at {broker.mgmt_url}", file=sys.stderr)
         return 2
-    if any(SCENARIOS[n][1] for n in names):
-        print("pipeline scenarios need the service stack; not wired yet", file=sys.stderr)
-        return 2
-
     ctx = BenchContext(
         broker=broker,
         duration=args.duration or 30.0,
@@ -222,23 +270,18 @@ def main(argv: list[str] | None = None) -> int:
             "db": args.db,
             "ceiling_window": args.ceiling_window,
             "ceiling_prefetch": args.ceiling_prefetch,
+            "clients": args.clients,
+            "rate": args.rate,
+            "smtp_delay": args.smtp_delay,
         },
     )
     started = time.time()
     stem = results_stem(started)
     results: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
-    for name in names:
-        fn, _needs_stack = SCENARIOS[name]
-        print(f"running {name} …", file=sys.stderr, flush=True)
-        t = time.monotonic()
-        try:
-            results[name] = _run_scenario(fn, ctx)
-        except Exception as exc:  # noqa: BLE001 - report it and go on with the others
-            traceback.print_exc()
-            errors[name] = f"{type(exc).__name__}: {exc}"
-            continue
-        results[name]["wall_s"] = round(time.monotonic() - t, 2)
+    # SIGTERM (timeout, CI) unwinds like Ctrl-C: the stack, vhost and databases are removed
+    signal.signal(signal.SIGTERM, _interrupt)
+    asyncio.run(_run_all(names, ctx, results, errors))
 
     plot_lat, plot_tp, _ = postprocess(results)
     table, evaluated = build_table(results, TARGETS)
