@@ -8,6 +8,7 @@ with `-m "not chaos"`."""
 from __future__ import annotations
 
 import pytest
+
 from devstack import chaos
 
 SHORT = chaos.ChaosConfig(payments=300, refund_ratio=0.10, seconds=20, kills_per_consumer=1,
@@ -65,7 +66,7 @@ def test_counting_everything_once_is_all_zero():
 
 
 @pytest.mark.unit
-def test_mail_resends_beyond_the_mailer_kills_count_as_duplicated(tmp_path):
+def test_mail_resends_beyond_what_the_faults_can_explain_count_as_duplicated(tmp_path):
     from email.message import EmailMessage
 
     def deliver(message_id: str, n: int) -> None:
@@ -74,11 +75,13 @@ def test_mail_resends_beyond_the_mailer_kills_count_as_duplicated(tmp_path):
             mail["Message-ID"] = message_id
             (tmp_path / f"{message_id.strip('<>')}.{i}.eml").write_bytes(mail.as_bytes())
 
-    deliver("<e1@mini-ec>", 3)  # two resends
+    deliver("<e1@mini-ec>", 2 + chaos.IN_FLIGHT)  # 1 + IN_FLIGHT resends
     deliver("<e2@mini-ec>", 1)
     deliver("<stranger@mini-ec>", 1)
-    counts, resent = chaos.smtp_counts(tmp_path, EXPECTED, mailer_kills=1)
-    assert resent == 2
+    counts, resent = chaos.smtp_counts(tmp_path, EXPECTED, faults=1)
+    assert resent == 1 + chaos.IN_FLIGHT
     assert counts == chaos.Counts(expected=3, lost=1, duplicated=1, unexpected=1)
-    counts, _ = chaos.smtp_counts(tmp_path, EXPECTED, mailer_kills=2)
+    counts, _ = chaos.smtp_counts(tmp_path, EXPECTED, faults=2)
     assert counts.duplicated == 0
+    counts, _ = chaos.smtp_counts(tmp_path, EXPECTED, faults=0)  # no fault: no resend allowed
+    assert counts.duplicated == 1 + chaos.IN_FLIGHT

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+
 from devstack import throwaway
 from devstack.stack import SERVICES, Stack, free_port
 from devstack.wait import eventually

@@ -11,12 +11,12 @@ import sys
 import aio_pika
 import httpx
 import pytest
-from devstack import events, throwaway
-from devstack.stack import free_port
-from devstack.wait import eventually
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devstack import events, throwaway
+from devstack.stack import free_port
+from devstack.wait import eventually
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.topology import QueueTopology, declare_exchange
 

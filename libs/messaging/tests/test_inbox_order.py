@@ -9,9 +9,9 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from devstack import events
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 
+from devstack import events
 from messaging import db, inbox
 from messaging.contracts import utcnow
 from messaging.inbox import Inbox, Outcome, OutOfOrder, inbox_table, order_progress_table
