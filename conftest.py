@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from devstack import smtp_sink, throwaway
 from devstack.stack import SERVICES, Stack, free_port
 

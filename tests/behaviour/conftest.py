@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from devstack import smtp_sink
 from devstack.stack import SERVICES, free_port
 from devstack.syncmode import SyncShop

@@ -8,6 +8,7 @@ Effects are awaited by polling: in the synchronous mode the first poll already f
 import uuid
 
 import pytest
+
 from devstack.wait import eventually
 
 pytestmark = pytest.mark.e2e

@@ -11,11 +11,12 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from devstack.smtp_sink import mails_in
 from devstack.stack import SERVICES, Stack, free_port
 from devstack.syncmode import SyncShop
 from devstack.wait import eventually
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
 

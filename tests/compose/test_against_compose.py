@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+
 from devstack.jaeger import Jaeger
 from devstack.mailpit import Mailpit
 from devstack.wait import eventually

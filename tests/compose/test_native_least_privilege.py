@@ -22,10 +22,10 @@ import aio_pika
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
+
 from devstack import smtp_sink
 from devstack.stack import SERVICES, Stack, free_port
 from devstack.wait import eventually
-
 from messaging.publisher import publish_confirmed
 
 pytestmark = pytest.mark.e2e

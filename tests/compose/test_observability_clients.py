@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from devstack.jaeger import Jaeger, TraceQueryError
 from devstack.mailpit import Mailpit
 

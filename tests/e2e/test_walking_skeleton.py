@@ -4,6 +4,7 @@ import uuid
 
 import httpx
 import pytest
+
 from devstack.smtp_sink import mails_in
 from devstack.wait import eventually
 
@@ -22,11 +23,13 @@ def ledger(stack, customer_id) -> dict:
 
 
 def mails(stack, order_id) -> list:
-    return httpx.get(f"{stack.url('mailer')}/mails", params={"order_id": order_id}, timeout=10).json()
+    response = httpx.get(f"{stack.url('mailer')}/mails", params={"order_id": order_id}, timeout=10)
+    return response.json()
 
 
 def audit(stack, order_id) -> list:
-    return httpx.get(f"{stack.url('audit')}/events", params={"order_id": order_id}, timeout=10).json()
+    response = httpx.get(f"{stack.url('audit')}/events", params={"order_id": order_id}, timeout=10)
+    return response.json()
 
 
 def all_three_done(stack, payment) -> bool:
@@ -67,7 +70,8 @@ def test_a_payment_answers_201_with_the_payment_and_its_correlation_id(stack):
 
 def test_a_given_correlation_id_is_kept_and_a_bad_one_replaced(stack):
     order_id = uuid.uuid4()
-    good = httpx.post(f"{stack.url('payment')}/payments", headers={"X-Correlation-ID": "trace-me-42"},
+    good = httpx.post(f"{stack.url('payment')}/payments",
+                      headers={"X-Correlation-ID": "trace-me-42"},
                       json={"order_id": str(order_id), "customer_id": "cid", "amount": 500,
                             "email": "a@example.com", "currency": "EUR"})
     assert good.json()["correlation_id"] == "trace-me-42"

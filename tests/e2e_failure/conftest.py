@@ -7,6 +7,7 @@ import socket
 import threading
 
 import pytest
+
 from devstack.stack import free_port
 from devstack.throwaway import AMQP_HOST
 

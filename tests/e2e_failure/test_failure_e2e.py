@@ -15,11 +15,11 @@ from pathlib import Path
 import aio_pika
 import httpx
 import pytest
+
 from devstack import events, throwaway
 from devstack.smtp_sink import mails_in
 from devstack.stack import Stack, free_port
 from devstack.wait import eventually
-
 from messaging import dlq
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.topology import QueueTopology, declare_exchange

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+
 from devstack import smtp_sink, throwaway
 from devstack.stack import SERVICES, Stack, free_port
 from devstack.syncmode import SyncShop

@@ -4,10 +4,10 @@ import asyncio
 
 import aio_pika
 import pytest
-from devstack import events
-from devstack.wait import eventually_async
 from sqlalchemy import Column, MetaData, String, Table, func, insert, select
 
+from devstack import events
+from devstack.wait import eventually_async
 from messaging import db, inbox
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox, Outcome

@@ -4,12 +4,12 @@ reported, never swallowed and never stopping the other handlers."""
 import logging
 
 import pytest
-from devstack import events
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from devstack import events
 from messaging import correlation
 from messaging.contracts import OrderPaid, OrderRefunded
 from messaging.dispatcher import Dispatcher

@@ -13,12 +13,12 @@ import uuid
 import aio_pika
 import httpx
 import pytest
-from devstack import events
-from devstack.wait import eventually_async
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack import events
+from devstack.wait import eventually_async
 from messaging import db, outbox
 from messaging.consumer import EventConsumer, PermanentError
 from messaging.http import install_common

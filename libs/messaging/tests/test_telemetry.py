@@ -17,8 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from devstack.stack import free_port
-from devstack.wait import eventually
 from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -27,6 +25,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+from devstack.stack import free_port
+from devstack.wait import eventually
 from messaging import correlation
 from messaging.http import install_common
 from messaging.telemetry import CorrelationIdSpanProcessor

@@ -112,7 +112,8 @@ def one(found: list[ReadableSpan], what: str) -> ReadableSpan:
 def traces(found) -> set[int]:
     """The trace ids of `found`; names the spans outside the request's trace, if any."""
     requests = {s.context.trace_id for s in found if s.kind == SpanKind.SERVER}
-    strays = [(s.name, s.kind.name, s.parent, dict(s.attributes)) for s in found if s.context.trace_id not in requests]
+    strays = [(s.name, s.kind.name, s.parent, dict(s.attributes))
+              for s in found if s.context.trace_id not in requests]
     assert not strays, f"spans outside the request's trace: {strays}"
     return {s.context.trace_id for s in found}
 

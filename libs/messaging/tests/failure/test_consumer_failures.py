@@ -10,10 +10,10 @@ import uuid
 from datetime import datetime
 
 import pytest
-from devstack import events
-from devstack.wait import eventually_async
 from prometheus_client import REGISTRY
 
+from devstack import events
+from devstack.wait import eventually_async
 from messaging import dlq
 from messaging import headers as h
 from messaging.contracts import MAX_BODY_BYTES

@@ -13,11 +13,11 @@ import uuid
 
 import aio_pika
 import pytest
+from sqlalchemy import Column, MetaData, String, Table, func, insert, select
+
 from devstack import events
 from devstack.stack import free_port
 from devstack.wait import eventually_async
-from sqlalchemy import Column, MetaData, String, Table, func, insert, select
-
 from messaging import db, dlq, inbox
 from messaging import headers as h
 from messaging.contracts import utcnow

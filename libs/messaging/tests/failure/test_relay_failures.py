@@ -7,10 +7,10 @@ import contextlib
 import logging
 
 import pytest
-from devstack import events
-from devstack.wait import eventually_async
 from sqlalchemy import select
 
+from devstack import events
+from devstack.wait import eventually_async
 from messaging import db, outbox
 from messaging.outbox import OutboxRelay, add_to_outbox, outbox_table
 from messaging.topology import declare_exchange
