@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -33,7 +32,12 @@ from messaging import correlation, metrics
 from messaging import headers as h
 from messaging.contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging.inbox import Outcome, OutOfOrder
-from messaging.publisher import PublishFailed, open_confirm_channel, publish_confirmed
+from messaging.publisher import (
+    PublishFailed,
+    copy_message,
+    open_confirm_channel,
+    publish_confirmed,
+)
 from messaging.topology import QueueTopology, ensure_exchange
 
 log = logging.getLogger(__name__)
@@ -208,17 +212,7 @@ class EventConsumer:
     ) -> None:
         """Copy the message (body, ids, trace context) to `queue`, confirmed, then ack it."""
         assert self._channel is not None
-        copy = aio_pika.Message(
-            message.body,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            type=message.type,
-            timestamp=message.timestamp,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={**_own_headers(message), **extra_headers},
-        )
+        copy = copy_message(message, {**_own_headers(message), **extra_headers})
         try:
             await publish_confirmed(self._channel.default_exchange, copy, routing_key=queue)
         except PublishFailed:

@@ -32,7 +32,12 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from messaging import headers as h
-from messaging.publisher import PublishFailed, open_confirm_channel, publish_confirmed
+from messaging.publisher import (
+    PublishFailed,
+    copy_message,
+    open_confirm_channel,
+    publish_confirmed,
+)
 from messaging.topology import SERVICE_QUEUES, QueueTopology
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
@@ -134,17 +139,7 @@ def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
         k: v for k, v in (message.headers or {}).items()
         if not k.startswith("x-") and k not in _RESET_HEADERS
     }
-    return aio_pika.Message(
-        message.body,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        type=message.type,
-        timestamp=message.timestamp,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        headers=headers,
-    )
+    return copy_message(message, headers)
 
 
 async def _settle(connection, dlq, event_ids, action) -> Result:

@@ -11,7 +11,12 @@ from collections.abc import Mapping
 from datetime import datetime
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
 from aiormq.exceptions import DeliveryError
 from pamqp.commands import Basic
 
@@ -41,6 +46,24 @@ def build_message(
         timestamp=timestamp,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         headers=dict(headers or {}),
+    )
+
+
+def copy_message(
+    message: AbstractIncomingMessage, headers: Mapping[str, object]
+) -> aio_pika.Message:
+    """A persistent copy of a received message with the same body, ids, type and time,
+    carrying `headers` (for a retry queue, the DLQ, or a replay)."""
+    return aio_pika.Message(
+        message.body,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        type=message.type,
+        timestamp=message.timestamp,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers=dict(headers),
     )
 
 
