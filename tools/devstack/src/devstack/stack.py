@@ -85,18 +85,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         for name in names or SERVICES:
             svc = self.services[name]
-            while True:
-                if svc.process is not None and svc.process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {svc.process.returncode}:\n"
-                                       f"{self.log_tail(name)}")
-                try:
-                    if httpx.get(f"{svc.url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not ready after {timeout}s:\n{self.log_tail(name)}")
-                time.sleep(0.05)
+            wait_until_ready(name, svc.url, svc.process, svc.log_path, deadline)
 
     def signal(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.services[name].process
@@ -126,7 +115,27 @@ class Stack:
                 proc.wait()
 
     def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.services[name].log_path
-        if path is None or not path.exists():
-            return "(no log file)"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.services[name].log_path, lines)
+
+
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    if path is None or not path.exists():
+        return "(no log file)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_until_ready(name: str, url: str, process: subprocess.Popen | None,
+                     log_path: Path | None, deadline: float) -> None:
+    """Poll `url`/readyz until it answers 200; fail with the log tail if the process exits
+    or the deadline (time.monotonic()) passes."""
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_tail(log_path)}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not ready in time:\n{log_tail(log_path)}")
+        time.sleep(0.05)

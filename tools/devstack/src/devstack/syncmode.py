@@ -12,9 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from devstack.stack import DEFAULT_PORTS, SERVICES
+from devstack.stack import DEFAULT_PORTS, SERVICES, log_tail, wait_until_ready
 
 
 @dataclass
@@ -45,19 +43,8 @@ class SyncShop:
         """Poll every port's /readyz until it answers 200, or fail with the log tail."""
         deadline = time.monotonic() + timeout
         for name in SERVICES:
-            while True:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"inprocess exited with {self.process.returncode}:\n"
-                                       f"{self.log_tail()}")
-                try:
-                    if httpx.get(f"{self.url(name)}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"inprocess ({name}) not ready after {timeout}s:\n"
-                                       f"{self.log_tail()}")
-                time.sleep(0.05)
+            wait_until_ready(f"inprocess ({name})", self.url(name), self.process,
+                             self.log_path, deadline)
 
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.process is None:
@@ -71,6 +58,4 @@ class SyncShop:
             return self.process.wait()
 
     def log_tail(self, lines: int = 30) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log file)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
