@@ -38,6 +38,9 @@ test-integration: install ## integration tests (real RabbitMQ, SQLite, PostgreSQ
 test-e2e: install ## end-to-end tests (the whole stack as local processes)
 	$(PY) -m pytest -m e2e
 
+bench: install ## benchmarks vs the raw broker ceiling (< 5 min; ARGS="--db postgres", "--only ceiling", ...)
+	$(PY) -m bench $(ARGS)
+
 chaos: install ## the full chaos check: 2,000 payments, consumers SIGKILLed, broker restarted (<= 3 min)
 	$(PY) -m devstack.chaos
 
