@@ -343,7 +343,7 @@ async def pipeline_stack(
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-stack-"))
     with throwaway_vhost(broker, prefix="bench-stack") as vhost:
-        urls, pg_names = _database_urls(db, tmp, "async")
+        urls, pg_names = await asyncio.to_thread(_database_urls, db, tmp, "async")
         smtp = SmtpSinkProcess(tmp / "mail", _free_port(), tmp / "smtp.log")
         stack = Stack(
             rabbitmq_url=broker.amqp_url(vhost),
@@ -389,11 +389,15 @@ async def pipeline_stack(
             await completion.close()
             await asyncio.to_thread(stack.stop)
             smtp.stop()
-            if pg_names:
-                from devstack.throwaway import drop_postgres_database
+            await asyncio.to_thread(_drop_databases, pg_names)
 
-                for name in pg_names:
-                    drop_postgres_database(name)
+
+def _drop_databases(names: list[str]) -> None:
+    if names:
+        from devstack.throwaway import drop_postgres_database
+
+        for name in names:
+            drop_postgres_database(name)
 
 
 def _bar(total: float, desc: str, progress: bool, unit: str = "s"):  # type: ignore[no-untyped-def]
@@ -621,7 +625,9 @@ async def slow_mail(ctx: Any) -> dict[str, Any]:
         mails_pending = st.payments_posted - (await st.completion.counts())["mailer"]
         tmp, smtp = st.tmp, st.smtp
         # the synchronous mode, against the same (slow) SMTP sink
-        sync_urls, pg_names = _database_urls(ctx.options.get("db", "sqlite"), tmp, "sync")
+        sync_urls, pg_names = await asyncio.to_thread(
+            _database_urls, ctx.options.get("db", "sqlite"), tmp, "sync"
+        )
         shop = SyncShop(database_urls=sync_urls, smtp_port=smtp.port,
                         ports={s: _free_port() for s in SERVICES},
                         log_path=tmp / "inprocess.log")
@@ -635,11 +641,7 @@ async def slow_mail(ctx: Any) -> dict[str, Any]:
             bar.update(1)
         finally:
             await asyncio.to_thread(shop.stop)
-            if pg_names:
-                from devstack.throwaway import drop_postgres_database
-
-                for name in pg_names:
-                    drop_postgres_database(name)
+            await asyncio.to_thread(_drop_databases, pg_names)
     bar.close()
     return {
         "smtp_delay_s": delay,
