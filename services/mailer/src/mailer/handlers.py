@@ -29,15 +29,23 @@ def message_id_for(event: Event) -> str:
     return f"<{event.event_id}@mini-ec>"
 
 
-def compose(event: Event, mail_from: str) -> EmailMessage:
-    amount = f"{event.data.amount} {event.data.currency} (minor units)"
+def subject_for(event: Event) -> str:
     match event:
         case OrderPaid():
-            subject = "Thank you for your order"
+            return "Thank you for your order"
+        case OrderRefunded():
+            return "Your refund"
+    raise TypeError(f"no mail for {event.event_type}")
+
+
+def compose(event: Event, mail_from: str) -> EmailMessage:
+    amount = f"{event.data.amount} {event.data.currency} (minor units)"
+    subject = subject_for(event)
+    match event:
+        case OrderPaid():
             body = (f"Hello {event.data.customer_id},\n\nwe received your payment of {amount} "
                     f"for order {event.order_id}.\n\nThank you for shopping with Mini EC.\n")
         case OrderRefunded():
-            subject = "Your refund"
             body = (f"Hello {event.data.customer_id},\n\nyour payment of {amount} for order "
                     f"{event.order_id} has been refunded.\n")
     message = EmailMessage()
@@ -57,14 +65,17 @@ async def send_mail(event: Event, *, sender: MailSender, mail_from: str) -> None
 
 
 async def record_mail(event: Event, session: AsyncSession, *, mail_from: str) -> None:
-    """Remember what was sent, in the same transaction as the inbox record."""
-    message = compose(event, mail_from)
+    """Remember what was sent, in the same transaction as the inbox record.
+
+    The same subject and Message-ID as `compose` gives the mail, without building it again
+    (the email package's header parsing was a tenth of the mailer's CPU).
+    """
     await store.record_sent(
         session,
         event_id=str(event.event_id),
         order_id=str(event.order_id),
         to=event.data.email,
-        subject=message["Subject"],
-        message_id=message["Message-ID"],
+        subject=subject_for(event),
+        message_id=message_id_for(event),
         sent_at=utcnow(),
     )
