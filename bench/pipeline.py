@@ -621,8 +621,9 @@ async def slow_mail(ctx: Any) -> dict[str, Any]:
         st.smtp.restart(delay)
         samples["async_post"] = await _sequential_posts(st.url("payment"), seconds)
         bar.update(1)
-        # the mail backlog of the slow phase, as the mailer works it off
-        mails_pending = st.payments_posted - (await st.completion.counts())["mailer"]
+        # mails still to send when the slow phase ends (each phase also posts 3 warm-ups)
+        posted = st.payments_posted + sum(len(samples[k]) + 3 for k in samples)
+        mails_pending = posted - (await st.completion.counts())["mailer"]
         tmp, smtp = st.tmp, st.smtp
         # the synchronous mode, against the same (slow) SMTP sink
         sync_urls, pg_names = await asyncio.to_thread(
