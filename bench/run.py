@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import inspect
+import os
 import signal
 import sys
 import time
@@ -287,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     table, evaluated = build_table(results, TARGETS)
     report = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "machine": machine_info(),
+        # the load average at the end too: a run disturbed by other work shows in both
+        "machine": machine_info() | {"loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
         "rabbitmq": version,
         "commit": git_commit(REPO),
         "args": {k: str(v) for k, v in vars(args).items()},
