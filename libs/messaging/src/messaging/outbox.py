@@ -136,8 +136,11 @@ class OutboxRelay:
             await self._wait(self._poll_interval)
 
     async def _wait(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives just as the event is set, and the relay would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         self._wake.clear()
 
     async def publish_pending(self) -> int:
