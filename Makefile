@@ -6,7 +6,7 @@ PY := .venv/bin/python
 .PHONY: help install run run-sync test test-unit test-integration test-e2e test-compose chaos bench lint dlq clean
 
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(UV):
 	@echo "uv not found: installing it with pip"
