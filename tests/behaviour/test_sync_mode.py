@@ -1,6 +1,6 @@
 """What only the synchronous mode promises: the handlers' work is done when the payment
-answers; and the decision on a failing handler (README "Sync first, then async"): the payment stands,
-the failure is logged, traced, counted and named in the `X-Handler-Failures` header."""
+answers; and the decision on a failing handler (README, "Sync first, then async"): the payment
+stands, the failure is logged, traced, counted and named in the `X-Handler-Failures` header."""
 
 import json
 import time

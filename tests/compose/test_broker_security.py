@@ -161,7 +161,7 @@ async def test_a_consumer_redeclares_its_own_queues_but_not_the_exchange(broker)
         channel = await connection.channel()
         exchange = await channel.get_exchange("shop.events", ensure=True)  # passive: allowed
         await channel.declare_queue(
-            topology.dlq, durable=True, arguments={"x-queue-type": "quorum"}
+            topology.dlq, durable=True, arguments=topology.dlq_arguments()
         )
         for delay in topology.retry_delays:
             await channel.declare_queue(

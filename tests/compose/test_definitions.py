@@ -66,7 +66,7 @@ def test_queue_arguments_are_the_ones_the_service_declares(service):
     topology = QueueTopology.for_service(service)
     queues = _queues()
     assert queues[topology.name]["arguments"] == topology.work_arguments()
-    assert queues[topology.dlq]["arguments"] == {"x-queue-type": "quorum"}
+    assert queues[topology.dlq]["arguments"] == topology.dlq_arguments()
     for delay in topology.retry_delays:
         assert queues[topology.retry_queue(delay)]["arguments"] == topology.retry_arguments(delay)
     assert SERVICE_QUEUES[service][0] == topology.name and EXCHANGE == "shop.events"

@@ -146,3 +146,9 @@ def test_every_service_is_alive_ready_and_exposes_metrics(stack, service):
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
     assert "http_requests_total" in httpx.get(f"{stack.url(service)}/metrics").text
+
+
+@pytest.mark.parametrize("path", ["/payments/not-a-uuid", "/payments/not-a-uuid/refund"])
+def test_a_payment_id_that_is_not_a_uuid_is_404_like_any_unknown_one(stack, path):
+    method = httpx.post if path.endswith("refund") else httpx.get
+    assert method(f"{stack.url('payment')}{path}").status_code == 404

@@ -42,6 +42,6 @@ def test_a_bad_setting_stops_the_process_at_start_with_one_line():
 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "inprocess: invalid setting: AUDIT_DATABASE_URL: Value error, must start with one of "
+        "inprocess: invalid setting: AUDIT_DATABASE_URL: must start with one of "
         "sqlite+aiosqlite://, postgresql+asyncpg://"
     ]

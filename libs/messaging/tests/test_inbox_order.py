@@ -180,3 +180,12 @@ async def test_a_duplicate_after_the_retention_is_still_skipped_as_stale(box, se
     assert await box.process(paid, record) is Outcome.STALE
     assert await box.process(refunded, record) is Outcome.STALE
     assert len(await effects_of(sessions, paid.order_id)) == 2
+
+
+async def test_forgetting_works_through_any_number_of_records_in_small_batches(box):
+    olds = [events.order_paid() for _ in range(5)]
+    for event in olds:
+        await box.process(event, record)
+    later = utcnow() + timedelta(days=30)
+    assert await box.forget_older_than(timedelta(days=7), now=later, batch=2) == 5
+    assert not any([await box.seen(str(e.event_id)) for e in olds])

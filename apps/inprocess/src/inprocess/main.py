@@ -14,8 +14,8 @@ is how an event reaches the handlers:
                    -> 201
 
 A failing handler does not undo the payment (it is committed first); the failure is logged,
-traced, counted and named in the `X-Handler-Failures` response header. README "Sync first, then async"
-says why.
+traced, counted and named in the `X-Handler-Failures` response header. README, "Sync first,
+then async", says why.
 """
 
 from __future__ import annotations

@@ -19,8 +19,13 @@ async def connect(url: str, name: str, *, max_backoff: float = 10.0) -> Abstract
             return await aio_pika.connect_robust(
                 url, client_properties={"connection_name": name}, reconnect_interval=1
             )
-        except aio_pika.exceptions.ProbableAuthenticationError:
-            raise  # wrong credentials or vhost: a setting to fix, not a wait
+        except aio_pika.exceptions.ProbableAuthenticationError as exc:
+            # Wrong user, password or vhost: a setting to fix, said loudly. Still retried:
+            # the user or vhost may be created a moment later (definitions loaded late).
+            log.error("broker refused the login of RABBITMQ_URL (%s); retrying in %.1fs",
+                      exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)
         except (ConnectionError, OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
             log.warning("broker not reachable (%s); retrying in %.1fs", exc, backoff)
             await asyncio.sleep(backoff)

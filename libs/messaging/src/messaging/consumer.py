@@ -73,13 +73,23 @@ class EventConsumer:
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task] = set()
 
+    @property
+    def is_consuming(self) -> bool:
+        return self._consumer_tag is not None and self._channel is not None and not (
+            self._channel.is_closed
+        )
+
     async def start(self) -> None:
-        self._channel = await open_confirm_channel(self._connection)
-        # Prefetch per consumer (global=False): how many unacked messages we work on at once.
-        await self._channel.set_qos(prefetch_count=self._prefetch)
         await ensure_exchange(self._connection)
-        self._queue = await self.topology.declare(self._channel)
-        self._consumer_tag = await self._queue.consume(self._on_message)
+        self._channel = await open_confirm_channel(self._connection)
+        try:
+            # Prefetch per consumer (global=False): how many unacked messages we work on at once.
+            await self._channel.set_qos(prefetch_count=self._prefetch)
+            self._queue = await self.topology.declare(self._channel)
+            self._consumer_tag = await self._queue.consume(self._on_message)
+        except BaseException:
+            await self._channel.close()  # the caller retries with a new consumer
+            raise
         log.info("consuming %s (prefetch %d)", self.topology.name, self._prefetch)
 
     async def stop(self) -> None:

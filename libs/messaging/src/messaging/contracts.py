@@ -35,15 +35,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class OrderPaidData(_Strict):
-    payment_id: uuid.UUID
-    customer_id: CustomerId
-    email: EmailStr
-    amount: Amount
-    currency: Currency
+class PaymentData(_Strict):
+    """The payment an order event is about: the `data` of OrderPaid and OrderRefunded (v1)."""
 
-
-class OrderRefundedData(_Strict):
     payment_id: uuid.UUID
     customer_id: CustomerId
     email: EmailStr
@@ -76,12 +70,12 @@ class _Envelope(_Strict):
 
 class OrderPaid(_Envelope):
     event_type: Literal["OrderPaid"] = "OrderPaid"
-    data: OrderPaidData
+    data: PaymentData
 
 
 class OrderRefunded(_Envelope):
     event_type: Literal["OrderRefunded"] = "OrderRefunded"
-    data: OrderRefundedData
+    data: PaymentData
 
 
 Event = OrderPaid | OrderRefunded

@@ -7,6 +7,7 @@ together, or neither does, so a redelivered event is recognised and changes noth
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -162,14 +163,30 @@ class Inbox:
         async with self._sessions() as session:
             return await _exists(session, event_id)
 
-    async def forget_older_than(self, age: timedelta, now: datetime | None = None) -> int:
-        """Drop inbox records older than `age`; returns how many. See README 'Dedupe window'."""
+    async def forget_older_than(
+        self, age: timedelta, now: datetime | None = None, batch: int = 1000
+    ) -> int:
+        """Drop inbox records older than `age`; returns how many. See README 'The dedupe window'.
+
+        In batches, one short transaction each: a week of records deleted at once would hold
+        the (single SQLite) connection, and the event loop, for seconds.
+        """
         cutoff = (now or utcnow()) - age
-        async with self._sessions() as session, session.begin():
-            result = await session.execute(
-                delete(inbox_table).where(inbox_table.c.processed_at < cutoff)
-            )
-        return result.rowcount or 0
+        removed = 0
+        while True:
+            async with self._sessions() as session, session.begin():
+                oldest = (
+                    select(inbox_table.c.event_id)
+                    .where(inbox_table.c.processed_at < cutoff)
+                    .limit(batch)
+                )
+                result = await session.execute(
+                    delete(inbox_table).where(inbox_table.c.event_id.in_(oldest))
+                )
+            removed += result.rowcount or 0
+            if (result.rowcount or 0) < batch:
+                return removed
+            await asyncio.sleep(0)  # let the messages waiting for the connection go first
 
 
 async def _applied(session: AsyncSession, order_id: str) -> int | None:

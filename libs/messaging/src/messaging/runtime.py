@@ -38,8 +38,12 @@ class BrokerLink:
         self._connected: asyncio.Future[AbstractRobustConnection] | None = None
 
     def start(self) -> None:
-        """Begin connecting in the background (idempotent)."""
-        if self._connected is None:
+        """Begin connecting in the background (idempotent; a failed attempt is started anew)."""
+        if self._connected is None or (
+            self._connected.done()
+            and not self._connected.cancelled()
+            and self._connected.exception() is not None
+        ):
             self._connected = asyncio.ensure_future(connect(self._url, self._name))
 
     async def connection(self) -> AbstractRobustConnection:
@@ -50,7 +54,8 @@ class BrokerLink:
         """Readiness: raises unless connected right now."""
         if self._connected is None or not self._connected.done():
             raise ConnectionError("not connected yet")
-        if self._connected.result().is_closed:
+        # A robust connection is not `is_closed` while it reconnects; `connected` tells.
+        if not self._connected.result().connected.is_set():
             raise ConnectionError("connection lost; reconnecting")
 
     async def close(self) -> None:
@@ -107,8 +112,8 @@ class ConsumerRuntime:
     async def check(self) -> None:
         """Readiness: connected and consuming."""
         await self.broker.check()
-        if self._consumer is None:
-            raise ConnectionError("consumer not started yet")
+        if self._consumer is None or not self._consumer.is_consuming:
+            raise ConnectionError("not consuming")
 
     async def _start_consumer(self) -> None:
         backoff = 1.0

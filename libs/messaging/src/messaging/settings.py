@@ -9,10 +9,40 @@ from __future__ import annotations
 import sys
 from typing import Annotated, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from yarl import URL
 
 SUPPORTED_DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+
+
+def _database_url(value: str) -> str:
+    if not value.startswith(SUPPORTED_DATABASES):
+        raise ValueError(f"must start with one of {', '.join(SUPPORTED_DATABASES)}")
+    try:
+        port = make_url(value).port  # parses the whole URL; a bad port raises here
+    except (ValueError, ArgumentError) as exc:
+        raise ValueError(f"is not a valid URL: {exc}") from None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range")
+    return value
+
+
+def _amqp_url(value: str) -> str:
+    if not value.startswith(("amqp://", "amqps://")):
+        raise ValueError("must be an amqp:// or amqps:// URL")
+    try:
+        URL(value).port  # noqa: B018 (parsing is the check)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL: {exc}") from None
+    return value
+
+
+# Checked at start, so a typo stops the service with one line instead of a background retry.
+DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+AmqpUrl = Annotated[str, AfterValidator(_amqp_url)]
 
 
 class ServiceSettings(BaseSettings):
@@ -26,19 +56,9 @@ class ServiceSettings(BaseSettings):
     rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
-    @field_validator("database_url")
-    @classmethod
-    def _supported_database(cls, value: str) -> str:
-        if not value.startswith(SUPPORTED_DATABASES):
-            raise ValueError(f"must start with one of {', '.join(SUPPORTED_DATABASES)}")
-        return value
-
-    @field_validator("rabbitmq_url")
-    @classmethod
-    def _amqp_url(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must be an amqp:// or amqps:// URL")
-        return value
+    # Validators by field name, so they hold for a service that overrides the default.
+    _check_database_url = field_validator("database_url")(_database_url)
+    _check_rabbitmq_url = field_validator("rabbitmq_url")(_amqp_url)
 
 
 class ConsumerSettings(ServiceSettings):
@@ -79,7 +99,8 @@ def load_settings(cls: type[S], service: str, **overrides: object) -> S:
         return cls(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
+            f"{str(err['loc'][0]).upper() if err['loc'] else '?'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors()
         )
         print(f"{service}: invalid setting: {problems}", file=sys.stderr)

@@ -22,6 +22,10 @@ EXCHANGE = "shop.events"
 # A message the consumer itself keeps crashing on is dead-lettered after this many deliveries.
 DELIVERY_LIMIT = 5
 DEFAULT_RETRY_DELAYS = (1, 5, 30)
+# RabbitMQ 4 gives every quorum queue a delivery limit of 20 and drops a message past it
+# when there is nowhere to dead-letter to. A parked message must survive being looked at
+# (`dlq show` returns what it shows) any number of times, so the DLQ says so explicitly.
+DLQ_DELIVERY_LIMIT = 1_000_000
 
 # The queue each consuming service owns, and the routing keys it binds.
 SERVICE_QUEUES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -59,6 +63,9 @@ class QueueTopology:
     def retry_queue(self, delay_seconds: int) -> str:
         return f"{self.name}.retry.{delay_seconds}s"
 
+    def dlq_arguments(self) -> dict:
+        return {**_QUORUM, "x-delivery-limit": DLQ_DELIVERY_LIMIT}
+
     def work_arguments(self) -> dict:
         return {
             **_QUORUM,
@@ -82,7 +89,7 @@ class QueueTopology:
 
         The exchange must exist (`ensure_exchange`): a consumer may bind to it, not own it.
         """
-        await channel.declare_queue(self.dlq, durable=True, arguments=dict(_QUORUM))
+        await channel.declare_queue(self.dlq, durable=True, arguments=self.dlq_arguments())
         for delay in self.retry_delays:
             await channel.declare_queue(
                 self.retry_queue(delay), durable=True, arguments=self.retry_arguments(delay)
@@ -109,8 +116,13 @@ async def ensure_exchange(connection: AbstractConnection) -> None:
     channel = await connection.channel()
     try:
         await channel.get_exchange(EXCHANGE, ensure=True)
+        return
     except ChannelNotFoundEntity:
-        channel = await connection.channel()  # a failed passive check closes its channel
+        pass
+    finally:
+        await channel.close()  # a robust channel would reopen itself after the 404
+    channel = await connection.channel()
+    try:
         await declare_exchange(channel)
     finally:
         await channel.close()

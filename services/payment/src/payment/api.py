@@ -77,19 +77,27 @@ def router(payments: PaymentService) -> APIRouter:
         return PaymentView.of(order)
 
     @api.get("/payments/{payment_id}", response_model=PaymentView)
-    async def get_payment(payment_id: uuid.UUID) -> PaymentView:
+    async def get_payment(payment_id: str) -> PaymentView:
         try:
-            return PaymentView.of(await payments.get(payment_id))
+            return PaymentView.of(await payments.get(_payment_id(payment_id)))
         except PaymentNotFound:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no payment {payment_id}") from None
 
     @api.post("/payments/{payment_id}/refund", response_model=PaymentView)
-    async def refund(payment_id: uuid.UUID) -> PaymentView:
+    async def refund(payment_id: str) -> PaymentView:
         try:
-            return PaymentView.of(await payments.refund(payment_id))
+            return PaymentView.of(await payments.refund(_payment_id(payment_id)))
         except PaymentNotFound:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no payment {payment_id}") from None
         except NotRefundable as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
     return api
+
+
+def _payment_id(text: str) -> uuid.UUID:
+    """A path id that is not a UUID names no payment: 404, like any unknown id."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise PaymentNotFound(text) from None

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from messaging.contracts import Event, OrderPaid, OrderPaidData, OrderRefunded, OrderRefundedData
+from messaging.contracts import Event, OrderPaid, OrderRefunded, PaymentData
 
 
 class PaymentStatus(enum.StrEnum):
@@ -46,20 +46,20 @@ class Order:
         order = cls(order_id=order_id, payment_id=uuid.uuid4(), customer_id=customer_id,
                     email=email, amount=amount, currency=currency, status=PaymentStatus.PAID,
                     correlation_id=correlation_id)
-        order._record(OrderPaid, OrderPaidData, now)
+        order._record(OrderPaid, now)
         return order
 
     def refund(self, *, now: datetime) -> None:
         if self.status is not PaymentStatus.PAID:
             raise NotRefundable(self.payment_id, self.status)
         self.status = PaymentStatus.REFUNDED
-        self._record(OrderRefunded, OrderRefundedData, now)
+        self._record(OrderRefunded, now)
 
     def pull_domain_events(self) -> list[Event]:
         events, self._events = self._events, []
         return events
 
-    def _record(self, event_cls, data_cls, now: datetime) -> None:  # type: ignore[no-untyped-def]
+    def _record(self, event_cls: type[OrderPaid] | type[OrderRefunded], now: datetime) -> None:
         self.sequence += 1
         self._events.append(
             event_cls(
@@ -68,7 +68,7 @@ class Order:
                 correlation_id=self.correlation_id,
                 order_id=self.order_id,
                 sequence=self.sequence,
-                data=data_cls(payment_id=self.payment_id, customer_id=self.customer_id,
-                              email=self.email, amount=self.amount, currency=self.currency),
+                data=PaymentData(payment_id=self.payment_id, customer_id=self.customer_id,
+                                 email=self.email, amount=self.amount, currency=self.currency),
             )
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from messaging.contracts import OrderPaid, OrderPaidData, OrderRefunded, OrderRefundedData, utcnow
+from messaging.contracts import OrderPaid, OrderRefunded, PaymentData, utcnow
 
 
 def order_paid(*, order_id: uuid.UUID | None = None, customer_id: str = "alice",
@@ -13,7 +13,7 @@ def order_paid(*, order_id: uuid.UUID | None = None, customer_id: str = "alice",
         event_id=uuid.uuid4(), occurred_at=utcnow(),
         correlation_id=correlation_id or str(uuid.uuid4()),
         order_id=order_id or uuid.uuid4(), sequence=1,
-        data=OrderPaidData(payment_id=uuid.uuid4(), customer_id=customer_id,
+        data=PaymentData(payment_id=uuid.uuid4(), customer_id=customer_id,
                            email=f"{customer_id}@example.com", amount=amount, currency="JPY"),
     )
 
@@ -22,5 +22,5 @@ def order_refunded(paid: OrderPaid) -> OrderRefunded:
     return OrderRefunded(
         event_id=uuid.uuid4(), occurred_at=utcnow(), correlation_id=paid.correlation_id,
         order_id=paid.order_id, sequence=2,
-        data=OrderRefundedData(**paid.data.model_dump()),
+        data=paid.data,
     )

@@ -1,0 +1,73 @@
+"""A missing or malformed setting stops a service at start with one line naming it."""
+
+import subprocess
+import sys
+
+import pytest
+
+from messaging.settings import ConsumerSettings, ServiceSettings, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("PORT", "abc", "PORT: Input should be a valid integer"),
+        ("PORT", "70000", "PORT: Input should be less than or equal to 65535"),
+        ("DATABASE_URL", "mysql://x/db", "DATABASE_URL: must start with one of"),
+        ("DATABASE_URL", "postgresql+asyncpg://u@h:xx/db", "DATABASE_URL: is not a valid URL"),
+        ("DATABASE_URL", "postgresql+asyncpg://u@h:99999/db", "port 99999 is out of range"),
+        ("RABBITMQ_URL", "http://localhost/", "RABBITMQ_URL: must be an amqp://"),
+        ("RABBITMQ_URL", "amqp://g:g@host:notaport/", "RABBITMQ_URL: is not a valid URL"),
+        ("LOG_LEVEL", "LOUD", "LOG_LEVEL: String should match pattern"),
+        ("RETRY_DELAYS", "1,x", "RETRY_DELAYS: must be comma-separated whole seconds"),
+        ("RETRY_DELAYS", "5,5", "RETRY_DELAYS: must be one or more distinct"),
+        ("PREFETCH", "0", "PREFETCH: Input should be greater than or equal to 1"),
+    ],
+)
+def test_a_bad_setting_exits_2_with_one_line_naming_it(monkeypatch, capsys, variable, value, says):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_:
+        load_settings(ConsumerSettings, "points")
+    assert exit_.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("points: invalid setting: ")
+    assert says in line
+
+
+def test_a_service_overriding_a_default_keeps_the_url_checks(monkeypatch, capsys):
+    class Overriding(ServiceSettings):
+        database_url: str = "sqlite+aiosqlite:///var/other.db"
+
+    monkeypatch.setenv("DATABASE_URL", "mysql://x/db")
+    with pytest.raises(SystemExit):
+        load_settings(Overriding, "other")
+    assert "DATABASE_URL" in capsys.readouterr().err
+
+
+def test_retry_delays_parse_from_a_comma_separated_list(monkeypatch):
+    monkeypatch.setenv("RETRY_DELAYS", "2, 10,60")
+    assert load_settings(ConsumerSettings, "points").retry_delays == (2, 10, 60)
+
+
+@pytest.mark.parametrize("service", ["payment", "points", "mailer", "audit"])
+def test_each_service_process_stops_at_start_on_a_bad_setting(service):
+    result = subprocess.run(
+        [sys.executable, "-m", service], env={"PATH": "", "PORT": "not-a-port"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"{service}: invalid setting: PORT: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    )
+
+
+def test_mailer_refuses_a_sender_that_is_no_address(monkeypatch, capsys):
+    from mailer.settings import Settings
+
+    monkeypatch.setenv("MAIL_FROM", "nobody")
+    with pytest.raises(SystemExit):
+        load_settings(Settings, "mailer")
+    assert "MAIL_FROM: must be a mail address" in capsys.readouterr().err
