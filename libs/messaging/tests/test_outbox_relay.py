@@ -106,3 +106,35 @@ async def _relay_idle(sessions) -> bool:
 
 async def _value(x):
     return x
+
+
+async def test_published_rows_past_the_retention_are_deleted_and_unsent_ones_kept(
+    sessions, connection
+):
+    from datetime import timedelta
+
+    from sqlalchemy import func, update
+
+    from messaging.contracts import utcnow
+    from messaging.outbox import forget_published_older_than
+
+    await bound_queue(connection)
+    old, recent, unsent = events.order_paid(), events.order_paid(), events.order_paid()
+    async with sessions() as session, session.begin():
+        for event in (old, recent, unsent):
+            await add_to_outbox(session, event)
+        await session.execute(
+            update(outbox_table).where(outbox_table.c.event_id == str(old.event_id))
+            .values(published_at=utcnow() - timedelta(days=30))
+        )
+        await session.execute(
+            update(outbox_table).where(outbox_table.c.event_id == str(recent.event_id))
+            .values(published_at=utcnow())
+        )
+
+    assert await forget_published_older_than(sessions, timedelta(days=7), batch=1) == 1
+
+    async with sessions() as session:
+        left = set((await session.execute(select(outbox_table.c.event_id))).scalars())
+        assert left == {str(recent.event_id), str(unsent.event_id)}
+        assert await session.scalar(select(func.count()).select_from(outbox_table)) == 2

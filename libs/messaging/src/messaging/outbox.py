@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -26,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     func,
     insert,
     select,
@@ -87,6 +89,32 @@ async def add_to_outbox(session: AsyncSession, event: Event) -> None:
             attempts=0,
         )
     )
+
+
+async def forget_published_older_than(
+    sessions: async_sessionmaker[AsyncSession], age: timedelta, batch: int = 1000
+) -> int:
+    """Delete rows published longer than `age` ago, in short batches; returns how many.
+
+    A published row has done its job; it is kept a while only to look at (what went out,
+    when, with which trace). Unsent rows are never touched.
+    """
+    cutoff = utcnow() - age
+    removed = 0
+    while True:
+        async with sessions() as session, session.begin():
+            oldest = (
+                select(outbox_table.c.id)
+                .where(outbox_table.c.published_at < cutoff)
+                .limit(batch)
+            )
+            result = await session.execute(
+                delete(outbox_table).where(outbox_table.c.id.in_(oldest))
+            )
+        removed += result.rowcount or 0
+        if (result.rowcount or 0) < batch:
+            return removed
+        await asyncio.sleep(0)  # let waiting requests have the connection
 
 
 class OutboxRelay:

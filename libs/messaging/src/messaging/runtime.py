@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import uvicorn
@@ -27,7 +28,7 @@ from messaging.topology import QueueTopology
 
 log = logging.getLogger(__name__)
 
-INBOX_CLEANUP_INTERVAL_SECONDS = 3600
+UPKEEP_INTERVAL_SECONDS = 3600
 
 
 class BrokerLink:
@@ -96,7 +97,8 @@ class ConsumerRuntime:
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._start_consumer(), name=f"{self.service}-consumer"),
-            asyncio.create_task(self._trim_inbox(), name=f"{self.service}-inbox-upkeep"),
+            asyncio.create_task(run_periodically(self._trim_inbox, "inbox upkeep"),
+                                name=f"{self.service}-inbox-upkeep"),
         ]
 
     async def stop(self) -> None:
@@ -141,15 +143,23 @@ class ConsumerRuntime:
 
     async def _trim_inbox(self) -> None:
         retention = timedelta(hours=self._settings.inbox_retention_hours)
-        while True:
-            try:
-                with telemetry.untraced():  # upkeep, not part of any order
-                    removed = await self._inbox.forget_older_than(retention)
-                if removed:
-                    log.info("inbox: forgot %d event ids older than %s", removed, retention)
-            except Exception:
-                log.exception("inbox upkeep failed; will try again")
-            await asyncio.sleep(INBOX_CLEANUP_INTERVAL_SECONDS)
+        removed = await self._inbox.forget_older_than(retention)
+        if removed:
+            log.info("inbox: forgot %d event ids older than %s", removed, retention)
+
+
+async def run_periodically(
+    job: Callable[[], Awaitable[object]], what: str, interval: float = UPKEEP_INTERVAL_SECONDS
+) -> None:
+    """Upkeep (trimming old records): now, then every `interval`; a failure is logged and
+    the job tried again next time. Untraced: it belongs to no order."""
+    while True:
+        try:
+            with telemetry.untraced():
+                await job()
+        except Exception:
+            log.exception("%s failed; will try again", what)
+        await asyncio.sleep(interval)
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:

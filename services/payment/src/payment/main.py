@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from functools import partial
 
 from fastapi import FastAPI
@@ -12,7 +13,7 @@ from fastapi import FastAPI
 from messaging import db, outbox, telemetry
 from messaging.http import install_common
 from messaging.logs import setup_logging
-from messaging.runtime import BrokerLink, serve
+from messaging.runtime import BrokerLink, run_periodically, serve
 from messaging.settings import load_settings
 from payment import api, store
 from payment.handlers import PaymentService
@@ -42,11 +43,22 @@ def create_app(settings: Settings) -> FastAPI:
             await db.create_schema(engine, store.metadata, outbox.metadata)
         # Payments are taken while the broker is down: the relay waits for the connection.
         broker.start()
-        relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        retention = timedelta(hours=settings.outbox_retention_hours)
+        tasks = [
+            asyncio.create_task(relay.run(), name="outbox-relay"),
+            asyncio.create_task(
+                run_periodically(
+                    partial(outbox.forget_published_older_than, sessions, retention),
+                    "outbox upkeep",
+                ),
+                name="outbox-upkeep",
+            ),
+        ]
         yield
-        relay_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await relay_task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await broker.close()
         await engine.dispose()
 
