@@ -57,6 +57,7 @@ class EventConsumer:
         topology: QueueTopology,
         connection: AbstractRobustConnection,
         process: Process,
+        publish_connection: AbstractRobustConnection | None = None,
         prefetch: int = 32,
         max_deferrals: int = 10,
         shutdown_grace_seconds: float = 10.0,
@@ -64,6 +65,10 @@ class EventConsumer:
         self.service = service
         self.topology = topology
         self._connection = connection
+        # Copies to the retry queues and the DLQ go out on their own connection when given:
+        # a broker alarm blocks a publishing connection, and must not block our acks with it.
+        self._publish_connection = publish_connection or connection
+        self._publish_channel: AbstractChannel | None = None
         self._process = process
         self._prefetch = prefetch
         self._max_deferrals = max_deferrals
@@ -81,7 +86,8 @@ class EventConsumer:
 
     async def start(self) -> None:
         await ensure_exchange(self._connection)
-        self._channel = await open_confirm_channel(self._connection)
+        self._publish_channel = await open_confirm_channel(self._publish_connection)
+        self._channel = await self._connection.channel()
         try:
             # Prefetch per consumer (global=False): how many unacked messages we work on at once.
             await self._channel.set_qos(prefetch_count=self._prefetch)
@@ -89,6 +95,7 @@ class EventConsumer:
             self._consumer_tag = await self._queue.consume(self._on_message)
         except BaseException:
             await self._channel.close()  # the caller retries with a new consumer
+            await self._publish_channel.close()
             raise
         log.info("consuming %s (prefetch %d)", self.topology.name, self._prefetch)
 
@@ -107,8 +114,9 @@ class EventConsumer:
             _, pending = await asyncio.wait(self._in_flight, timeout=self._grace)
             if pending:
                 log.warning("%d message(s) still in flight at shutdown; released", len(pending))
-        if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+        for channel in (self._channel, self._publish_channel):
+            if channel is not None and not channel.is_closed:
+                await channel.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -221,10 +229,12 @@ class EventConsumer:
         self, message: AbstractIncomingMessage, queue: str, extra_headers: dict
     ) -> None:
         """Copy the message (body, ids, trace context) to `queue`, confirmed, then ack it."""
-        assert self._channel is not None
+        assert self._publish_channel is not None
         copy = copy_message(message, {**_own_headers(message), **extra_headers})
         try:
-            await publish_confirmed(self._channel.default_exchange, copy, routing_key=queue)
+            await publish_confirmed(
+                self._publish_channel.default_exchange, copy, routing_key=queue
+            )
         except PublishFailed:
             # Could not park it: give it back to the queue rather than lose it.
             log.exception("could not move message %s to %s; requeued", message.message_id, queue)

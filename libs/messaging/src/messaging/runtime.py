@@ -84,6 +84,8 @@ class ConsumerRuntime:
     ):
         self.service = service
         self.broker = BrokerLink(settings.rabbitmq_url, service)
+        # Retry and DLQ copies are published on a connection of their own (see EventConsumer).
+        self.publisher = BrokerLink(settings.rabbitmq_url, f"{service}-publish")
         self._settings = settings
         self._inbox = inbox
         self._handler = handler
@@ -110,10 +112,12 @@ class ConsumerRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.broker.close()
+        await self.publisher.close()
 
     async def check(self) -> None:
-        """Readiness: connected and consuming."""
+        """Readiness: connected (both connections) and consuming."""
         await self.broker.check()
+        await self.publisher.check()
         if self._consumer is None or not self._consumer.is_consuming:
             raise ConnectionError("not consuming")
 
@@ -130,10 +134,12 @@ class ConsumerRuntime:
 
     async def _new_consumer(self) -> EventConsumer:
         connection = await self.broker.connection()
+        publish_connection = await self.publisher.connection()
         consumer = EventConsumer(
             service=self.service,
             topology=QueueTopology.for_service(self.service, self._settings.retry_delays),
             connection=connection,
+            publish_connection=publish_connection,
             process=self.process,
             prefetch=self._settings.prefetch,
             max_deferrals=self._settings.max_deferrals,
