@@ -152,3 +152,18 @@ def test_every_service_is_alive_ready_and_exposes_metrics(stack, service):
 def test_a_payment_id_that_is_not_a_uuid_is_404_like_any_unknown_one(stack, path):
     method = httpx.post if path.endswith("refund") else httpx.get
     assert method(f"{stack.url('payment')}{path}").status_code == 404
+
+
+def test_each_consumer_acks_and_publishes_on_separate_connections(stack):
+    from urllib.parse import quote
+
+    from devstack import throwaway
+
+    def names() -> set:
+        with throwaway.management() as api:
+            listed = api.get(f"/api/vhosts/{quote(stack.vhost, safe='')}/connections").json()
+        return {(c.get("client_properties") or {}).get("connection_name") for c in listed}
+
+    wanted = {"payment", *(f"{s}{suffix}" for s in ("points", "mailer", "audit")
+                           for suffix in ("", "-publish"))}
+    eventually(lambda: wanted <= names(), timeout=20, message="the connections by name")
