@@ -8,8 +8,9 @@ together, or neither does, so a redelivered event is recognised and changes noth
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
@@ -88,11 +89,24 @@ class Inbox:
         so no database connection waits on the network. If the process dies after it and
         before the commit, the redelivery does it again: at least once, never lost.
         """
-        if before is not None:
-            early = await self._check(event)
-            if early is not None:
-                return early
-            await before(event)
+        early = await self.prepare(event, before)
+        if early is not None:
+            return early
+        return await self.apply(event, handler)
+
+    async def prepare(self, event: Event, before: SideEffect | None) -> Outcome | None:
+        """The part of `process` before its transaction: with a `before` step, check that the
+        event is new and next in line (an outcome if not; OutOfOrder raised), then run it."""
+        if before is None:
+            return None
+        early = await self._check(event)
+        if early is not None:
+            return early
+        await before(event)
+        return None
+
+    async def apply(self, event: Event, handler: Handler) -> Outcome:
+        """The transaction part of `process`: effect, inbox row and progress, or nothing."""
         try:
             return await self._process_once(event, handler)
         except (IntegrityError, _LostRace):
@@ -106,46 +120,34 @@ class Inbox:
             except _LostRace:
                 raise RuntimeError(f"order {event.order_id} kept changing; retry later") from None
 
-    async def _process_once(self, event: Event, handler: Handler) -> Outcome:
-        event_id, order_id = str(event.event_id), str(event.order_id)
+    async def process_batch(
+        self,
+        events: Sequence[Event],
+        handler: Handler,
+        *,
+        contexts: Sequence[contextvars.Context] | None = None,
+    ) -> list[Outcome]:
+        """Apply several events in ONE transaction, one after the other in the given order,
+        each exactly as `apply` would (a later event of an order sees the earlier one's
+        progress; a repeated event id is a duplicate). Whatever any of them raises
+        (OutOfOrder, a handler error, IntegrityError, a lost race) rolls back the whole
+        batch and propagates: nothing is committed, and the caller applies each on its own.
+
+        `contexts[i]`, when given, is the context (trace span, correlation id) that event
+        i's work runs in: its statements and spans belong to its own message.
+        """
         async with self._sessions() as session, session.begin():
-            if await _exists(session, event_id):
-                return Outcome.DUPLICATE
-            applied = await _applied(session, order_id)
-            if applied is not None and event.sequence <= applied:
-                return Outcome.STALE
-            if event.sequence != (applied or 0) + 1:
-                raise OutOfOrder(event, applied or 0)
+            outcomes = []
+            for i, event in enumerate(events):
+                work = _apply_in(session, event, handler)
+                if contexts is not None:
+                    work = asyncio.create_task(work, context=contexts[i])
+                outcomes.append(await work)
+            return outcomes
 
-            await handler(event, session)
-
-            await session.execute(
-                insert(inbox_table).values(
-                    event_id=event_id,
-                    event_type=event.event_type,
-                    order_id=order_id,
-                    sequence=event.sequence,
-                    processed_at=utcnow(),
-                )
-            )
-            if applied is None:
-                await session.execute(
-                    insert(order_progress_table).values(
-                        order_id=order_id, last_sequence=event.sequence
-                    )
-                )
-            else:
-                # Conditional on what we read: two events of one order with the same sequence
-                # (or two consumers racing) cannot both move it. The loser rolls back.
-                moved = await session.execute(
-                    update(order_progress_table)
-                    .where(order_progress_table.c.order_id == order_id,
-                           order_progress_table.c.last_sequence == applied)
-                    .values(last_sequence=event.sequence)
-                )
-                if moved.rowcount != 1:
-                    raise _LostRace()
-        return Outcome.APPLIED
+    async def _process_once(self, event: Event, handler: Handler) -> Outcome:
+        async with self._sessions() as session, session.begin():
+            return await _apply_in(session, event, handler)
 
     async def _check(self, event: Event) -> Outcome | None:
         """The outcome if the event must not be applied now (raises OutOfOrder), else None."""
@@ -187,6 +189,46 @@ class Inbox:
             if (result.rowcount or 0) < batch:
                 return removed
             await asyncio.sleep(0)  # let the messages waiting for the connection go first
+
+
+async def _apply_in(session: AsyncSession, event: Event, handler: Handler) -> Outcome:
+    """Check, effect, inbox row and progress for one event, in the caller's transaction."""
+    event_id, order_id = str(event.event_id), str(event.order_id)
+    if await _exists(session, event_id):
+        return Outcome.DUPLICATE
+    applied = await _applied(session, order_id)
+    if applied is not None and event.sequence <= applied:
+        return Outcome.STALE
+    if event.sequence != (applied or 0) + 1:
+        raise OutOfOrder(event, applied or 0)
+
+    await handler(event, session)
+
+    await session.execute(
+        insert(inbox_table).values(
+            event_id=event_id,
+            event_type=event.event_type,
+            order_id=order_id,
+            sequence=event.sequence,
+            processed_at=utcnow(),
+        )
+    )
+    if applied is None:
+        await session.execute(
+            insert(order_progress_table).values(order_id=order_id, last_sequence=event.sequence)
+        )
+    else:
+        # Conditional on what we read: two events of one order with the same sequence
+        # (or two consumers racing) cannot both move it. The loser rolls back.
+        moved = await session.execute(
+            update(order_progress_table)
+            .where(order_progress_table.c.order_id == order_id,
+                   order_progress_table.c.last_sequence == applied)
+            .values(last_sequence=event.sequence)
+        )
+        if moved.rowcount != 1:
+            raise _LostRace()
+    return Outcome.APPLIED
 
 
 async def _applied(session: AsyncSession, order_id: str) -> int | None:

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from messaging import telemetry
+from messaging.batching import InboxBatcher
 from messaging.broker import connect
 from messaging.consumer import EventConsumer
 from messaging.contracts import Event
@@ -88,13 +89,15 @@ class ConsumerRuntime:
         self.publisher = BrokerLink(settings.rabbitmq_url, f"{service}-publish")
         self._settings = settings
         self._inbox = inbox
-        self._handler = handler
-        self._before = before
+        # Several messages per inbox transaction; each still acked, retried or dead-lettered
+        # on its own (messaging/batching.py).
+        self._batcher = InboxBatcher(inbox, handler, before=before,
+                                     max_batch=settings.batch_size)
         self._consumer: EventConsumer | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def process(self, event: Event) -> Outcome:
-        return await self._inbox.process(event, self._handler, before=self._before)
+        return await self._batcher.process(event)
 
     async def start(self) -> None:
         self._tasks = [
@@ -106,6 +109,7 @@ class ConsumerRuntime:
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+        await self._batcher.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -65,6 +65,8 @@ class ConsumerSettings(ServiceSettings):
     """Settings of a service that consumes events from its own queue."""
 
     prefetch: int = Field(32, ge=1, le=1000)
+    # At most this many consumed messages share one inbox transaction; 1 = one each.
+    batch_size: int = Field(32, ge=1, le=1000)
     # Delays of the retry wait queues, in seconds; one attempt per delay, then the DLQ.
     retry_delays: Annotated[tuple[int, ...], NoDecode] = (1, 5, 30)
     # Out-of-order events wait through the same queues, with a budget of their own.

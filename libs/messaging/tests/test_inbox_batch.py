@@ -1,0 +1,201 @@
+"""Several events per inbox transaction (messaging/batching.py), on SQLite and PostgreSQL.
+
+A batch applies its events in order in one transaction with the same rules as one at a time;
+if anything in it fails, nothing of it is committed and each event is applied on its own, so
+the failing one raises exactly what it raises without batching and the others still commit.
+"""
+
+import asyncio
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+
+from devstack import events
+from messaging import correlation, db, inbox
+from messaging.batching import InboxBatcher
+from messaging.inbox import Inbox, Outcome, OutOfOrder, order_progress_table
+
+pytestmark = pytest.mark.integration
+
+effects_metadata = MetaData()
+effects = Table(
+    "effects", effects_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("correlation_id", String(64)),
+)
+
+
+@pytest.fixture
+async def sessions(database_url):
+    engine = db.create_engine(database_url)
+    await db.create_schema(engine, effects_metadata, inbox.metadata)
+    yield db.session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def box(sessions) -> Inbox:
+    return Inbox(sessions)
+
+
+class Recorder:
+    """A handler that writes an effect row and notes the session and context it ran in."""
+
+    def __init__(self, fail_for=()):
+        self.fail_for = {str(e.event_id) for e in fail_for}
+        self.sessions: list = []  # kept alive, so their ids stay distinct
+        self.spans: dict[str, int] = {}  # event id -> span id current in the handler
+
+    async def __call__(self, event, session) -> None:
+        self.sessions.append(session)
+        self.spans[str(event.event_id)] = trace.get_current_span().get_span_context().span_id
+        if str(event.event_id) in self.fail_for:
+            raise RuntimeError(f"handler failed for {event.event_id}")
+        await session.execute(insert(effects).values(
+            event_id=str(event.event_id), correlation_id=correlation.get()))
+
+
+async def effects_in_order(sessions) -> list[tuple[str, str | None]]:
+    async with sessions() as session:
+        rows = await session.execute(
+            select(effects.c.event_id, effects.c.correlation_id).order_by(effects.c.id))
+        return [(event_id, cid) for event_id, cid in rows]
+
+
+async def progress(sessions, order_id) -> int | None:
+    async with sessions() as session:
+        return await session.scalar(select(order_progress_table.c.last_sequence).where(
+            order_progress_table.c.order_id == str(order_id)))
+
+
+async def process_concurrently(batcher, evts, cids=None, spans=None):
+    """Like the consumer: one task per message, each with its own correlation id (and span)."""
+
+    async def one(event, cid):
+        correlation.current.set(cid)
+        if spans is None:
+            return await batcher.process(event)
+        with spans.start_as_current_span(f"consume {cid}"):
+            return await batcher.process(event)
+
+    cids = cids or [f"cid-{i}" for i in range(len(evts))]
+    return await asyncio.gather(*(one(e, c) for e, c in zip(evts, cids, strict=True)),
+                                return_exceptions=True)
+
+
+async def test_a_batch_skips_a_duplicate_and_applies_the_rest_in_one_transaction(box, sessions):
+    seen, new = events.order_paid(), events.order_paid()
+    handler = Recorder()
+    assert await box.process(seen, handler) is Outcome.APPLIED
+
+    outcomes = await box.process_batch([seen, new, new], handler)
+
+    assert outcomes == [Outcome.DUPLICATE, Outcome.APPLIED, Outcome.DUPLICATE]
+    assert [e for e, _ in await effects_in_order(sessions)] == [str(seen.event_id),
+                                                                  str(new.event_id)]
+
+
+async def test_two_events_of_one_order_in_one_batch_see_each_others_progress(box, sessions):
+    paid = events.order_paid()
+    refunded = events.order_refunded(paid)
+
+    outcomes = await box.process_batch([paid, refunded], Recorder())
+
+    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
+    assert await progress(sessions, paid.order_id) == 2
+
+
+async def test_a_failing_event_rolls_the_whole_batch_back(box, sessions):
+    good, bad = events.order_paid(), events.order_paid()
+
+    with pytest.raises(RuntimeError):
+        await box.process_batch([good, bad], Recorder(fail_for=[bad]))
+
+    assert await effects_in_order(sessions) == []
+    assert await progress(sessions, good.order_id) is None
+
+
+async def test_concurrent_messages_share_one_transaction_each_in_its_own_context(box, sessions):
+    paid = events.order_paid()
+    refunded = events.order_refunded(paid)
+    other = events.order_paid()
+    handler = Recorder()
+    batcher = InboxBatcher(box, handler, max_batch=32)
+    tracer = TracerProvider().get_tracer("test")  # a local provider: real, distinct span ids
+
+    outcomes = await process_concurrently(batcher, [paid, refunded, other], spans=tracer)
+    await batcher.close()
+
+    assert outcomes == [Outcome.APPLIED] * 3
+    assert len(set(map(id, handler.sessions))) == 1, "expected one batch, one session"
+    # Each handler call ran under its own message's span (audit stores that trace id).
+    assert len(set(handler.spans.values())) == 3 and 0 not in handler.spans.values()
+    # In delivery order, each handler call under its own message's correlation id.
+    assert await effects_in_order(sessions) == [
+        (str(paid.event_id), "cid-0"), (str(refunded.event_id), "cid-1"),
+        (str(other.event_id), "cid-2")]
+
+
+async def test_a_failing_message_falls_back_to_one_by_one_and_fails_alone(box, sessions):
+    good1, bad, good2 = events.order_paid(), events.order_paid(), events.order_paid()
+    early = events.order_refunded(events.order_paid())  # its predecessor never came
+    handler = Recorder(fail_for=[bad])
+    batcher = InboxBatcher(box, handler, max_batch=32)
+
+    outcomes = await process_concurrently(batcher, [good1, bad, early, good2])
+    await batcher.close()
+
+    assert outcomes[0] is Outcome.APPLIED and outcomes[3] is Outcome.APPLIED
+    # The errors the consumer classifies, exactly as without batching.
+    assert isinstance(outcomes[1], RuntimeError) and "handler failed" in str(outcomes[1])
+    assert isinstance(outcomes[2], OutOfOrder)
+    assert sorted(e for e, _ in await effects_in_order(sessions)) == sorted(
+        [str(good1.event_id), str(good2.event_id)])
+    # The batch ran good1 and bad in one session and stopped there (rolled back); then each
+    # message on its own: good1, bad, good2 (early stops at its sequence check).
+    assert len(handler.sessions) == 2 + 3
+    assert len(set(map(id, handler.sessions))) == 1 + 3
+
+
+async def test_max_batch_caps_a_transaction(box, sessions):
+    evts = [events.order_paid() for _ in range(5)]
+    handler = Recorder()
+    batcher = InboxBatcher(box, handler, max_batch=2)
+
+    outcomes = await process_concurrently(batcher, evts)
+    await batcher.close()
+
+    assert outcomes == [Outcome.APPLIED] * 5
+    # 2 + 2 share a session each; the fifth is a batch of one, applied alone.
+    assert len(set(map(id, handler.sessions))) == 3
+
+
+async def test_before_runs_per_message_for_new_events_only_and_before_the_commit(box, sessions):
+    seen, new1, new2 = events.order_paid(), events.order_paid(), events.order_paid()
+    handler = Recorder()
+    assert await box.process(seen, handler) is Outcome.APPLIED
+    sent: list[tuple[str, bool]] = []
+
+    async def send(event):  # the mailer's SMTP step: must find nothing recorded yet
+        sent.append((str(event.event_id), await box.seen(str(event.event_id))))
+
+    batcher = InboxBatcher(box, handler, before=send, max_batch=32)
+    outcomes = await process_concurrently(batcher, [seen, new1, new2])
+    await batcher.close()
+
+    assert outcomes == [Outcome.DUPLICATE, Outcome.APPLIED, Outcome.APPLIED]
+    assert sorted(sent) == sorted([(str(new1.event_id), False), (str(new2.event_id), False)])
+    assert await box.seen(str(new1.event_id)) and await box.seen(str(new2.event_id))
+
+
+async def test_batch_size_one_applies_each_alone(box, sessions):
+    evts = [events.order_paid() for _ in range(3)]
+    handler = Recorder()
+    batcher = InboxBatcher(box, handler, max_batch=1)
+
+    assert await process_concurrently(batcher, evts) == [Outcome.APPLIED] * 3
+    await batcher.close()
+    assert len(handler.sessions) == 3
