@@ -12,6 +12,7 @@ import pytest
 
 from devstack import smtp_sink, throwaway
 from devstack.stack import SERVICES, Stack, free_port
+from messaging import db
 
 
 @pytest.fixture
@@ -34,6 +35,23 @@ async def database_url(request, tmp_path):
     else:
         async with throwaway.throwaway_postgres() as url:
             yield url
+
+
+@pytest.fixture
+async def sessions_for(database_url):
+    """A factory: `await sessions_for(*metadatas)` gives a session maker on the test's
+    database (SQLite and PostgreSQL, see `database_url`) with those tables created."""
+    engines = []
+
+    async def make(*metadatas):
+        engine = db.create_engine(database_url)
+        engines.append(engine)
+        await db.create_schema(engine, *metadatas)
+        return db.session_factory(engine)
+
+    yield make
+    for engine in engines:
+        await engine.dispose()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from sqlalchemy import Column, MetaData, String, Table, func, insert, select
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import db, inbox
+from messaging import inbox
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox, Outcome
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
@@ -21,11 +21,8 @@ effects = Table("effects", effects_metadata, Column("event_id", String(36), null
 
 
 @pytest.fixture
-async def sessions(database_url):
-    engine = db.create_engine(database_url)
-    await db.create_schema(engine, effects_metadata, inbox.metadata)
-    yield db.session_factory(engine)
-    await engine.dispose()
+async def sessions(sessions_for):
+    return await sessions_for(effects_metadata, inbox.metadata)
 
 
 async def record_effect(event, session):

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 
 from devstack import events
-from messaging import correlation, db, inbox
+from messaging import correlation, inbox
 from messaging.batching import InboxBatcher
 from messaging.inbox import Inbox, Outcome, OutOfOrder, order_progress_table
 
@@ -29,11 +29,8 @@ effects = Table(
 
 
 @pytest.fixture
-async def sessions(database_url):
-    engine = db.create_engine(database_url)
-    await db.create_schema(engine, effects_metadata, inbox.metadata)
-    yield db.session_factory(engine)
-    await engine.dispose()
+async def sessions(sessions_for):
+    return await sessions_for(effects_metadata, inbox.metadata)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 
 from devstack import events
-from messaging import db, inbox
+from messaging import inbox
 from messaging.contracts import utcnow
 from messaging.inbox import Inbox, Outcome, OutOfOrder, inbox_table, order_progress_table
 
@@ -28,11 +28,8 @@ effects = Table(
 
 
 @pytest.fixture
-async def sessions(database_url):
-    engine = db.create_engine(database_url)
-    await db.create_schema(engine, effects_metadata, inbox.metadata)
-    yield db.session_factory(engine)
-    await engine.dispose()
+async def sessions(sessions_for):
+    return await sessions_for(effects_metadata, inbox.metadata)
 
 
 @pytest.fixture

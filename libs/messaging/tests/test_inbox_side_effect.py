@@ -5,7 +5,7 @@ import pytest
 from sqlalchemy import Column, MetaData, String, Table, insert, select
 
 from devstack import events
-from messaging import db, inbox
+from messaging import inbox
 from messaging.inbox import Inbox, Outcome, OutOfOrder
 
 pytestmark = pytest.mark.integration
@@ -15,11 +15,8 @@ records = Table("records", records_metadata, Column("event_id", String(36), null
 
 
 @pytest.fixture
-async def sessions(database_url):
-    engine = db.create_engine(database_url)
-    await db.create_schema(engine, records_metadata, inbox.metadata)
-    yield db.session_factory(engine)
-    await engine.dispose()
+async def sessions(sessions_for):
+    return await sessions_for(records_metadata, inbox.metadata)
 
 
 async def record(event, session):

@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import db, outbox
+from messaging import outbox
 from messaging.outbox import OutboxRelay, add_to_outbox, outbox_table
 from messaging.topology import EXCHANGE
 
@@ -14,11 +14,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def sessions(database_url):
-    engine = db.create_engine(database_url)
-    await db.create_schema(engine, outbox.metadata)
-    yield db.session_factory(engine)
-    await engine.dispose()
+async def sessions(sessions_for):
+    return await sessions_for(outbox.metadata)
 
 
 @pytest.fixture

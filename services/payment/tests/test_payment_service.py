@@ -6,7 +6,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from messaging import db, outbox
+from messaging import outbox
 from messaging.contracts import parse_event
 from messaging.outbox import outbox_table
 from payment import store
@@ -23,11 +23,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def sessions(database_url):
-    engine = db.create_engine(database_url)
-    await db.create_schema(engine, store.metadata, outbox.metadata)
-    yield db.session_factory(engine)
-    await engine.dispose()
+async def sessions(sessions_for):
+    return await sessions_for(store.metadata, outbox.metadata)
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import db, inbox
 from messaging import headers as h
+from messaging import inbox
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
@@ -22,11 +22,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
 @pytest.fixture
-async def sessions(database_url):
-    engine = db.create_engine(database_url)
-    await db.create_schema(engine, store.metadata, inbox.metadata)
-    yield db.session_factory(engine)
-    await engine.dispose()
+async def sessions(sessions_for):
+    return await sessions_for(store.metadata, inbox.metadata)
 
 
 @pytest.fixture

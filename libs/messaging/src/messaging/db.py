@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import aiosqlite
-from sqlalchemy import DateTime, MetaData, TypeDecorator, event, text
+from sqlalchemy import ColumnElement, DateTime, MetaData, TypeDecorator, delete, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -92,6 +92,25 @@ async def create_schema(engine: AsyncEngine, *metadatas: MetaData) -> None:
     async with engine.begin() as conn:
         for metadata in metadatas:
             await conn.run_sync(metadata.create_all)
+
+
+async def delete_in_batches(
+    sessions: async_sessionmaker, key: ColumnElement, where: ColumnElement[bool],
+    batch: int = 1000,
+) -> int:
+    """Delete the rows of `key`'s table that match `where`, `batch` rows per short
+    transaction; returns how many. Upkeep of a big backlog must not hold the (single SQLite)
+    connection, and with it the event loop, for seconds."""
+    table = key.table
+    removed = 0
+    while True:
+        async with sessions() as session, session.begin():
+            chosen = select(key).where(where).limit(batch)
+            result = await session.execute(delete(table).where(key.in_(chosen)))
+        removed += result.rowcount or 0
+        if (result.rowcount or 0) < batch:
+            return removed
+        await asyncio.sleep(0)  # whoever waits for the connection goes first
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -19,7 +19,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    delete,
     insert,
     select,
     update,
@@ -28,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from messaging.contracts import Event, utcnow
-from messaging.db import UtcDateTime
+from messaging.db import UtcDateTime, delete_in_batches
 
 metadata = MetaData()
 
@@ -168,27 +167,12 @@ class Inbox:
     async def forget_older_than(
         self, age: timedelta, now: datetime | None = None, batch: int = 1000
     ) -> int:
-        """Drop inbox records older than `age`; returns how many. See README 'The dedupe window'.
-
-        In batches, one short transaction each: a week of records deleted at once would hold
-        the (single SQLite) connection, and the event loop, for seconds.
-        """
+        """Drop inbox records older than `age`, in batches; returns how many.
+        See README 'The dedupe window'."""
         cutoff = (now or utcnow()) - age
-        removed = 0
-        while True:
-            async with self._sessions() as session, session.begin():
-                oldest = (
-                    select(inbox_table.c.event_id)
-                    .where(inbox_table.c.processed_at < cutoff)
-                    .limit(batch)
-                )
-                result = await session.execute(
-                    delete(inbox_table).where(inbox_table.c.event_id.in_(oldest))
-                )
-            removed += result.rowcount or 0
-            if (result.rowcount or 0) < batch:
-                return removed
-            await asyncio.sleep(0)  # let the messages waiting for the connection go first
+        return await delete_in_batches(
+            self._sessions, inbox_table.c.event_id, inbox_table.c.processed_at < cutoff, batch
+        )
 
 
 async def _apply_in(session: AsyncSession, event: Event, handler: Handler) -> Outcome:

@@ -27,7 +27,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    delete,
     func,
     insert,
     select,
@@ -37,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from messaging import correlation, metrics
 from messaging.contracts import Event, utcnow
-from messaging.db import UtcDateTime
+from messaging.db import UtcDateTime, delete_in_batches
 from messaging.publisher import (
     PublishFailed,
     build_message,
@@ -99,22 +98,9 @@ async def forget_published_older_than(
     A published row has done its job; it is kept a while only to look at (what went out,
     when, with which trace). Unsent rows are never touched.
     """
-    cutoff = utcnow() - age
-    removed = 0
-    while True:
-        async with sessions() as session, session.begin():
-            oldest = (
-                select(outbox_table.c.id)
-                .where(outbox_table.c.published_at < cutoff)
-                .limit(batch)
-            )
-            result = await session.execute(
-                delete(outbox_table).where(outbox_table.c.id.in_(oldest))
-            )
-        removed += result.rowcount or 0
-        if (result.rowcount or 0) < batch:
-            return removed
-        await asyncio.sleep(0)  # let waiting requests have the connection
+    return await delete_in_batches(
+        sessions, outbox_table.c.id, outbox_table.c.published_at < utcnow() - age, batch
+    )
 
 
 class OutboxRelay:
