@@ -1,5 +1,5 @@
 """What only the synchronous mode promises: the handlers' work is done when the payment
-answers; and the decision on a failing handler (README, "Sync first, then async"): the payment
+answers; and the decision on a failing handler (docs/sync-then-async.md): the payment
 stands, the failure is logged, traced, counted and named in the `X-Handler-Failures` header."""
 
 import json

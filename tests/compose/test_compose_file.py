@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = ROOT.parent / "shared" / "compose-spec.json"
+SCHEMA = ROOT / "tests" / "compose" / "fixtures" / "compose-spec.json"
 APP_SERVICES = ("payment", "points", "mailer", "audit")
 CONSUMERS = ("points", "mailer", "audit")
 CONTRACT_PORTS = {"payment": "8000", "points": "8001", "mailer": "8002", "audit": "8003"}

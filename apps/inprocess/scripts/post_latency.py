@@ -6,7 +6,7 @@ Starts an SMTP sink that holds every mail for `--smtp-delay` seconds, then each 
 on free ports with throwaway SQLite files (the asynchronous one in a throwaway vhost of the
 local RabbitMQ), sends the same number of sequential payments to each, and prints a
 Markdown table: how long the customer waits for `201`, and how long until the thank-you
-mail is recorded as sent. A rough figure for README "Sync first, then async", not a benchmark: the
+mail is recorded as sent. A rough figure for docs/sync-then-async.md, not a benchmark: the
 bench/ suite measures the slow-mail scenario properly.
 """
 

@@ -2,7 +2,7 @@
 mailer and audit handlers called in-process, before the payment request answers.
 
 The only module allowed to import several services. Each service keeps its own database
-and its own HTTP port, so the contract of DESIGN.md section 2 holds unchanged; what changes
+and its own HTTP port, so the contract of docs/design.md (section 2) holds unchanged; what changes
 is how an event reaches the handlers:
 
     POST /payments -> PaymentService.pay (payment + outbox row, one commit)
@@ -14,8 +14,8 @@ is how an event reaches the handlers:
                    -> 201
 
 A failing handler does not undo the payment (it is committed first); the failure is logged,
-traced, counted and named in the `X-Handler-Failures` response header. README, "Sync first,
-then async", says why.
+traced, counted and named in the `X-Handler-Failures` response header. docs/sync-then-async.md
+says why.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Settings of the synchronous mode. One process hosts four services, so each service's port
 and database get a prefixed variable (PAYMENT_PORT, POINTS_DATABASE_URL, ...); the defaults
-are the ones each service has on its own (DESIGN.md section 2). The mail settings are the
+are the ones each service has on its own (docs/design.md, section 2). The mail settings are the
 mailer's own (SMTP_HOST, SMTP_PORT, SMTP_TIMEOUT, MAIL_FROM). No broker is read or needed."""
 
 from __future__ import annotations

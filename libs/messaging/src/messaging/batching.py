@@ -1,7 +1,7 @@
 """Several consumed messages per inbox transaction; each message still decided on its own.
 
 Most of a consumer's CPU goes to the session and transaction around each event, not to the
-event's few statements (README "Performance"). `InboxBatcher.process` is what the consumer
+event's few statements (docs/performance.md). `InboxBatcher.process` is what the consumer
 calls for each message, concurrently (one task per delivery, up to the prefetch). Instead of
 a transaction of its own, each event joins a batch:
 

@@ -1,8 +1,8 @@
 """The wire contract: the versioned event envelope every service publishes and consumes.
 
-DESIGN.md section 2 fixes this shape. Parsing is strict: unknown fields, unknown event
-types and unknown versions are rejected, so a consumer can tell a poison message from
-one it knows how to handle.
+docs/design.md (section 2, "Messages") fixes this shape. Parsing is strict: unknown fields,
+unknown event types and unknown versions are rejected, so a consumer can tell a poison message
+from one it knows how to handle.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker:
 
 
 async def create_schema(engine: AsyncEngine, *metadatas: MetaData) -> None:
-    """Create missing tables. The schema is small and additive; see README 'Storage'."""
+    """Create missing tables. The schema is small and additive; see docs/decisions.md, "Schema"."""
     async with engine.begin() as conn:
         for metadata in metadatas:
             await conn.run_sync(metadata.create_all)

@@ -7,7 +7,7 @@ inside its own span, and logs and counts it.
 
 A failing handler does not stop the others, and `dispatch` does not raise: it returns the
 failures so the caller decides what they mean (the sync composition root reports them,
-see README "Sync first, then async"). Each handler is independent, as each consuming service is in
+see docs/sync-then-async.md). Each handler is independent, as each consuming service is in
 the asynchronous deployment.
 """
 

@@ -168,7 +168,7 @@ class Inbox:
         self, age: timedelta, now: datetime | None = None, batch: int = 1000
     ) -> int:
         """Drop inbox records older than `age`, in batches; returns how many.
-        See README 'The dedupe window'."""
+        See docs/exactly-once.md, 'The dedupe window'."""
         cutoff = (now or utcnow()) - age
         return await delete_in_batches(
             self._sessions, inbox_table.c.event_id, inbox_table.c.processed_at < cutoff, batch

@@ -1,4 +1,4 @@
-"""Broker topology: the names of DESIGN.md and their idempotent declaration.
+"""Broker topology: the names of docs/design.md and their idempotent declaration.
 
 For a consuming service's queue `Q`:
 

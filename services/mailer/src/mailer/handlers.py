@@ -4,7 +4,8 @@ Two steps: `send_mail` talks to the SMTP server outside any database transaction
 `record_mail` commits the record together with the inbox entry. The SMTP server takes the
 mail before that commit. If the process dies in
 that gap the event is redelivered and the mail goes out again, with the same Message-ID
-(derived from the event id), so mail clients can fold the two. README: "Mail".
+(derived from the event id), so mail clients can fold the two. See docs/exactly-once.md,
+"Crash windows".
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The native stack as local processes: what `make run`, the end-to-end tests, the chaos
 check and the benchmark all start. Each service is `python -m <service>` with its settings
-in the environment, exactly as DESIGN.md section 2 runs it."""
+in the environment, exactly as docs/design.md (section 2) runs it."""
 
 from __future__ import annotations
 
