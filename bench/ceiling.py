@@ -40,13 +40,12 @@ from bench.harness import (
     throwaway_vhost,
     wait_until,
 )
+from messaging import spec
 
 EXCHANGE = "shop.events"
 ROUTING_KEY = "order.paid"
-QUEUES: dict[str, str] = {  # queue → binding key, as in DESIGN §2
-    "points.events": "order.*",
-    "mailer.events": "order.*",
-    "audit.events": "#",
+QUEUES: dict[str, str] = {  # queue → binding key, from the consuming services' specs
+    s.consumes.queue: s.consumes.bindings[0] for s in spec.consumers() if s.consumes
 }
 DELIVERY_LIMIT = 10
 

@@ -51,10 +51,12 @@ from bench.harness import (
     steady_rate,
     throwaway_vhost,
 )
+from messaging import spec
 
 REPO = Path(__file__).resolve().parent.parent
-SERVICES = ("payment", "points", "mailer", "audit")
-CONSUMERS = ("points", "mailer", "audit")
+# From the specs (messaging/spec.py).
+SERVICES = spec.names()
+CONSUMERS = tuple(s.name for s in spec.consumers())
 
 
 def payment_body(seq: int = 0) -> dict[str, Any]:

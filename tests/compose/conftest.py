@@ -10,14 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from messaging import spec
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_FILE = ROOT / ".env"
 DEFINITIONS_FILE = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 
-APP_SERVICES = ("payment", "points", "mailer", "audit")
-CONSUMERS = ("points", "mailer", "audit")
-CONTRACT_PORTS = {"payment": 8000, "points": 8001, "mailer": 8002, "audit": 8003}
+# The services and their ports come from the specs (messaging/spec.py).
+APP_SERVICES = spec.names()
+CONSUMERS = tuple(s.name for s in spec.consumers())
+CONTRACT_PORTS = {s.name: s.port for s in spec.installed()}
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, $VAR; `$$` is a literal dollar.
 _VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")

@@ -11,13 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from messaging.topology import EXCHANGE, SERVICE_QUEUES, QueueTopology
+from messaging import spec
+from messaging.topology import EXCHANGE, QueueTopology
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITIONS = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text(encoding="utf-8"))
-CONSUMERS = ("points", "mailer", "audit")
+# The definitions are checked against the specs: every consuming service's queues and user.
+CONSUMERS = tuple(s.name for s in spec.consumers())
+PRODUCERS = tuple(s.name for s in spec.installed() if s.consumes is None)
 
 
 def _queues() -> dict[str, dict]:
@@ -45,7 +48,7 @@ def test_names_are_exactly_the_designed_ones():
         expected |= {q, f"{q}.dlq", f"{q}.retry.1s", f"{q}.retry.5s", f"{q}.retry.30s"}
     assert set(_queues()) == expected
     assert all(q["durable"] and not q["auto_delete"] for q in DEFINITIONS["queues"])
-    assert {u["name"] for u in DEFINITIONS["users"]} == {"admin", "payment", *CONSUMERS}
+    assert {u["name"] for u in DEFINITIONS["users"]} == {"admin", *PRODUCERS, *CONSUMERS}
     assert [u["tags"] for u in DEFINITIONS["users"] if u["name"] == "admin"] == [["administrator"]]
     assert all(u["tags"] == [] for u in DEFINITIONS["users"] if u["name"] != "admin")
 
@@ -53,9 +56,8 @@ def test_names_are_exactly_the_designed_ones():
 def test_bindings_follow_the_design():
     bindings = {(b["destination"], b["routing_key"]) for b in DEFINITIONS["bindings"]}
     assert bindings == {
-        ("points.events", "order.*"),
-        ("mailer.events", "order.*"),
-        ("audit.events", "#"),
+        (s.consumes.queue, key) for s in spec.consumers() if s.consumes
+        for key in s.consumes.bindings
     }
     assert all(b["source"] == "shop.events" for b in DEFINITIONS["bindings"])
 
@@ -69,7 +71,7 @@ def test_queue_arguments_are_the_ones_the_service_declares(service):
     assert queues[topology.dlq]["arguments"] == topology.dlq_arguments()
     for delay in topology.retry_delays:
         assert queues[topology.retry_queue(delay)]["arguments"] == topology.retry_arguments(delay)
-    assert SERVICE_QUEUES[service][0] == topology.name and EXCHANGE == "shop.events"
+    assert topology.name == f"{service}.events" and EXCHANGE == "shop.events"
 
 
 def test_the_work_queues_are_quorum_queues_with_a_delivery_limit_and_a_dlq():

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from messaging import spec
+
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("payment", "points", "mailer", "audit")
-CONTRACT_PORTS = {"payment": "8000", "points": "8001", "mailer": "8002", "audit": "8003"}
+# From the specs: every service has a Dockerfile exposing its default port.
+APP_SERVICES = spec.names()
+CONTRACT_PORTS = {s.name: str(s.port) for s in spec.installed()}
 # What .dockerignore keeps out of the build context, as far as these COPYs are concerned.
 IGNORED = shutil.ignore_patterns(".venv", "__pycache__", "*.pyc", ".pytest_cache", "tests")
 

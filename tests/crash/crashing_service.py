@@ -13,8 +13,8 @@ services' code. The kill is a real SIGKILL of this process: no cleanup, no flush
 
 from __future__ import annotations
 
-import importlib
 import os
+import runpy
 import signal
 import sys
 
@@ -56,4 +56,4 @@ CRASH_POINTS = {"after-commit": after_commit, "after-publish": after_publish}
 if __name__ == "__main__":
     service = sys.argv[1]
     CRASH_POINTS[os.environ["CRASH_AT"]]()
-    importlib.import_module(f"{service}.main").main()
+    runpy.run_module(service, run_name="__main__", alter_sys=True)  # = python -m <service>

@@ -18,7 +18,7 @@ import pytest
 
 from devstack import events, throwaway
 from devstack.smtp_sink import mails_in
-from devstack.stack import Stack, free_port
+from devstack.stack import SERVICES, Stack, free_port
 from devstack.wait import eventually
 from messaging import dlq
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
@@ -83,10 +83,9 @@ def test_a_payment_taken_while_the_broker_is_unreachable_is_delivered_once_it_is
     # connections: for it the broker is down. The shared broker keeps running.
     offline = Stack(
         rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{broker_gate.port}/{stack.vhost}",
-        database_urls={s: f"sqlite+aiosqlite:///{tmp_path}/{s}.db"
-                       for s in ("payment", "points", "mailer", "audit")},
+        database_urls={s: f"sqlite+aiosqlite:///{tmp_path}/{s}.db" for s in SERVICES},
         smtp_port=free_port(),  # unused: only payment runs
-        ports={s: free_port() for s in ("payment", "points", "mailer", "audit")},
+        ports={s: free_port() for s in SERVICES},
         log_dir=tmp_path,
     )
     offline.start("payment")

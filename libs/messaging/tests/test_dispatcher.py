@@ -9,9 +9,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from contracts import OrderPaid, OrderRefunded
 from devstack import events
 from messaging import correlation
-from messaging.contracts import OrderPaid, OrderRefunded
 from messaging.dispatcher import Dispatcher
 from messaging.inbox import Outcome
 

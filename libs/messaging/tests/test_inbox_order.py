@@ -11,9 +11,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 
+from contracts import utcnow
 from devstack import events
 from messaging import inbox
-from messaging.contracts import utcnow
 from messaging.inbox import Inbox, Outcome, OutOfOrder, inbox_table, order_progress_table
 
 pytestmark = pytest.mark.integration

@@ -5,10 +5,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
+from contracts import utcnow
 from devstack import events
 from devstack.wait import eventually_async
 from messaging import db, inbox
-from messaging.contracts import utcnow
 from messaging.inbox import Inbox, inbox_table
 from messaging.runtime import ConsumerRuntime
 from messaging.settings import ConsumerSettings

@@ -112,7 +112,7 @@ async def test_published_rows_past_the_retention_are_deleted_and_unsent_ones_kep
 
     from sqlalchemy import func, update
 
-    from messaging.contracts import utcnow
+    from contracts import utcnow
     from messaging.outbox import forget_published_older_than
 
     await bound_queue(connection)

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from messaging.contracts import OrderPaid, OrderRefunded
+from contracts import OrderPaid, OrderRefunded
 from payment.domain import NotRefundable, Order, PaymentStatus
 from payment.handlers import PayCommand
 

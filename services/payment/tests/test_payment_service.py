@@ -6,8 +6,8 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from contracts import parse_event
 from messaging import outbox
-from messaging.contracts import parse_event
 from messaging.outbox import outbox_table
 from payment import store
 from payment.domain import NotRefundable

@@ -6,8 +6,8 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from contracts import utcnow
 from messaging import outbox
-from messaging.contracts import utcnow
 from messaging.outbox import outbox_table
 from payment import store
 from payment.domain import NotRefundable

@@ -1,16 +1,15 @@
-"""Composition root of the synchronous mode ("sync first"): payment's HTTP API, and the points,
-mailer and audit handlers called in-process, before the payment request answers.
+"""Composition root of the synchronous mode ("sync first"): payment's HTTP API, and every
+consuming service's handlers called in-process, before the payment request answers.
 
-The only module allowed to import several services. Each service keeps its own database
-and its own HTTP port, so the contract of docs/design.md (section 2) holds unchanged; what changes
-is how an event reaches the handlers:
+The only module allowed to import several services: payment by name (it takes the
+requests), the consumers through their specs (messaging/spec.py). Each service keeps its own
+database and its own HTTP port, so the contract of docs/design.md (section 2) holds
+unchanged; what changes is how an event reaches the handlers:
 
     POST /payments -> PaymentService.pay (payment + outbox row, one commit)
                    -> events_committed -> Dispatcher.dispatch
-                        -> points: Inbox.process(event, points.handlers.handle)
-                        -> mailer: Inbox.process(event, mailer.handlers.record_mail,
-                                                  before=mailer.handlers.send_mail)
-                        -> audit:  Inbox.process(event, audit.handlers.handle)
+                        -> each consuming service whose bindings route the event:
+                           Inbox.process(event, its subscriptions' handler, before=...)
                    -> 201
 
 A failing handler does not undo the payment (it is committed first); the failure is logged,
@@ -30,27 +29,16 @@ import uvicorn
 from fastapi import FastAPI, Request
 from sqlalchemy import MetaData
 
-import audit.api
-import audit.handlers
-import audit.store
-import mailer.api
-import mailer.handlers
-import mailer.store
 import payment.api
-import payment.store
-import points.api
-import points.handlers
-import points.store
+from contracts import EVENT_TYPES, Event
 from inprocess.settings import SERVICES, Settings
-from mailer.settings import Settings as MailerSettings
-from mailer.smtp import SmtpSender
-from messaging import db, inbox, outbox, telemetry
-from messaging.contracts import Event
+from messaging import db, inbox, outbox, spec, telemetry
 from messaging.dispatcher import Dispatcher, HandlerFailure
 from messaging.http import install_common
 from messaging.logs import setup_logging
-from messaging.settings import load_settings
+from messaging.settings import ServiceSettings, load_settings
 from payment.handlers import PaymentService
+from payment.spec import SPEC as PAYMENT
 
 FAILURES_HEADER = "X-Handler-Failures"
 
@@ -60,40 +48,38 @@ _request_failures: ContextVar[list[HandlerFailure] | None] = ContextVar(
     "handler_failures", default=None
 )
 
-_SCHEMAS: dict[str, tuple[MetaData, ...]] = {
-    "payment": (payment.store.metadata, outbox.metadata),
-    "points": (points.store.metadata, inbox.metadata),
-    "mailer": (mailer.store.metadata, inbox.metadata),
-    "audit": (audit.store.metadata, inbox.metadata),
-}
-
 
 class InProcessShop:
-    """Four services' engines and apps in one process, joined by an in-process dispatcher."""
+    """Every service's engine and app in one process, joined by an in-process dispatcher.
 
-    def __init__(self, settings: Settings, mail: MailerSettings):
+    `consumer_settings` holds each consuming service's own settings (its SMTP server, ...).
+    """
+
+    def __init__(self, settings: Settings, consumer_settings: dict[str, ServiceSettings]):
         self.settings = settings
         self.engines = {s: db.create_engine(settings.database_url(s)) for s in SERVICES}
         sessions = {s: db.session_factory(engine) for s, engine in self.engines.items()}
+        self._schemas: dict[str, tuple[MetaData, ...]] = {
+            PAYMENT.name: (PAYMENT.tables, outbox.metadata)}
 
         # The same handlers and the same inboxes as the consumers use: dedupe and per-order
         # order hold here too, and the tables are the ones the asynchronous mode would find.
-        sender = SmtpSender(mail.smtp_host, mail.smtp_port, mail.smtp_timeout)
-        handlers = {
-            "points": (points.handlers.handle, None),
-            "mailer": (partial(mailer.handlers.record_mail, mail_from=mail.mail_from),
-                       partial(mailer.handlers.send_mail, sender=sender, mail_from=mail.mail_from)),
-            "audit": (audit.handlers.handle, None),
-        }
         self.dispatcher = Dispatcher()
-        for name, (handler, before) in handlers.items():
-            self.dispatcher.subscribe(name, partial(inbox.Inbox(sessions[name]).process,
-                                                    handler=handler, before=before))
+        self.apps: dict[str, FastAPI] = {}
+        for service in spec.consumers():
+            assert service.consumes is not None
+            name = service.name
+            handler, before = spec.route(service.consumes.subscriptions(consumer_settings[name]))
+            self.dispatcher.subscribe(
+                name, partial(inbox.Inbox(sessions[name]).process, handler=handler, before=before),
+                [t for t in EVENT_TYPES if service.consumes.receives(t)],
+            )
+            self._schemas[name] = (service.tables, inbox.metadata)
+            router = service.router(sessions[name]) if service.router else None
+            self.apps[name] = _read_app(name, router, self.engines[name])
 
-        payments = PaymentService(sessions["payment"], events_committed=self._dispatch)
-        self.apps = {"payment": _payment_app(payments, self.engines["payment"])}
-        for name, api in (("points", points.api), ("mailer", mailer.api), ("audit", audit.api)):
-            self.apps[name] = _read_app(name, api.router(sessions[name]), self.engines[name])
+        payments = PaymentService(sessions[PAYMENT.name], events_committed=self._dispatch)
+        self.apps[PAYMENT.name] = _payment_app(payments, self.engines[PAYMENT.name])
 
     async def _dispatch(self, events: list[Event]) -> None:
         """Runs right after payment's commit, inside the request: the handlers' work."""
@@ -105,7 +91,7 @@ class InProcessShop:
     async def start(self) -> None:
         for name, engine in self.engines.items():
             telemetry.instrument_engine(engine)
-            await db.create_schema(engine, *_SCHEMAS[name])
+            await db.create_schema(engine, *self._schemas[name])
 
     async def close(self) -> None:
         for engine in self.engines.values():
@@ -115,7 +101,7 @@ class InProcessShop:
 def _payment_app(payments: PaymentService, engine) -> FastAPI:  # type: ignore[no-untyped-def]
     app = FastAPI(title="Mini EC payment (synchronous mode)")
     app.include_router(payment.api.router(payments))
-    install_common(app, "payment", {"database": partial(db.ping, engine)})
+    install_common(app, PAYMENT.name, {"database": partial(db.ping, engine)})
 
     @app.middleware("http")
     async def report_handler_failures(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -136,7 +122,8 @@ def _payment_app(payments: PaymentService, engine) -> FastAPI:  # type: ignore[n
 
 def _read_app(name: str, router, engine) -> FastAPI:  # type: ignore[no-untyped-def]
     app = FastAPI(title=f"Mini EC {name} (synchronous mode)")
-    app.include_router(router)
+    if router is not None:
+        app.include_router(router)
     # Ready when its database answers: there is no broker in this mode.
     install_common(app, name, {"database": partial(db.ping, engine)})
     return app
@@ -175,9 +162,13 @@ async def run(shop: InProcessShop) -> None:
 
 def main() -> None:
     settings = load_settings(Settings, "inprocess")
-    # The mailer's own settings (SMTP_*, MAIL_FROM), validated the same way.
-    mail = load_settings(MailerSettings, "inprocess", port=settings.mailer_port,
-                         database_url=settings.mailer_database_url)
+    # Each consuming service's own settings (the mailer's SMTP_*, MAIL_FROM), validated the
+    # same way; its port and database are the prefixed ones above.
+    consumer_settings = {
+        s.name: load_settings(s.settings, "inprocess", port=settings.port(s.name),
+                              database_url=settings.database_url(s.name))
+        for s in spec.consumers()
+    }
     setup_logging("inprocess", settings.log_level)
     telemetry.setup_tracing("inprocess")
-    asyncio.run(run(InProcessShop(settings, mail)))
+    asyncio.run(run(InProcessShop(settings, consumer_settings)))

@@ -1,35 +1,33 @@
-"""Settings of the synchronous mode. One process hosts four services, so each service's port
-and database get a prefixed variable (PAYMENT_PORT, POINTS_DATABASE_URL, ...); the defaults
-are the ones each service has on its own (docs/design.md, section 2). The mail settings are the
-mailer's own (SMTP_HOST, SMTP_PORT, SMTP_TIMEOUT, MAIL_FROM). No broker is read or needed."""
+"""Settings of the synchronous mode. One process hosts every service, so each service's port
+and database get a prefixed variable (PAYMENT_PORT, POINTS_DATABASE_URL, ...); the names and
+defaults come from the services' specs (each service's own defaults, docs/design.md section
+2). A consuming service's other settings are its own (the mailer's SMTP_HOST, MAIL_FROM, ...).
+No broker is read or needed."""
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Any
+
+from pydantic import Field, ValidationInfo, create_model, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from messaging import spec
 from messaging.settings import DatabaseUrl
 
-SERVICES = ("payment", "points", "mailer", "audit")
+SERVICES = spec.names()
 
 
-class Settings(BaseSettings):
+class _Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     host: str = "127.0.0.1"
-    payment_port: int = Field(8000, ge=1, le=65535)
-    points_port: int = Field(8001, ge=1, le=65535)
-    mailer_port: int = Field(8002, ge=1, le=65535)
-    audit_port: int = Field(8003, ge=1, le=65535)
-    payment_database_url: DatabaseUrl = "sqlite+aiosqlite:///var/payment.db"
-    points_database_url: DatabaseUrl = "sqlite+aiosqlite:///var/points.db"
-    mailer_database_url: DatabaseUrl = "sqlite+aiosqlite:///var/mailer.db"
-    audit_database_url: DatabaseUrl = "sqlite+aiosqlite:///var/audit.db"
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
-    @field_validator("payment_port", "points_port", "mailer_port", "audit_port")
+    @field_validator("*")
     @classmethod
-    def _ports_distinct(cls, value: int, info) -> int:  # type: ignore[no-untyped-def]
+    def _ports_distinct(cls, value: Any, info: ValidationInfo) -> Any:
+        if not (info.field_name or "").endswith("_port"):
+            return value
         taken = {name: port for name, port in info.data.items() if name.endswith("_port")}
         clash = [name for name, port in taken.items() if port == value]
         if clash:
@@ -37,7 +35,17 @@ class Settings(BaseSettings):
         return value
 
     def port(self, service: str) -> int:
-        return getattr(self, f"{service}_port")
+        return int(getattr(self, f"{service}_port"))
 
     def database_url(self, service: str) -> str:
-        return getattr(self, f"{service}_database_url")
+        return str(getattr(self, f"{service}_database_url"))
+
+
+def _service_fields() -> dict[str, Any]:
+    ports = {f"{s.name}_port": (int, Field(s.port, ge=1, le=65535)) for s in spec.installed()}
+    databases = {f"{s.name}_database_url": (DatabaseUrl, s.default_database_url)
+                 for s in spec.installed()}
+    return ports | databases
+
+
+Settings = create_model("Settings", __base__=_Settings, **_service_fields())

@@ -1,49 +1,50 @@
-"""The FastAPI app of a consuming service, assembled from the parts its composition root picks."""
+"""The FastAPI app and `main` of a consuming service, assembled from its spec."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
-from fastapi import APIRouter, FastAPI
-from sqlalchemy import MetaData
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from fastapi import FastAPI
 
-from messaging import db, inbox, telemetry
+from messaging import db, inbox, spec, telemetry
 from messaging.http import install_common
-from messaging.inbox import Handler, SideEffect
-from messaging.runtime import ConsumerRuntime
-from messaging.settings import ConsumerSettings
-
-RouterFactory = Callable[[async_sessionmaker[AsyncSession]], APIRouter]
+from messaging.logs import setup_logging
+from messaging.runtime import ConsumerRuntime, serve
+from messaging.settings import ConsumerSettings, load_settings
 
 
-def consumer_app(
-    service: str,
-    settings: ConsumerSettings,
-    *,
-    metadata: MetaData,
-    handler: Handler,
-    before: SideEffect | None = None,
-    router: RouterFactory,
-) -> FastAPI:
-    """Engine -> inbox + consumer of `<service>.events` -> read API, health, metrics."""
+def consumer_app(service: spec.ServiceSpec, settings: ConsumerSettings) -> FastAPI:
+    """Engine -> inbox + consumer of the spec's queue -> read API, health, metrics."""
+    if service.consumes is None:
+        raise ValueError(f"{service.name} consumes no events")
     engine = db.create_engine(settings.database_url)
     sessions = db.session_factory(engine)
-    runtime = ConsumerRuntime(service, settings, inbox.Inbox(sessions), handler, before)
+    handler, before = spec.route(service.consumes.subscriptions(settings))
+    runtime = ConsumerRuntime(service.name, settings, inbox.Inbox(sessions), handler, before)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         telemetry.instrument_engine(engine)
         with telemetry.untraced():  # start-up is not part of any trace
-            await db.create_schema(engine, metadata, inbox.metadata)
+            await db.create_schema(engine, service.tables, inbox.metadata)
         await runtime.start()
         yield
         await runtime.stop()
         await engine.dispose()
 
-    app = FastAPI(title=f"Mini EC {service}", lifespan=lifespan)
-    app.include_router(router(sessions))
-    install_common(app, service, {"database": partial(db.ping, engine), "broker": runtime.check})
+    app = FastAPI(title=f"Mini EC {service.name}", lifespan=lifespan)
+    if service.router is not None:
+        app.include_router(service.router(sessions))
+    install_common(app, service.name,
+                   {"database": partial(db.ping, engine), "broker": runtime.check})
     return app
+
+
+def consumer_main(service: spec.ServiceSpec) -> None:
+    """`python -m <service>`: settings from the environment -> logging, tracing -> server."""
+    settings = load_settings(service.settings, service.name)
+    setup_logging(service.name, settings.log_level)
+    telemetry.setup_tracing(service.name)
+    assert isinstance(settings, ConsumerSettings)
+    serve(consumer_app(service, settings), settings)

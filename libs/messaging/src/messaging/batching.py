@@ -30,8 +30,8 @@ import contextvars
 import logging
 from dataclasses import dataclass, field
 
+from contracts import Event
 from messaging import telemetry
-from messaging.contracts import Event
 from messaging.inbox import Handler, Inbox, Outcome, SideEffect
 
 log = logging.getLogger(__name__)

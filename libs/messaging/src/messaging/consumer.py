@@ -28,9 +28,9 @@ from aio_pika.abc import (
 )
 from opentelemetry import trace
 
+from contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging import correlation, metrics
 from messaging import headers as h
-from messaging.contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging.inbox import Outcome, OutOfOrder
 from messaging.publisher import (
     PublishFailed,

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from contracts import EVENT_TYPES, Event
 from messaging import correlation, metrics
-from messaging.contracts import EVENT_TYPES, Event
 
 log = logging.getLogger(__name__)
 

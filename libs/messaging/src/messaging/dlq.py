@@ -1,9 +1,11 @@
 """The dead-letter queue tool: list, show, replay and purge what the consumers parked.
 
     python -m messaging.dlq list
-    python -m messaging.dlq show points [--limit 20]
-    python -m messaging.dlq replay points --event-id 0b6f... [--event-id ...] | --all
-    python -m messaging.dlq purge points --event-id 0b6f... | --all
+    python -m messaging.dlq show <service> [--limit 20]
+    python -m messaging.dlq replay <service> --event-id 0b6f... [--event-id ...] | --all
+    python -m messaging.dlq purge <service> --event-id 0b6f... | --all
+
+The services are the installed consuming services (their specs, messaging/spec.py).
 
 (`make dlq ARGS="list"` runs the same.) It talks AMQP to the broker named by
 `RABBITMQ_URL` (default `amqp://guest:guest@localhost:5672/`; the vhost is the URL's path),
@@ -32,13 +34,14 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from messaging import headers as h
+from messaging import spec
 from messaging.publisher import (
     PublishFailed,
     copy_message,
     open_confirm_channel,
     publish_confirmed,
 )
-from messaging.topology import SERVICE_QUEUES, QueueTopology
+from messaging.topology import QueueTopology
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 BODY_PREVIEW_CHARS = 300
@@ -87,7 +90,7 @@ async def connect(url: str) -> AbstractConnection:
 async def list_queues(connection: AbstractConnection) -> list[QueueCount]:
     """Every service's dead-letter queue with its message count."""
     counts = []
-    for service in sorted(SERVICE_QUEUES):
+    for service in sorted(s.name for s in spec.consumers()):
         dlq = topology_for(service).dlq
         counts.append(QueueCount(service, dlq, await _count(connection, dlq)))
     return counts

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
@@ -26,8 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from messaging.contracts import Event, utcnow
+from contracts import Event, utcnow
 from messaging.db import UtcDateTime, delete_in_batches
+from messaging.spec import Handler, SideEffect
 
 metadata = MetaData()
 
@@ -49,9 +50,6 @@ order_progress_table = Table(
     Column("order_id", String(36), primary_key=True),
     Column("last_sequence", Integer, nullable=False),
 )
-
-Handler = Callable[[Event, AsyncSession], Awaitable[None]]
-SideEffect = Callable[[Event], Awaitable[None]]
 
 
 class Outcome(enum.StrEnum):

@@ -19,24 +19,17 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from contracts import utcnow
 from messaging import correlation, metrics
-from messaging.contracts import Event, utcnow
-from messaging.db import UtcDateTime, delete_in_batches
+from messaging.db import delete_in_batches
+from messaging.outbox_store import (  # noqa: F401 (re-exported: the relay's users import them here)
+    add_to_outbox,
+    metadata,
+    outbox_table,
+)
 from messaging.publisher import (
     PublishFailed,
     build_message,
@@ -48,47 +41,6 @@ from messaging.topology import declare_exchange
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
-
-metadata = MetaData()
-
-outbox_table = Table(
-    "outbox",
-    metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
-    Column("event_id", String(36), nullable=False, unique=True),
-    Column("event_type", String(64), nullable=False),
-    Column("routing_key", String(128), nullable=False),
-    Column("order_id", String(36), nullable=False),
-    Column("correlation_id", String(128), nullable=False),
-    Column("body", Text, nullable=False),
-    # The W3C trace context of the request that wrote the row (traceparent, tracestate).
-    Column("trace_context", Text, nullable=False, default="{}"),
-    Column("created_at", UtcDateTime, nullable=False),
-    Column("published_at", UtcDateTime, nullable=True, index=True),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("last_error", Text, nullable=True),
-)
-
-
-async def add_to_outbox(session: AsyncSession, event: Event) -> None:
-    """Stage `event` for publishing, in the caller's transaction, with the current trace."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    await session.execute(
-        insert(outbox_table).values(
-            event_id=str(event.event_id),
-            event_type=event.event_type,
-            routing_key=event.routing_key,
-            order_id=str(event.order_id),
-            correlation_id=event.correlation_id,
-            body=event.to_json().decode(),
-            trace_context=json.dumps(carrier),
-            created_at=utcnow(),
-            attempts=0,
-        )
-    )
-
 
 async def forget_published_older_than(
     sessions: async_sessionmaker[AsyncSession], age: timedelta, batch: int = 1000
@@ -111,7 +63,7 @@ class OutboxRelay:
         sessions: async_sessionmaker[AsyncSession],
         connect: Callable[[], Awaitable[AbstractRobustConnection]],
         *,
-        service: str = "payment",
+        service: str = "producer",  # the `service` label of its metrics
         batch_size: int = 200,
         poll_interval: float = 1.0,
         # Low on purpose: after a broker outage the relay resumes within this many seconds.

@@ -18,11 +18,11 @@ from aio_pika.abc import AbstractRobustConnection
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contracts import Event
 from messaging import telemetry
 from messaging.batching import InboxBatcher
 from messaging.broker import connect
 from messaging.consumer import EventConsumer
-from messaging.contracts import Event
 from messaging.inbox import Handler, Inbox, Outcome, SideEffect
 from messaging.settings import ConsumerSettings, ServiceSettings
 from messaging.topology import QueueTopology

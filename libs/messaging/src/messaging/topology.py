@@ -1,5 +1,7 @@
 """Broker topology: the names of docs/design.md and their idempotent declaration.
 
+A consuming service's queue name and bindings come from its spec (messaging/spec.py).
+
 For a consuming service's queue `Q`:
 
     shop.events --(binding)--> Q --(delivery limit / dead-letter)--> Q.dlq
@@ -18,6 +20,8 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.exceptions import ChannelNotFoundEntity
 
+from messaging import spec
+
 EXCHANGE = "shop.events"
 # A message the consumer itself keeps crashing on is dead-lettered after this many deliveries.
 DELIVERY_LIMIT = 5
@@ -26,13 +30,6 @@ DEFAULT_RETRY_DELAYS = (1, 5, 30)
 # when there is nowhere to dead-letter to. A parked message must survive being looked at
 # (`dlq show` returns what it shows) any number of times, so the DLQ says so explicitly.
 DLQ_DELIVERY_LIMIT = 1_000_000
-
-# The queue each consuming service owns, and the routing keys it binds.
-SERVICE_QUEUES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "points": ("points.events", ("order.*",)),
-    "mailer": ("mailer.events", ("order.*",)),
-    "audit": ("audit.events", ("#",)),
-}
 
 _QUORUM = {"x-queue-type": "quorum"}
 # at-least-once dead-lettering: the broker keeps a message until the DLQ confirmed it.
@@ -48,13 +45,15 @@ class QueueTopology:
     retry_delays: tuple[int, ...] = DEFAULT_RETRY_DELAYS
 
     @classmethod
-    def for_service(cls, service: str, retry_delays: tuple[int, ...] = DEFAULT_RETRY_DELAYS):
-        try:
-            name, bindings = SERVICE_QUEUES[service]
-        except KeyError:
-            known = ", ".join(sorted(SERVICE_QUEUES))
-            raise ValueError(f"unknown service {service!r}; known: {known}") from None
-        return cls(name, bindings, retry_delays)
+    def for_service(
+        cls, service: str, retry_delays: tuple[int, ...] = DEFAULT_RETRY_DELAYS
+    ) -> QueueTopology:
+        """The queues of consuming service `service`, from its spec (ValueError if none)."""
+        for consumer in spec.consumers():
+            if consumer.name == service and consumer.consumes is not None:
+                return cls(consumer.consumes.queue, consumer.consumes.bindings, retry_delays)
+        known = ", ".join(sorted(s.name for s in spec.consumers()))
+        raise ValueError(f"unknown service {service!r}; known: {known}")
 
     @property
     def dlq(self) -> str:

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 import pytest
 
+from contracts import OrderPaid, utcnow
 from messaging.consumer import EventConsumer
-from messaging.contracts import OrderPaid, utcnow
 from messaging.inbox import Outcome
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.topology import EXCHANGE, QueueTopology

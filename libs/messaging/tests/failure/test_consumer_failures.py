@@ -12,11 +12,11 @@ from datetime import datetime
 import pytest
 from prometheus_client import REGISTRY
 
+from contracts import MAX_BODY_BYTES
 from devstack import events
 from devstack.wait import eventually_async
 from messaging import dlq
 from messaging import headers as h
-from messaging.contracts import MAX_BODY_BYTES
 from messaging.inbox import Outcome
 from messaging.topology import QueueTopology
 

@@ -15,12 +15,12 @@ import aio_pika
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, func, insert, select
 
+from contracts import utcnow
 from devstack import events
 from devstack.stack import free_port
 from devstack.wait import eventually_async
-from messaging import db, dlq, inbox
+from messaging import db, dlq, inbox, spec
 from messaging import headers as h
-from messaging.contracts import utcnow
 from messaging.inbox import Inbox, Outcome
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.topology import QueueTopology, ensure_exchange
@@ -178,12 +178,13 @@ async def test_replay_and_purge_need_event_ids_or_all(amqp_url, capsys):
 
 
 def test_an_unknown_service_is_a_one_line_error_and_exit_2(amqp_url):
-    done = subprocess.run([sys.executable, "-m", "messaging.dlq", "show", "shipping"],
+    done = subprocess.run([sys.executable, "-m", "messaging.dlq", "show", "no-such-service"],
                           capture_output=True, text=True, timeout=60,
                           env={"RABBITMQ_URL": amqp_url, "PATH": ""})
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        "dlq: unknown service 'shipping'; known: audit, mailer, points"
+        "dlq: unknown service 'no-such-service'; known: "
+        + ", ".join(sorted(s.name for s in spec.consumers()))
     )
 
 

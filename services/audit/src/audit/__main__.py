@@ -1,3 +1,4 @@
-from audit.main import main
+from audit.spec import SPEC
+from messaging.app import consumer_main
 
-main()
+consumer_main(SPEC)

@@ -6,7 +6,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit import store
-from messaging.contracts import Event, utcnow
+from contracts import Event, utcnow
 
 
 async def record_event(event: Event, session: AsyncSession) -> None:
@@ -23,5 +23,3 @@ async def record_event(event: Event, session: AsyncSession) -> None:
         received_at=utcnow(),
     )
 
-
-handle = record_event

@@ -1,3 +1,4 @@
-from mailer.main import main
+from mailer.spec import SPEC
+from messaging.app import consumer_main
 
-main()
+consumer_main(SPEC)

@@ -16,8 +16,8 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts import Event, OrderPaid, OrderRefunded, utcnow
 from mailer import store
-from messaging.contracts import Event, OrderPaid, OrderRefunded, utcnow
 
 CORRELATION_HEADER = "X-Correlation-ID"
 
@@ -61,11 +61,11 @@ def compose(event: Event, mail_from: str) -> EmailMessage:
 
 
 async def send_mail(event: Event, *, sender: MailSender, mail_from: str) -> None:
-    """Hand the mail to the SMTP server. Runs before the inbox transaction (see Inbox.process)."""
+    """Hand the mail to the SMTP server. Runs before the inbox transaction (mailer/spec.py)."""
     await sender.send(compose(event, mail_from))
 
 
-async def record_mail(event: Event, session: AsyncSession, *, mail_from: str) -> None:
+async def record_mail(event: Event, session: AsyncSession) -> None:
     """Remember what was sent, in the same transaction as the inbox record.
 
     The same subject and Message-ID as `compose` gives the mail, without building it again

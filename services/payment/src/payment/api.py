@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, EmailStr
 
+from contracts import Amount, Currency, CustomerId
 from messaging import correlation
-from messaging.contracts import Amount, Currency, CustomerId
 from payment.domain import NotRefundable, Order
 from payment.handlers import (
     IdempotencyKeyReused,

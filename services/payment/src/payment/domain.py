@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from messaging.contracts import Event, OrderPaid, OrderRefunded, PaymentData
+from contracts import Event, OrderPaid, OrderRefunded, PaymentData
 
 
 class PaymentStatus(enum.StrEnum):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from messaging.contracts import Event, utcnow
-from messaging.outbox import add_to_outbox
+from contracts import Event, utcnow
+from messaging.outbox_store import add_to_outbox
 from payment import store
 from payment.domain import NotRefundable, Order
 

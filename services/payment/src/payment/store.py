@@ -7,7 +7,7 @@ import uuid
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from messaging.contracts import utcnow
+from contracts import utcnow
 from messaging.db import UtcDateTime
 from payment.domain import Order, PaymentStatus
 

@@ -1,3 +1,4 @@
-from points.main import main
+from messaging.app import consumer_main
+from points.spec import SPEC
 
-main()
+consumer_main(SPEC)

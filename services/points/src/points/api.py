@@ -5,7 +5,7 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from messaging.contracts import CUSTOMER_ID_PATTERN
+from contracts import CUSTOMER_ID_PATTERN
 from points import store
 
 

@@ -1,4 +1,4 @@
-"""`make run`: the four services and a local SMTP sink on this machine; Ctrl-C stops them all."""
+"""`make run`: every service and a local SMTP sink on this machine; Ctrl-C stops them all."""
 
 from __future__ import annotations
 

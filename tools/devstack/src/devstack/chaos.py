@@ -44,12 +44,34 @@ import httpx
 
 from devstack import smtp_sink, throwaway
 from devstack.stack import SERVICES, Stack, free_port
+from messaging import spec
 from messaging.settings import ConsumerSettings
 
-CONSUMERS = ("points", "mailer", "audit")
+# Every consuming service, from the specs.
+CONSUMERS = tuple(s.name for s in spec.consumers())
 # Messages a consumer works on at once: the most one fault can leave sent-but-unrecorded.
 IN_FLIGHT = ConsumerSettings.model_fields["prefetch"].default
-WORK_QUEUES = {"points": "points.events", "mailer": "mailer.events", "audit": "audit.events"}
+WORK_QUEUES = {s.name: s.consumes.queue for s in spec.consumers() if s.consumes}
+
+# How each consumer's effect is counted: its table, a query (event_id first), and whether a
+# row is the right effect of the event it names. A consumer without an entry is counted by
+# its inbox, which holds one row per applied event, committed with the effect.
+EFFECTS = {
+    "points": ("ledger", "SELECT event_id, order_id, delta FROM ledger",
+               lambda w, g: (g[0], g[1]) == (w["order_id"], w["delta"])),
+    "mailer": ("sent_mails", "SELECT event_id, order_id, message_id FROM sent_mails",
+               lambda w, g: g[0] == w["order_id"]),
+    "audit": ("audit_log", "SELECT event_id, order_id, event_type, sequence FROM audit_log",
+              lambda w, g: (g[0], g[1], g[2]) == (w["order_id"], w["type"], w["sequence"])),
+}
+_BY_INBOX = ("inbox", "SELECT event_id, order_id FROM inbox",
+             lambda w, g: g[0] == w["order_id"])
+
+
+def _routed(name: str, expected: dict[str, dict]) -> dict[str, dict]:
+    """The expected events the consumer's bindings route to its queue."""
+    consumes = spec.named(name).consumes
+    return {e: w for e, w in expected.items() if consumes and consumes.receives(w["type"])}
 
 
 @dataclass(frozen=True)
@@ -277,20 +299,12 @@ def _group(rows: list[tuple]) -> dict[str, list]:
 
 
 def consumer_counts(stack: Stack, expected: dict[str, dict]) -> dict[str, Counts]:
-    urls = stack.database_urls
-    points = _group(_rows(urls["points"], "SELECT event_id, order_id, delta FROM ledger"))
-    mails = _group(_rows(urls["mailer"], "SELECT event_id, order_id, message_id FROM sent_mails"))
-    audit = _group(_rows(urls["audit"],
-                         "SELECT event_id, order_id, event_type, sequence FROM audit_log"))
-    return {
-        "points (ledger)": _categorise(
-            expected, points, lambda w, g: (g[0], g[1]) == (w["order_id"], w["delta"])),
-        "mailer (sent_mails)": _categorise(
-            expected, mails, lambda w, g: g[0] == w["order_id"]),
-        "audit (audit_log)": _categorise(
-            expected, audit,
-            lambda w, g: (g[0], g[1], g[2]) == (w["order_id"], w["type"], w["sequence"])),
-    }
+    counts = {}
+    for name in CONSUMERS:
+        table, sql, fits = EFFECTS.get(name, _BY_INBOX)
+        effects = _group(_rows(stack.database_urls[name], sql))
+        counts[f"{name} ({table})"] = _categorise(_routed(name, expected), effects, fits)
+    return counts
 
 
 def smtp_counts(mail_dir: Path, expected: dict[str, dict], faults: int
@@ -311,10 +325,9 @@ def smtp_counts(mail_dir: Path, expected: dict[str, dict], faults: int
 def _all_applied(stack: Stack, mail_dir: Path, expected: dict[str, dict]) -> bool:
     urls = stack.database_urls
     ids = set(expected)
-    for service, sql in (("points", "SELECT event_id FROM ledger"),
-                         ("mailer", "SELECT event_id FROM sent_mails"),
-                         ("audit", "SELECT event_id FROM audit_log")):
-        if not ids <= {r[0] for r in _rows(urls[service], sql)}:
+    for name in CONSUMERS:
+        _, sql, _ = EFFECTS.get(name, _BY_INBOX)
+        if not set(_routed(name, expected)) <= {r[0] for r in _rows(urls[name], sql)}:
             return False
     got = {str(m["Message-ID"]) for m in smtp_sink.mails_in(mail_dir)}
     return {f"<{e}@mini-ec>" for e in ids} <= got

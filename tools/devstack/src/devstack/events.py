@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from messaging.contracts import OrderPaid, OrderRefunded, PaymentData, utcnow
+from contracts import OrderPaid, OrderRefunded, PaymentData, utcnow
 
 
 def order_paid(*, order_id: uuid.UUID | None = None, customer_id: str = "alice",

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import httpx
 
-SERVICES = ("payment", "points", "mailer", "audit")
-DEFAULT_PORTS = {"payment": 8000, "points": 8001, "mailer": 8002, "audit": 8003}
+from messaging import spec
+
+# Every installed service, from the specs (messaging/spec.py), ordered by default port.
+SERVICES = spec.names()
+DEFAULT_PORTS = {s.name: s.port for s in spec.installed()}
 
 
 def free_port() -> int:
@@ -40,7 +43,7 @@ class ServiceProcess:
 
 @dataclass
 class Stack:
-    """Four services sharing one broker vhost, each with its own database."""
+    """Every service sharing one broker vhost, each with its own database."""
 
     rabbitmq_url: str
     database_urls: dict[str, str]
@@ -55,16 +58,16 @@ class Stack:
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in SERVICES:
+        for service in spec.installed():
+            name = service.name
             env = {
                 **os.environ,
                 "PORT": str(self.ports[name]),
                 "DATABASE_URL": self.database_urls[name],
                 "RABBITMQ_URL": self.rabbitmq_urls.get(name, self.rabbitmq_url),
+                **{k: v.format(smtp_port=self.smtp_port) for k, v in service.local_env.items()},
                 **self.extra_env,
             }
-            if name == "mailer":
-                env |= {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.smtp_port)}
             log = self.log_dir / f"{name}.log" if self.log_dir else None
             self.services[name] = ServiceProcess(name, self.ports[name], env, log)
 

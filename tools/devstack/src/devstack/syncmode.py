@@ -1,5 +1,5 @@
-"""The synchronous mode as a local process: `python -m inprocess`, the four services' HTTP
-APIs on four ports of one process, no broker. Used by the two-mode behaviour tests and the
+"""The synchronous mode as a local process: `python -m inprocess`, every service's HTTP
+API on its own port of one process, no broker. Used by the two-mode behaviour tests and the
 latency comparison, next to `Stack` (the asynchronous mode)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.stack import DEFAULT_PORTS, SERVICES, log_tail, wait_until_ready
+from messaging import spec
 
 
 @dataclass
@@ -28,8 +29,10 @@ class SyncShop:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def start(self) -> None:
-        env = {**os.environ, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.smtp_port),
-               **self.extra_env}
+        env = dict(os.environ)
+        for service in spec.installed():  # one process: every service's local settings
+            env |= {k: v.format(smtp_port=self.smtp_port) for k, v in service.local_env.items()}
+        env |= self.extra_env
         for name in SERVICES:
             env[f"{name.upper()}_PORT"] = str(self.ports[name])
             env[f"{name.upper()}_DATABASE_URL"] = self.database_urls[name]

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from messaging.contracts import (
+from contracts import (
     MAX_BODY_BYTES,
     OrderPaid,
     OrderRefunded,

@@ -1,0 +1,169 @@
+"""What a service declares about itself, and how the tooling finds every service.
+
+Each service package owns one `ServiceSpec` (`<service>/spec.py`): its name, settings (and so
+its default port and database), tables, routes, the events it produces and, for a consuming
+service, its queue, bindings and subscriptions. The library, the tools and the tests read the
+specs; none of them keeps a list of services of its own.
+
+A service registers its spec with one line in its own pyproject.toml, in the entry-point
+group `mini_ec.services` (a table of the `project` section):
+
+    <name> = "<name>.spec:SPEC"
+
+`installed()` returns the specs of every installed service, ordered by default port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from contracts import EVENT_TYPES, Event, routing_key_for
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+    from sqlalchemy import MetaData
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from messaging.settings import ServiceSettings
+
+ENTRY_POINT_GROUP = "mini_ec.services"
+
+# Writes the event's effect in the caller's (the inbox's) transaction.
+Handler = Callable[[Event, "AsyncSession"], Awaitable[None]]
+# An effect outside the database (a mail): runs before the inbox transaction, at least once.
+SideEffect = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """Events of type `event` are handled by `handler`, after `before` (if any) did its work
+    outside the database: `Subscription(OrderPaid, grant)`."""
+
+    event: type[Event]
+    handler: Handler
+    before: SideEffect | None = None
+
+    @property
+    def event_type(self) -> str:
+        return str(self.event.model_fields["event_type"].default)
+
+    def __post_init__(self) -> None:
+        if EVENT_TYPES.get(self.event_type) is not self.event:
+            raise ValueError(f"{self.event!r} is not an event type of the contract; "
+                             f"known: {sorted(EVENT_TYPES)}")
+
+
+@dataclass(frozen=True)
+class Consumes:
+    """The queue a consuming service owns, what it binds, and what it does with each event.
+
+    `subscriptions` builds the handlers from the service's settings (an SMTP sender, say).
+    An event type without a subscription is recorded and changes nothing.
+    """
+
+    queue: str
+    bindings: tuple[str, ...]
+    subscriptions: Callable[[Any], Sequence[Subscription]]
+
+    def receives(self, event_type: str) -> bool:
+        """Whether the bindings route `event_type` to the queue (topic matching)."""
+        return any(_topic_match(b, routing_key_for(event_type)) for b in self.bindings)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # also its module (`python -m <name>`) and its broker user
+    settings: type[ServiceSettings]
+    tables: MetaData
+    routes: tuple[str, ...]  # "GET /orders/{order_id}", for people and checks
+    router: Callable[..., APIRouter] | None = None
+    produces: tuple[str, ...] = ()  # event types it publishes (through its outbox)
+    consumes: Consumes | None = None
+    # Settings the local stack (devstack) sets for it besides PORT, DATABASE_URL, RABBITMQ_URL;
+    # "{smtp_port}" is replaced by the local SMTP sink's port.
+    local_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        """The default port: the `port` default of its settings."""
+        return int(self.settings.model_fields["port"].default)
+
+    @property
+    def default_database_url(self) -> str:
+        return str(self.settings.model_fields["database_url"].default)
+
+    @property
+    def table_names(self) -> tuple[str, ...]:
+        return tuple(self.tables.tables)
+
+
+@cache
+def installed() -> tuple[ServiceSpec, ...]:
+    """Every installed service's spec, ordered by default port."""
+    specs = []
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        spec = entry.load()
+        if not isinstance(spec, ServiceSpec) or spec.name != entry.name:
+            raise TypeError(f"entry point {entry.name} = {entry.value} is not the ServiceSpec "
+                            f"of a service named {entry.name!r}")
+        specs.append(spec)
+    return tuple(sorted(specs, key=lambda s: (s.port, s.name)))
+
+
+def names() -> tuple[str, ...]:
+    return tuple(spec.name for spec in installed())
+
+
+def consumers() -> tuple[ServiceSpec, ...]:
+    """The specs of the services that consume events, ordered by default port."""
+    return tuple(spec for spec in installed() if spec.consumes is not None)
+
+
+def named(name: str) -> ServiceSpec:
+    """The spec of service `name`, or ValueError naming the known ones."""
+    for spec in installed():
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown service {name!r}; known: {', '.join(sorted(names()))}")
+
+
+def route(subscriptions: Sequence[Subscription]) -> tuple[Handler, SideEffect | None]:
+    """One inbox handler and one `before` step (None when no subscription has one) that pick
+    the subscription by event type."""
+    handlers: dict[str, Handler] = {}
+    befores: dict[str, SideEffect] = {}
+    for sub in subscriptions:
+        if sub.event_type in handlers:
+            raise ValueError(f"two subscriptions for {sub.event_type}")
+        handlers[sub.event_type] = sub.handler
+        if sub.before is not None:
+            befores[sub.event_type] = sub.before
+
+    async def handle(event: Event, session: AsyncSession) -> None:
+        handler = handlers.get(event.event_type)
+        if handler is not None:
+            await handler(event, session)
+
+    async def before(event: Event) -> None:
+        step = befores.get(event.event_type)
+        if step is not None:
+            await step(event)
+
+    return handle, (before if befores else None)
+
+
+def _topic_match(pattern: str, key: str) -> bool:
+    """RabbitMQ topic matching: `*` is one word, `#` zero or more."""
+
+    def match(p: list[str], k: list[str]) -> bool:
+        if not p:
+            return not k
+        if p[0] == "#":
+            return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
+        return bool(k) and p[0] in ("*", k[0]) and match(p[1:], k[1:])
+
+    return match(pattern.split("."), key.split("."))

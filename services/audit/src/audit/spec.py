@@ -1,0 +1,21 @@
+"""What audit is, for the library, the tools and the tests (see messaging/spec.py)."""
+
+from audit import api, handlers, store
+from audit.settings import Settings
+from contracts import EVENT_TYPES
+from messaging.spec import Consumes, ServiceSpec, Subscription
+
+
+def subscriptions(_settings: Settings) -> list[Subscription]:
+    """Every event type, recorded the same way."""
+    return [Subscription(event, handlers.record_event) for event in EVENT_TYPES.values()]
+
+
+SPEC = ServiceSpec(
+    name="audit",
+    settings=Settings,
+    tables=store.metadata,
+    router=api.router,
+    routes=("GET /events",),
+    consumes=Consumes(queue="audit.events", bindings=("#",), subscriptions=subscriptions),
+)

@@ -1,0 +1,15 @@
+"""What payment is, for the library, the tools and the tests (see messaging/spec.py)."""
+
+from messaging.spec import ServiceSpec
+from payment import api, store
+from payment.settings import Settings
+
+SPEC = ServiceSpec(
+    name="payment",
+    settings=Settings,
+    tables=store.metadata,
+    router=api.router,
+    routes=("POST /payments", "GET /payments/{payment_id}",
+            "POST /payments/{payment_id}/refund"),
+    produces=("OrderPaid", "OrderRefunded"),
+)
