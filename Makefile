@@ -1,16 +1,21 @@
 # Mini EC — every command a person or CI needs. `make help` lists them.
 SHELL := /bin/bash
+# uv: the one on PATH, else the one this Makefile installs into ~/.local/bin. Exported, so the
+# tests that run uv find this same one whatever PATH holds.
+UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+export UV
 PY := .venv/bin/python
 
-.PHONY: help install run run-sync test test-unit test-integration test-e2e test-compose chaos bench lint dlq clean
+.PHONY: help install preflight run run-sync test test-unit test-integration test-e2e test-compose chaos bench lint dlq clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(UV):
-	@echo "uv not found: installing it with pip"
-	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	@echo "uv not found: installing uv $(UV_VERSION) into ~/.local/bin with pip --user"
+	python3 -m pip install --quiet --user uv==$(UV_VERSION) || \
+	  python3 -m pip install --quiet --user --break-system-packages uv==$(UV_VERSION)
 
 .venv/.synced: $(UV) pyproject.toml uv.lock libs/messaging/pyproject.toml services/*/pyproject.toml apps/*/pyproject.toml
 	$(UV) sync --all-packages --frozen
@@ -25,23 +30,26 @@ run-sync: install ## synchronous mode: one process (ports 8000-8003, no broker) 
 	@$(PY) -m devstack.smtp_sink --port $${SMTP_PORT:-1025} --dir var/mail & sink=$$!; \
 	trap "kill $$sink" EXIT; $(PY) -m inprocess
 
-test: install ## everything: unit, integration, end-to-end (needs the local RabbitMQ + PostgreSQL)
+preflight: install ## check what the tests need (RabbitMQ, its management API, PostgreSQL); enable the plugin if off
+	$(PY) -m devstack.preflight
+
+test: preflight ## everything: unit, integration, end-to-end (needs a running RabbitMQ + PostgreSQL)
 	@echo "make test: tests marked 'compose' are deselected (they need a running compose stack: make test-compose)"
 	$(PY) -m pytest -m "not compose"
 
 test-unit: install ## unit tests only (no I/O)
 	$(PY) -m pytest -m unit
 
-test-integration: install ## integration tests (real RabbitMQ, SQLite, PostgreSQL, SMTP)
+test-integration: preflight ## integration tests (real RabbitMQ, SQLite, PostgreSQL, SMTP)
 	$(PY) -m pytest -m integration
 
-test-e2e: install ## end-to-end tests (the whole stack as local processes)
+test-e2e: preflight ## end-to-end tests (the whole stack as local processes)
 	$(PY) -m pytest -m e2e
 
-bench: install ## benchmarks vs the raw broker ceiling (< 5 min; ARGS="--db postgres", "--only ceiling", ...)
+bench: preflight ## benchmarks vs the raw broker ceiling (< 5 min; ARGS="--db postgres", "--only ceiling", ...)
 	$(PY) -m bench $(ARGS)
 
-chaos: install ## the full chaos check: 2,000 payments, consumers SIGKILLed, broker restarted (<= 3 min)
+chaos: preflight ## the full chaos check: 2,000 payments, consumers SIGKILLed, broker restarted (<= 3 min)
 	$(PY) -m devstack.chaos
 
 lint: install ## ruff

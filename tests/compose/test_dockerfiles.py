@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.tools import find_uv
 from messaging import spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,14 @@ def test_uv_is_pinned_and_dev_groups_are_left_out(service):
         assert flags[flags.index("--package") + 1] == service
 
 
+def uv() -> str:
+    found = find_uv()
+    if found is None:
+        pytest.fail("uv not found (UV, PATH, ~/.local/bin/uv): run the tests with `make test`, "
+                    "which installs it")
+    return found
+
+
 def _replay_build_stage(service: str, workdir: Path, venv: Path) -> list[str]:
     """Run the build stage's COPY and `uv sync` steps in `workdir`; returns the commands run."""
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)}
@@ -98,8 +107,9 @@ def _replay_build_stage(service: str, workdir: Path, venv: Path) -> list[str]:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src, target)
         elif kind == "RUN" and args.startswith("uv sync"):
+            command = [uv(), *shlex.split(args)[1:]]
             result = subprocess.run(
-                shlex.split(args), cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+                command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300
             )
             assert result.returncode == 0, f"{args}\n{result.stderr}"
             ran.append(args)
@@ -109,8 +119,6 @@ def _replay_build_stage(service: str, workdir: Path, venv: Path) -> list[str]:
 @pytest.mark.integration
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_install_step_works_natively(service, tmp_path):
-    if shutil.which("uv") is None:
-        pytest.fail("uv is needed to replay the Dockerfile's install step")
     workdir, venv = tmp_path / "src", tmp_path / "venv"
     workdir.mkdir()
 
@@ -152,10 +160,8 @@ def test_install_step_works_natively(service, tmp_path):
 @pytest.mark.integration
 def test_lock_is_current():
     """`--frozen` installs the lock as it is; a lock that lags a pyproject.toml fails here."""
-    if shutil.which("uv") is None:
-        pytest.fail("uv is needed to check uv.lock")
     result = subprocess.run(
-        ["uv", "lock", "--check", "--offline"],
+        [uv(), "lock", "--check", "--offline"],
         cwd=ROOT,
         capture_output=True,
         text=True,
