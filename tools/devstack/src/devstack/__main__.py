@@ -52,7 +52,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         stack.start()
-        stack.wait_ready(timeout=30)
+        stack.wait_ready(timeout=90)  # a cold first start compiles every module
         print("\nMini EC is running:")
         for name in SERVICES:
             print(f"  {name:<8} {stack.url(name)}")
