@@ -296,7 +296,7 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
         confirmed = ctx.RawValue("q", 0)
         procs: dict[str, Any] = {}
         readies: dict[str, Any] = {}
-        broker_pid = find_broker_pid()
+        broker_pid = find_broker_pid(broker.amqp_port)
         try:
             for q in QUEUES:
                 readies[q] = ctx.Event()

@@ -555,20 +555,15 @@ class ProcessMonitor:
         }
 
 
-def find_broker_pid() -> int | None:
-    """The local RabbitMQ's Erlang VM (``beam.smp``) for CPU/RSS accounting; read-only."""
+def find_broker_pid(port: int) -> int | None:
+    """The process listening on the broker's AMQP `port` in this network namespace, for
+    CPU/RSS accounting; read-only. By port, not by name: with several Erlang nodes on the
+    machine, the first ``beam.smp`` may be another node."""
     import psutil
 
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        try:
-            if (
-                proc.info["name"]
-                and proc.info["name"].startswith("beam")
-                and any("rabbit" in part for part in (proc.info["cmdline"] or []))
-            ):
-                return proc.pid
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            return conn.pid
     return None
 
 

@@ -371,7 +371,7 @@ async def pipeline_stack(
             for s in SERVICES:
                 monitor.add(s, handle.pids[s])
             monitor.add("smtp sink", smtp.process.pid)
-            broker_pid = find_broker_pid()
+            broker_pid = find_broker_pid(broker.amqp_port)
             if broker_pid is not None:
                 monitor.add("rabbitmq (beam.smp)", broker_pid, since_now=True)
             import os
