@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV
 PY := .venv/bin/python
 
-.PHONY: help install preflight run run-sync test test-unit test-integration test-e2e test-compose chaos bench lint dlq clean
+.PHONY: help install preflight run run-sync test test-rules check-asyncapi asyncapi test-unit test-integration test-e2e test-compose chaos bench lint dlq clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -33,9 +33,28 @@ run-sync: install ## synchronous mode: one process (ports 8000-8003, no broker) 
 preflight: install ## check what the tests need (RabbitMQ, its management API, PostgreSQL); enable the plugin if off
 	$(PY) -m devstack.preflight
 
-test: preflight ## everything: unit, integration, end-to-end (needs a running RabbitMQ + PostgreSQL)
+test: preflight test-rules check-asyncapi ## everything: alert rules, AsyncAPI, unit, integration, end-to-end (needs a running RabbitMQ + PostgreSQL)
 	@echo "make test: tests marked 'compose' are deselected (they need a running compose stack: make test-compose)"
 	$(PY) -m pytest -m "not compose"
+
+test-rules: ## Prometheus alert rules: promtool check + unit tests (deploy/prometheus)
+	@promtool="$$(tools/promtool.sh)" && \
+	"$$promtool" check config deploy/prometheus/prometheus.yml && \
+	"$$promtool" test rules deploy/prometheus/alerts_test.yml
+
+# The AsyncAPI parser, pinned by package-lock.json; reinstalled when the lock file changes.
+ASYNCAPI_NODE := tools/asyncapi/node_modules/.package-lock.json
+$(ASYNCAPI_NODE): tools/asyncapi/package.json tools/asyncapi/package-lock.json
+	@command -v npm >/dev/null || { echo "make: npm not found: install Node.js 20 (apt-get install nodejs npm)"; exit 1; }
+	cd tools/asyncapi && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+check-asyncapi: install $(ASYNCAPI_NODE) ## docs/asyncapi.yaml is what the code generates, and valid AsyncAPI 3.0
+	$(PY) -m devstack.asyncapi --check
+	node tools/asyncapi/validate.mjs docs/asyncapi.yaml
+
+asyncapi: install ## regenerate docs/asyncapi.yaml from the code
+	$(PY) -m devstack.asyncapi
 
 test-unit: install ## unit tests only (no I/O)
 	$(PY) -m pytest -m unit

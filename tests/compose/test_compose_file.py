@@ -60,6 +60,7 @@ def test_the_stack_has_the_designed_services(compose):
     services = set(compose["services"])
     assert {"rabbitmq", "postgres", "jaeger", "mailpit", *APP_SERVICES} <= services
     assert {"rabbitmq-2", "rabbitmq-3"} <= services
+    assert {"prometheus", "grafana"} <= services
 
 
 def test_every_long_running_service_has_a_healthcheck(compose):

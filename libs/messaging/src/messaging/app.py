@@ -37,7 +37,8 @@ def consumer_app(service: spec.ServiceSpec, settings: ConsumerSettings) -> FastA
     if service.router is not None:
         app.include_router(service.router(sessions))
     install_common(app, service.name,
-                   {"database": partial(db.ping, engine), "broker": runtime.check})
+                   {"database": partial(db.ping, engine), "broker": runtime.check},
+                   refresh=[runtime.refresh_queue_stats])
     return app
 
 

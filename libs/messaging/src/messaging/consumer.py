@@ -147,6 +147,9 @@ class EventConsumer:
             except PoisonMessage as exc:
                 await self._dead_letter(message, "poison", exc)
                 return
+            metrics.EVENT_LAG.labels(self.service, event_type).observe(
+                max(0.0, (utcnow() - event.occurred_at).total_seconds())
+            )
             span.set_attribute("order_id", str(event.order_id))
             span.set_attribute("event_id", str(event.event_id))
             try:

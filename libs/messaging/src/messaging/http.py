@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -20,9 +21,28 @@ from messaging import correlation, metrics, telemetry
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+# Brings gauges up to date just before a scrape (e.g. queue depths); bounded by this timeout.
+ScrapeRefresh = Callable[[], Awaitable[None]]
+SCRAPE_REFRESH_TIMEOUT_SECONDS = 2.0
 
 
-def ops_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
+async def _readiness(checks: dict[str, ReadinessCheck]) -> dict[str, str]:
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            with telemetry.untraced():  # a probe is not part of any order
+                await check()
+            results[name] = "ok"
+        except Exception as exc:
+            results[name] = f"unavailable: {exc or type(exc).__name__}"
+    return results
+
+
+def ops_router(
+    checks: dict[str, ReadinessCheck],
+    service: str = "unknown",
+    refresh: Sequence[ScrapeRefresh] = (),
+) -> APIRouter:
     """`/healthz` (the process answers), `/readyz` (each check passes), `/metrics`."""
     router = APIRouter(tags=["operations"])
 
@@ -32,19 +52,24 @@ def ops_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
 
     @router.get("/readyz")
     async def readyz() -> JSONResponse:
-        results: dict[str, str] = {}
-        for name, check in checks.items():
-            try:
-                with telemetry.untraced():  # a probe is not part of any order
-                    await check()
-                results[name] = "ok"
-            except Exception as exc:
-                results[name] = f"unavailable: {exc or type(exc).__name__}"
+        results = await _readiness(checks)
         ready = all(v == "ok" for v in results.values())
         return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
 
     @router.get("/metrics")
     async def prometheus_metrics() -> Response:
+        # Prometheus never calls /readyz: readiness is exported as a gauge, as of this scrape.
+        results = await _readiness(checks)
+        metrics.SERVICE_READY.labels(service).set(
+            1 if all(v == "ok" for v in results.values()) else 0
+        )
+        for job in refresh:
+            try:
+                with telemetry.untraced():
+                    async with asyncio.timeout(SCRAPE_REFRESH_TIMEOUT_SECONDS):
+                        await job()
+            except Exception as exc:  # the gauges keep their last values; readiness tells why
+                log.debug("scrape refresh failed: %s: %s", type(exc).__name__, exc)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
@@ -110,10 +135,15 @@ _QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")
 UNTRACED_URLS = ",".join(f"{route}$" for route in _QUIET_ROUTES)
 
 
-def install_common(app: FastAPI, service: str, checks: dict[str, ReadinessCheck]) -> None:
+def install_common(
+    app: FastAPI,
+    service: str,
+    checks: dict[str, ReadinessCheck],
+    refresh: Sequence[ScrapeRefresh] = (),
+) -> None:
     """Ops routes, the correlation middleware and the HTTP server spans."""
     app.add_middleware(CorrelationMiddleware, service=service)
-    app.include_router(ops_router(checks))
+    app.include_router(ops_router(checks, service, refresh))
     # The ASGI layer's own "http send/receive" spans say nothing the server span does not.
     FastAPIInstrumentor.instrument_app(
         app, excluded_urls=UNTRACED_URLS, exclude_spans=["receive", "send"]

@@ -43,3 +43,24 @@ DISPATCHED = Counter(
     "events_dispatched", "Handler calls by the in-process dispatcher (synchronous mode)",
     ["handler", "event_type", "outcome"],
 )
+# How far behind a consumer is: from the event's `occurred_at` to a consumer taking it
+# (outbox relay + broker + queue wait + any retry waits).
+EVENT_LAG = Histogram(
+    "event_lag_seconds", "Time from an event's occurred_at until a consumer took it",
+    ["service", "event_type"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+# Refreshed on every scrape of /metrics by the consuming service (a passive declare of its
+# own queues), so depths are there in every mode, with or without the broker's plugin.
+QUEUE_MESSAGES = Gauge(
+    "queue_messages", "Messages waiting in a queue of this service (work, retry or dlq)",
+    ["service", "queue", "role"],
+)
+QUEUE_CONSUMERS = Gauge(
+    "queue_consumers", "Consumers attached to a queue of this service, across all replicas",
+    ["service", "queue", "role"],
+)
+SERVICE_READY = Gauge(
+    "service_ready", "1 when every readiness check passes (what /readyz answers), else 0",
+    ["service"],
+)

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts import Event
-from messaging import telemetry
+from messaging import queue_stats, telemetry
 from messaging.batching import InboxBatcher
 from messaging.broker import connect
 from messaging.consumer import EventConsumer
@@ -124,6 +124,14 @@ class ConsumerRuntime:
         await self.publisher.check()
         if self._consumer is None or not self._consumer.is_consuming:
             raise ConnectionError("not consuming")
+
+    async def refresh_queue_stats(self) -> None:
+        """Queue depths and consumer counts for /metrics (nothing until the consumer started)."""
+        if self._consumer is None:
+            return
+        await queue_stats.refresh(
+            await self.broker.connection(), self.service, self._consumer.topology
+        )
 
     async def _start_consumer(self) -> None:
         backoff = 1.0

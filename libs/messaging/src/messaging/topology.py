@@ -62,6 +62,14 @@ class QueueTopology:
     def retry_queue(self, delay_seconds: int) -> str:
         return f"{self.name}.retry.{delay_seconds}s"
 
+    def queues(self) -> list[tuple[str, str]]:
+        """(role, name) of every queue of this service: `work`, each `retry`, `dlq`."""
+        return [
+            ("work", self.name),
+            *(("retry", self.retry_queue(d)) for d in self.retry_delays),
+            ("dlq", self.dlq),
+        ]
+
     def dlq_arguments(self) -> dict:
         return {**_QUORUM, "x-delivery-limit": DLQ_DELIVERY_LIMIT}
 

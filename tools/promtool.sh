@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Prints the path of a `promtool`, or stops with one line saying how to get one.
+# On PATH wins; otherwise the binary is unpacked from Debian's `prometheus` package into a
+# cache outside the clone (`apt-get download`: nothing is installed, no daemon is started;
+# promtool is one static binary), so a fresh clone on the same machine finds it again.
+set -euo pipefail
+if command -v promtool >/dev/null 2>&1; then
+    command -v promtool
+    exit 0
+fi
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/mini-ec/promtool"
+if [ -x "$cache/promtool" ]; then
+    echo "$cache/promtool"
+    exit 0
+fi
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+fetch() { (cd "$tmp" && apt-get download -q prometheus >/dev/null 2>&1); }
+if ! fetch && [ "$(id -u)" = 0 ]; then
+    apt-get update -q >/dev/null 2>&1 && fetch || true
+fi
+deb="$(find "$tmp" -maxdepth 1 -name 'prometheus_*.deb' | head -n 1)"
+if [ -z "$deb" ] || ! dpkg-deb -x "$deb" "$tmp/root" 2>/dev/null; then
+    echo "promtool not found: apt-get install prometheus (Debian), or put promtool on PATH" >&2
+    exit 1
+fi
+mkdir -p "$cache"
+install -m 0755 "$tmp/root/usr/bin/promtool" "$cache/promtool"
+echo "$cache/promtool"
