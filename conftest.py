@@ -15,6 +15,20 @@ from devstack.stack import SERVICES, Stack, free_port
 from messaging import db
 
 
+@pytest.fixture(scope="session")
+def rabbit4():
+    """A RabbitMQ 4 node (devstack/rabbit4.py: Debian's 4.0.5 in a network namespace) booted
+    from the project's rabbitmq.conf and definitions, for the tests that differ between 3.10
+    and 4. Skipped, with the reason printed, where it cannot run (not root)."""
+    from devstack import rabbit4 as r4
+
+    reason = r4.unavailable_reason()
+    if reason:
+        pytest.skip(f"{reason}; the RabbitMQ 4 variant of this test is not run")
+    with r4.Rabbit4() as broker:
+        yield broker
+
+
 @pytest.fixture
 def vhost():
     """(name, amqp_url) of a fresh, empty vhost."""

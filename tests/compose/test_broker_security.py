@@ -30,20 +30,37 @@ MANAGEMENT_AUTH = (
 AMQP_BASE = os.environ.get("RABBITMQ_AMQP_BASE", "amqp://127.0.0.1:5672")
 
 
-@pytest.fixture(scope="module")
-def broker(apply_definitions):
-    """AMQP URLs of the definitions' users in a fresh vhost; everything removed afterwards."""
+class Broker(dict):
+    """AMQP URLs of the definitions' users, by user name, and where the management API is."""
+
+    management_url: str
+
+
+@pytest.fixture(scope="module", params=["3.10", "4"])
+def broker(request, apply_definitions):
+    """AMQP URLs of the definitions' users in a fresh vhost; everything removed afterwards.
+
+    On the local broker (3.10) and on a RabbitMQ 4 node booted from the same definitions
+    (the `rabbit4` fixture), so least privilege is proven on both."""
+    if request.param == "3.10":
+        management_url, auth, amqp_base = MANAGEMENT_URL, MANAGEMENT_AUTH, AMQP_BASE
+    else:
+        rabbit4 = request.getfixturevalue("rabbit4")
+        management_url, auth, amqp_base = (
+            rabbit4.management_url(), rabbit4.admin, rabbit4.amqp_base())
     run = secrets.token_hex(4)
     vhost, prefix = f"mini-ec-security-{run}", f"t{run}-"
     definitions = apply_definitions.load()
     users = apply_definitions.user_names(definitions)
     passwords = {user: secrets.token_urlsafe(16) for user in users}
-    api = apply_definitions.ManagementAPI(MANAGEMENT_URL, *MANAGEMENT_AUTH)
+    api = apply_definitions.ManagementAPI(management_url, *auth)
     try:
         apply_definitions.apply(api, definitions, passwords, vhost=vhost, user_prefix=prefix)
-        yield apply_definitions.amqp_urls(
-            definitions, passwords, vhost=vhost, user_prefix=prefix, amqp_base=AMQP_BASE
-        )
+        urls = Broker(apply_definitions.amqp_urls(
+            definitions, passwords, vhost=vhost, user_prefix=prefix, amqp_base=amqp_base
+        ))
+        urls.management_url = management_url
+        yield urls
     finally:
         api.delete(vhost, [prefix + user for user in users])
         api.close()
@@ -194,7 +211,7 @@ def test_only_the_admin_user_reaches_the_management_api(broker):
     def login(service: str) -> int:
         url = httpx.URL(broker[service])
         response = httpx.get(
-            f"{MANAGEMENT_URL}/api/whoami",
+            f"{broker.management_url}/api/whoami",
             auth=(url.username, url.password),
             timeout=10,
         )
@@ -203,3 +220,22 @@ def test_only_the_admin_user_reaches_the_management_api(broker):
     assert login("admin") == 200
     for service in ("payment", "points", "mailer", "audit"):
         assert login(service) == 401, service
+
+
+async def test_rabbitmq_4_boots_from_the_rendered_definitions_with_no_guest(rabbit4):
+    """deploy/rabbitmq/rabbitmq.conf + definitions rendered by apply_definitions.py, imported
+    at boot by 4.0: the `shop` vhost, its users and queues exist, and `guest` does not."""
+    with rabbit4.api() as api:
+        users = {user["name"] for user in api.get("/api/users").json()}
+        queues = {queue["name"]: queue for queue in api.get("/api/queues/shop").json()}
+    assert {"admin", "payment", "points", "mailer", "audit"} <= users
+    assert "guest" not in users
+    for service in ("points", "mailer", "audit"):
+        topology = QueueTopology.for_service(service)
+        assert queues[topology.name]["arguments"] == topology.work_arguments()
+        assert queues[topology.dlq]["arguments"] == topology.dlq_arguments()
+    with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
+        await aio_pika.connect(f"amqp://guest:guest@{rabbit4.nodes[0].ip}:5672/")
+    async with await aio_pika.connect(rabbit4.urls["points"]) as connection:
+        channel = await connection.channel()
+        await channel.get_queue("points.events", ensure=True)

@@ -1,7 +1,8 @@
 """Names of the AMQP headers we set ourselves.
 
-None starts with `x-`: RabbitMQ 4.x drops client-set `x-` headers, and our retry count
-must survive any broker version.
+None starts with `x-`: that prefix is the broker's bookkeeping (x-death, x-delivery-count),
+which it may reset or ignore when a client sets it (tests/versions shows how 3.10 and 4.0
+differ), and our retry count must survive any broker version.
 """
 
 ATTEMPT = "retry-attempt"  # how many times the handler has failed on this message so far
