@@ -4,6 +4,12 @@ The service writes its state change and the event row in one transaction (`add_t
 `OutboxRelay` publishes unsent rows with publisher confirms and marks them sent only after
 the broker's ack. A crash between the ack and the mark republishes the event: at least
 once on the wire, and the consumers' inboxes make it exactly once in effect.
+
+On PostgreSQL several relays (several payment instances) share one outbox: each claims its
+batch with `FOR UPDATE SKIP LOCKED` in a transaction that lasts until the rows are marked,
+and skips a row while an earlier unsent row of the same order is held by another relay, so
+an order's events still leave in order. A relay that dies loses its transaction, and with it
+its claims, at once. On SQLite there is one relay per database (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import utcnow
@@ -41,6 +47,11 @@ from messaging.topology import declare_exchange
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+
+# A claim (the relay's open transaction) idle longer than this is cut off by PostgreSQL and
+# its rows go to another relay: well above one batch's publish time (PUBLISH_TIMEOUT_SECONDS).
+CLAIM_TIMEOUT_MS = 30_000
+
 
 async def forget_published_older_than(
     sessions: async_sessionmaker[AsyncSession], age: timedelta, batch: int = 1000
@@ -77,6 +88,7 @@ class OutboxRelay:
         self._max_backoff = max_backoff
         self._wake = asyncio.Event()
         self._channel: AbstractChannel | None = None
+        self._shared: bool | None = None
 
     def notify(self) -> None:
         """Call after committing an outbox row: the relay publishes it without waiting."""
@@ -114,28 +126,94 @@ class OutboxRelay:
 
         Raises PublishFailed after marking what did go out, so `run` backs off.
         """
+        if await self._shared_outbox():
+            taken, results = await self._publish_claimed()
+        else:
+            taken, results = await self._publish_unclaimed()
+        await self._update_lag_metrics()
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise PublishFailed(f"{len(failures)} of {taken} not confirmed: {failures[0]}")
+        return taken
+
+    async def _publish_unclaimed(self) -> tuple[int, list]:
+        """SQLite: the only relay of its database reads, publishes, then marks."""
         with untraced():  # polling: no trace per poll
             async with self._sessions() as session:
-                rows = (
-                    await session.execute(
-                        select(outbox_table)
-                        .where(outbox_table.c.published_at.is_(None))
-                        .order_by(outbox_table.c.id)
-                        .limit(self._batch_size)
-                    )
-                ).all()
-        if rows:
-            exchange = await self._exchange()
-            # Publishes are pipelined: one confirm round-trip per batch, not per row.
-            results = await asyncio.gather(
-                *(self._publish_row(exchange, row) for row in rows), return_exceptions=True
+                rows = (await session.execute(self._unsent().limit(self._batch_size))).all()
+        if not rows:
+            return 0, []
+        results = await self._publish_rows(rows)
+        with untraced():
+            async with self._sessions() as session, session.begin():
+                await self._record(session, rows, results)
+        return len(rows), results
+
+    async def _publish_claimed(self) -> tuple[int, list]:
+        """PostgreSQL: claim, publish and mark in one transaction shared with no other relay.
+
+        The row locks are the claim. If this process dies or its transaction is cut off
+        (CLAIM_TIMEOUT idle), the locks go with it and another relay takes the rows; if it
+        was cut off after the broker's ack, its mark fails and the row goes out twice (the
+        inboxes absorb that), never zero times.
+        """
+        with untraced():
+            async with self._sessions() as session, session.begin():
+                await session.execute(text(
+                    f"SET LOCAL idle_in_transaction_session_timeout = '{CLAIM_TIMEOUT_MS}ms'"))
+                claimed = (await session.execute(
+                    self._unsent().limit(self._batch_size).with_for_update(skip_locked=True)
+                )).all()
+                rows = await self._first_of_each_order(session, claimed)
+                if not rows:
+                    return 0, []
+                results = await self._publish_rows(rows)
+                await self._record(session, rows, results)
+        return len(rows), results
+
+    async def _shared_outbox(self) -> bool:
+        """PostgreSQL: relays claim rows, so several may share the outbox. SQLite: one."""
+        if self._shared is None:
+            async with self._sessions() as session:
+                dialect = session.get_bind().dialect.name
+            self._shared = dialect == "postgresql"
+            if not self._shared:
+                log.info("outbox relay on %s: one relay per database; a second instance on "
+                         "the same file would publish the same rows (use PostgreSQL to scale "
+                         "out)", dialect)
+        return self._shared
+
+    @staticmethod
+    def _unsent():
+        return (select(outbox_table).where(outbox_table.c.published_at.is_(None))
+                .order_by(outbox_table.c.id))
+
+    @staticmethod
+    async def _first_of_each_order(session: AsyncSession, claimed: list) -> list:
+        """The claimed rows no unsent row of the same order precedes outside this claim: an
+        earlier event of the order is held by another relay, so this one waits for it."""
+        if not claimed:
+            return []
+        mine = {row.id for row in claimed}
+        pending = await session.execute(
+            select(outbox_table.c.id, outbox_table.c.order_id).where(
+                outbox_table.c.published_at.is_(None),
+                outbox_table.c.order_id.in_({row.order_id for row in claimed}),
             )
-            await self._record(rows, results)
-        await self._update_lag_metrics()
-        failures = [r for r in results if isinstance(r, BaseException)] if rows else []
-        if failures:
-            raise PublishFailed(f"{len(failures)} of {len(rows)} not confirmed: {failures[0]}")
-        return len(rows)
+        )
+        held_elsewhere: dict[str, int] = {}
+        for row_id, order_id in pending:
+            if row_id not in mine:
+                held_elsewhere[order_id] = min(row_id, held_elsewhere.get(order_id, row_id))
+        return [row for row in claimed
+                if row.id < held_elsewhere.get(row.order_id, row.id + 1)]
+
+    async def _publish_rows(self, rows) -> list:
+        exchange = await self._exchange()
+        # Publishes are pipelined: one confirm round-trip per batch, not per row.
+        return await asyncio.gather(
+            *(self._publish_row(exchange, row) for row in rows), return_exceptions=True
+        )
 
     async def _exchange(self) -> aio_pika.abc.AbstractExchange:
         if self._channel is None or self._channel.is_closed:
@@ -166,27 +244,27 @@ class OutboxRelay:
                 raise
             metrics.PUBLISHED.labels(self._service).inc()
 
-    async def _record(self, rows, results) -> None:
+    async def _record(self, session: AsyncSession, rows, results) -> None:
+        """Mark what the broker confirmed; count the attempt on what it did not (one update
+        per batch, not part of any one order's trace: callers run it untraced)."""
         now = utcnow()
         sent = [row.id for row, r in zip(rows, results, strict=True) if r is None]
         failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]
-        with untraced():  # one update per batch, not part of any one order's trace
-            async with self._sessions() as session, session.begin():
-                if sent:
-                    await session.execute(
-                        update(outbox_table)
-                        .where(outbox_table.c.id.in_(sent))
-                        .values(published_at=now, attempts=outbox_table.c.attempts + 1)
-                    )
-                for row, exc in failed:
-                    # The row stays unpublished: `run` backs off and publishes it again.
-                    log.error("outbox: event %s not published (%s); kept for a retry",
-                              row.event_id, exc)
-                    await session.execute(
-                        update(outbox_table)
-                        .where(outbox_table.c.id == row.id)
-                        .values(attempts=outbox_table.c.attempts + 1, last_error=str(exc)[:1000])
-                    )
+        if sent:
+            await session.execute(
+                update(outbox_table)
+                .where(outbox_table.c.id.in_(sent))
+                .values(published_at=now, attempts=outbox_table.c.attempts + 1)
+            )
+        for row, exc in failed:
+            # The row stays unpublished: `run` backs off and publishes it again.
+            log.error("outbox: event %s not published (%s); kept for a retry",
+                      row.event_id, exc)
+            await session.execute(
+                update(outbox_table)
+                .where(outbox_table.c.id == row.id)
+                .values(attempts=outbox_table.c.attempts + 1, last_error=str(exc)[:1000])
+            )
 
     async def _update_lag_metrics(self) -> None:
         with untraced():

@@ -1,0 +1,158 @@
+"""Several relays on one PostgreSQL outbox (several payment instances): each row goes out once,
+an order's events in order, and a dead relay's claims are taken over at once."""
+
+import asyncio
+import logging
+
+import aio_pika
+import pytest
+from sqlalchemy import func, select, text
+
+from devstack import events, throwaway
+from devstack.wait import eventually_async
+from messaging import db, outbox
+from messaging.outbox import OutboxRelay, add_to_outbox, outbox_table
+from messaging.topology import EXCHANGE
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def database_url():
+    """PostgreSQL only: the claims are PostgreSQL's row locks (SQLite has one relay)."""
+    async with throwaway.throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+async def sessions(sessions_for):
+    return await sessions_for(outbox.metadata)
+
+
+@pytest.fixture
+async def connection(amqp_url):
+    conn = await aio_pika.connect_robust(amqp_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def tap(connection):
+    """A queue that receives every event published to shop.events."""
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    queue = await channel.declare_queue("", exclusive=True)
+    await queue.bind(exchange, "#")
+    return queue
+
+
+def relay(sessions, connection, **kwargs) -> OutboxRelay:
+    async def connect():
+        return connection
+
+    return OutboxRelay(sessions, connect, **kwargs)
+
+
+async def drain(queue, expected: int, timeout: float = 15.0) -> list:
+    received = []
+
+    async def more():
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            received.append(message)
+        return len(received) >= expected
+
+    await eventually_async(more, timeout=timeout, message=f"{expected} messages arrive")
+    await asyncio.sleep(0.2)  # anything beyond `expected` (a duplicate) would arrive now
+    await more()
+    return received
+
+
+async def unsent(sessions) -> int:
+    async with sessions() as session:
+        return (await session.execute(
+            select(func.count()).where(outbox_table.c.published_at.is_(None)))).scalar_one()
+
+
+async def test_two_relays_on_one_outbox_publish_each_row_once_and_each_orders_events_in_order(
+    sessions, connection, tap
+):
+    paid = [events.order_paid() for _ in range(30)]
+    async with sessions() as session, session.begin():
+        for event in paid:
+            await add_to_outbox(session, event)
+        for event in paid:
+            await add_to_outbox(session, events.order_refunded(event))
+    relays = [relay(sessions, connection, batch_size=7) for _ in range(2)]
+    published = [0, 0]
+
+    async def work(i: int) -> None:
+        while await unsent(sessions):
+            published[i] += await relays[i].publish_pending()
+
+    await asyncio.gather(work(0), work(1))
+
+    received = await drain(tap, 60)
+    ids = [m.message_id for m in received]
+    assert len(ids) == len(set(ids)) == 60, "a row went out twice or not at all"
+    assert all(published), f"one relay did all the work: {published}"
+    for event in paid:
+        types = [m.type for m in received if str(event.order_id).encode() in m.body]
+        assert types == ["OrderPaid", "OrderRefunded"], event.order_id
+
+
+async def test_a_relay_waits_for_an_orders_earlier_event_held_by_another_and_takes_it_when_that_relay_dies(  # noqa: E501
+    sessions, connection, tap
+):
+    x_paid = events.order_paid()
+    y_paid = events.order_paid()
+    async with sessions() as session, session.begin():
+        await add_to_outbox(session, x_paid)
+        await add_to_outbox(session, events.order_refunded(x_paid))
+        await add_to_outbox(session, y_paid)
+
+    holder = relay(sessions, connection, batch_size=1)
+    stuck, release = asyncio.Event(), asyncio.Event()
+
+    async def hang(rows):  # claimed, then stuck before publishing (a process about to die)
+        stuck.set()
+        await release.wait()
+        return [None for _ in rows]
+
+    holder._publish_rows = hang
+    holding = asyncio.create_task(holder.publish_pending())
+    await asyncio.wait_for(stuck.wait(), 10)
+
+    other = relay(sessions, connection)
+    assert await other.publish_pending() == 1  # Y only: X's refund waits for X's payment
+    [first] = await drain(tap, 1)
+    assert first.message_id == str(y_paid.event_id)
+
+    # The holder's process dies: PostgreSQL ends its session, and its claim with it.
+    async with sessions() as session:
+        killed = (await session.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND state = 'idle in transaction'"
+        ))).scalar_one()
+    assert killed == 1
+
+    assert await other.publish_pending() == 2
+    rest = await drain(tap, 2)
+    assert [m.type for m in rest] == ["OrderPaid", "OrderRefunded"]
+    assert all(str(x_paid.order_id).encode() in m.body for m in rest)
+    assert await unsent(sessions) == 0
+
+    release.set()  # the dead relay's mark cannot land: its transaction is gone
+    with pytest.raises(Exception):  # noqa: B017 - the driver's "connection terminated"
+        await holding
+
+
+async def test_a_relay_on_sqlite_says_it_is_the_only_one(tmp_path, caplog, connection):
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/one.db")
+    try:
+        await db.create_schema(engine, outbox.metadata)
+        engine_sessions = db.session_factory(engine)
+        with caplog.at_level(logging.INFO, logger="messaging.outbox"):
+            assert await relay(engine_sessions, connection).publish_pending() == 0
+        assert "one relay per database" in caplog.text
+    finally:
+        await engine.dispose()
