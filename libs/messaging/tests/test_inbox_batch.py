@@ -196,3 +196,31 @@ async def test_batch_size_one_applies_each_alone(box, sessions):
     assert await process_concurrently(batcher, evts) == [Outcome.APPLIED] * 3
     await batcher.close()
     assert len(handler.sessions) == 3
+
+
+async def test_a_redelivery_of_an_event_still_in_flight_waits_and_is_a_duplicate_not_a_resend(
+    box, sessions
+):
+    """The broker connection dropped mid-work and the broker redelivered the message: the
+    second delivery waits for the first to finish its side effect (a mail) and commit, then
+    is a duplicate; the side effect happens once."""
+    paid = events.order_paid()
+    sent, release = [], asyncio.Event()
+
+    async def send_mail(event) -> None:
+        sent.append(event.event_id)
+        await release.wait()  # the SMTP server is slow: still in flight when the link drops
+
+    batcher = InboxBatcher(box, Recorder(), before=send_mail)
+    first = asyncio.create_task(batcher.process(paid))
+    while not sent:
+        await asyncio.sleep(0.01)
+    redelivered = asyncio.create_task(batcher.process(paid))
+    await asyncio.sleep(0.1)
+    assert not redelivered.done()  # waits for the first, does not send
+    release.set()
+    assert await first == Outcome.APPLIED
+    assert await redelivered == Outcome.DUPLICATE
+    assert sent == [paid.event_id]
+    assert [e for e, _ in await effects_in_order(sessions)] == [str(paid.event_id)]
+    await batcher.close()

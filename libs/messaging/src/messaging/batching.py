@@ -59,9 +59,29 @@ class InboxBatcher:
         self._waiting: list[_Waiting] = []
         self._wake = asyncio.Event()
         self._worker: asyncio.Task | None = None
+        # Event ids being worked on here, each with a future set when that work has ended.
+        self._in_flight: dict[str, asyncio.Future[None]] = {}
 
     async def process(self, event: Event) -> Outcome:
-        """What `Inbox.process(event, handler, before=...)` does, in a shared transaction."""
+        """What `Inbox.process(event, handler, before=...)` does, in a shared transaction.
+
+        A second delivery of an event still being worked on here (the broker connection
+        dropped and came back, and the broker redelivered it) waits for the first to end:
+        the first finishes its side effect (the mail) and commits, and the second then finds
+        a duplicate, instead of doing the side effect again because a connection dropped.
+        """
+        key = str(event.event_id)
+        while (earlier := self._in_flight.get(key)) is not None:
+            await asyncio.wait([earlier])
+        done = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = done
+        try:
+            return await self._process(event)
+        finally:
+            del self._in_flight[key]
+            done.set_result(None)
+
+    async def _process(self, event: Event) -> Outcome:
         early = await self._inbox.prepare(event, self._before)
         if early is not None:
             return early
