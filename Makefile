@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV
 PY := .venv/bin/python
 
-.PHONY: help install preflight run run-sync test test-rules check-asyncapi asyncapi test-unit test-integration test-e2e test-compose chaos bench lint dlq clean
+.PHONY: help install preflight run run-sync test test-rules check-asyncapi asyncapi test-unit test-integration test-e2e test-compose test-cluster chaos bench lint dlq clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ check-asyncapi: install $(ASYNCAPI_NODE) ## docs/asyncapi.yaml is what the code 
 
 asyncapi: install ## regenerate docs/asyncapi.yaml from the code
 	$(PY) -m devstack.asyncapi
+
+test-cluster: install ## node loss: 3 RabbitMQ 4 nodes + HAProxy, 2 payment instances, SIGKILLs (root; < 8 min)
+	@if [ "$$(id -u)" != 0 ]; then echo "make test-cluster: needs root (RabbitMQ 4 nodes run in network namespaces); not run"; exit 1; fi
+	$(PY) -m devstack.cluster_check $(ARGS)
 
 test-unit: install ## unit tests only (no I/O)
 	$(PY) -m pytest -m unit

@@ -43,10 +43,10 @@ def after_publish() -> None:
 
     original = OutboxRelay._record
 
-    async def record(self, rows, results):  # type: ignore[no-untyped-def]
+    async def record(self, session, rows, results):  # type: ignore[no-untyped-def]
         if any(r is None for r in results):  # the broker confirmed at least one publish
             die()  # ... and published_at is never written
-        return await original(self, rows, results)
+        return await original(self, session, rows, results)
 
     OutboxRelay._record = record
 

@@ -237,9 +237,21 @@ async def generate_load(base_url: str, config: ChaosConfig, rng: random.Random,
 # --- counting ----------------------------------------------------------------------------
 
 def _rows(database_url: str, sql: str) -> list[tuple]:
+    if database_url.startswith("postgresql"):  # payment on PostgreSQL (make test-cluster)
+        return asyncio.run(_pg_rows(database_url, sql))
     path = database_url.split("///", 1)[1]
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
         return conn.execute(sql).fetchall()
+
+
+async def _pg_rows(database_url: str, sql: str) -> list[tuple]:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return [tuple(row) for row in await conn.fetch(sql)]
+    finally:
+        await conn.close()
 
 
 def expected_events(stack: Stack, orders: dict[str, dict]) -> dict[str, dict]:
