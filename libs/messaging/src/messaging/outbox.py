@@ -6,7 +6,8 @@ the broker's ack. A crash between the ack and the mark republishes the event: at
 once on the wire, and the consumers' inboxes make it exactly once in effect.
 
 On PostgreSQL several relays (several instances of the producing service) share one
-outbox: each claims its batch with `FOR UPDATE SKIP LOCKED` in a transaction that lasts until the rows are marked,
+outbox: each claims its batch with `FOR UPDATE SKIP LOCKED` in a transaction that lasts
+until the rows are marked,
 and skips a row while an earlier unsent row of the same order is held by another relay, so
 an order's events still leave in order. A relay that dies loses its transaction, and with it
 its claims, at once. On SQLite there is one relay per database (docs/scale-out.md).

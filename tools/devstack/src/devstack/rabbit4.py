@@ -29,6 +29,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -365,9 +366,11 @@ class Rabbit4:
                     with self.api(node) as api:
                         running = [n["name"] for n in api.get("/api/nodes").json()
                                    if n.get("running")]
+                    # The management API is up before the AMQP listener: wait for both.
                     if len(running) >= len([n for n in self.nodes if n.process]):
+                        socket.create_connection((node.ip, 5672), timeout=2).close()
                         break
-                except (httpx.HTTPError, ValueError, TypeError):
+                except (httpx.HTTPError, ValueError, TypeError, OSError):
                     pass
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{node.name} not ready in {self.boot_timeout}s:\n"
