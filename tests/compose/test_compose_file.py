@@ -173,3 +173,28 @@ def test_every_variable_given_is_a_setting_and_every_required_setting_is_given(c
     assert unknown == set(), f"{service} does not read {sorted(unknown)}"
     missing = {var for var, field in fields.items() if field.is_required() and var not in given}
     assert missing == set(), f"compose does not give {service} {sorted(missing)}"
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration such as `1m30s`, `40s` or `500ms`, in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_every_node_and_service_has_time_to_stop_cleanly_before_it_is_killed(compose):
+    """Docker SIGKILLs what outlives its stop_grace_period (default 10 s)."""
+    from messaging.runtime import STOP_BOUND_SECONDS
+
+    for name in ("rabbitmq", "rabbitmq-2", "rabbitmq-3"):
+        assert _seconds(compose["services"][name]["stop_grace_period"]) >= 60, name
+    for name in APP_SERVICES:
+        grace = _seconds(compose["services"][name]["stop_grace_period"])
+        assert grace > STOP_BOUND_SECONDS, f"{name}: {grace}s, its stop may take longer"
+
+
+def test_durations_are_read_as_compose_reads_them():
+    assert [_seconds(d) for d in ("40s", "1m30s", "500ms", "2h")] == [40, 90, 0.5, 7200]
+    with pytest.raises(AssertionError):
+        _seconds("40 s")

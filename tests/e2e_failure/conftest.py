@@ -16,7 +16,10 @@ class BrokerGate:
     """A TCP port that refuses connections until `open()`, then forwards them to RabbitMQ.
 
     Lets one process see the broker as down and then back, while the shared broker (which
-    other tests are using) keeps running.
+    other tests are using) keeps running. `freeze()` makes the broker stop answering without
+    closing anything (a broker whose quorum is lost, a network that drops everything);
+    `sever()` then closes every connection it forwarded, so the broker requeues their
+    unacked messages.
     """
 
     def __init__(self) -> None:
@@ -25,6 +28,27 @@ class BrokerGate:
         self._target = (host, int(port or 5672))
         self._server: socket.socket | None = None
         self._closed = threading.Event()
+        # Per direction: set while bytes flow; a pipe that reads while cleared holds them.
+        self._flowing = {"to_broker": threading.Event(), "to_client": threading.Event()}
+        for direction in self._flowing.values():
+            direction.set()
+        self._sockets: list[socket.socket] = []
+
+    def freeze(self, *directions: str) -> None:
+        """Stop forwarding `directions` (default: both); connections stay open."""
+        for direction in directions or tuple(self._flowing):
+            self._flowing[direction].clear()
+
+    def sever(self) -> None:
+        """Close every forwarded connection (the bytes held by a freeze are dropped); new
+        connections flow again."""
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self._sockets.clear()
+        for direction in self._flowing.values():
+            direction.set()
 
     def open(self) -> None:
         self._server = socket.create_server(("127.0.0.1", self.port))
@@ -34,6 +58,7 @@ class BrokerGate:
         self._closed.set()
         if self._server is not None:
             self._server.close()
+        self.sever()
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -42,13 +67,17 @@ class BrokerGate:
             except OSError:
                 return
             upstream = socket.create_connection(self._target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            self._sockets += [client, upstream]
+            for a, b, direction in ((client, upstream, "to_broker"),
+                                    (upstream, client, "to_client")):
+                threading.Thread(target=self._pipe, args=(a, b, self._flowing[direction]),
+                                 daemon=True).start()
 
     @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(source: socket.socket, sink: socket.socket, flowing: threading.Event) -> None:
         try:
             while data := source.recv(65536):
+                flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

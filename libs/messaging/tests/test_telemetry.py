@@ -205,8 +205,8 @@ def test_sigterm_exports_the_last_spans_before_the_process_ends():
 
         eventually(up, timeout=30, message="child serving")
         child.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully, then re-raises SIGTERM: no code after run() runs.
-        assert child.wait(30) == -signal.SIGTERM, child.stdout.read()
+        # uvicorn shuts down gracefully; serve() then lets the process end with exit 0.
+        assert child.wait(30) == 0, child.stdout.read()
     finally:
         if child.poll() is None:
             child.kill()

@@ -1,4 +1,5 @@
-"""The connection to RabbitMQ: robust (reconnects by itself), retried until it comes up."""
+"""The connection to RabbitMQ: robust (reconnects by itself), retried until it comes up;
+and closing channels and connections at a stop without waiting on a broker that does not answer."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
 log = logging.getLogger(__name__)
+
+# How long a stop waits for the broker to answer one step (basic.cancel, a channel's close,
+# a connection's close). A healthy broker answers in milliseconds; one whose quorum queues
+# lost their majority, or behind a frozen network, may never answer.
+STOP_STEP_SECONDS = 2.0
 
 
 async def connect(url: str, name: str, *, max_backoff: float = 10.0) -> AbstractRobustConnection:
@@ -30,3 +36,19 @@ async def connect(url: str, name: str, *, max_backoff: float = 10.0) -> Abstract
             log.warning("broker not reachable (%s); retrying in %.1fs", exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
+
+
+async def close_within(closable: object, what: str, seconds: float = STOP_STEP_SECONDS) -> None:
+    """Close a channel or connection, waiting at most `seconds` for the broker's answer.
+
+    Never raises: this runs on the way out. If the broker does not answer, the socket goes
+    with the process, and the broker requeues whatever was unacked on it.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await closable.close()  # type: ignore[attr-defined]
+    except TimeoutError:
+        log.warning("%s: the broker did not answer the close within %.0fs; left behind",
+                    what, seconds)
+    except Exception:
+        log.debug("%s: close failed", what, exc_info=True)

@@ -31,6 +31,7 @@ from opentelemetry import trace
 from contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging import correlation, metrics
 from messaging import headers as h
+from messaging.broker import STOP_STEP_SECONDS, close_within
 from messaging.inbox import Outcome, OutOfOrder
 from messaging.publisher import (
     PublishFailed,
@@ -94,19 +95,28 @@ class EventConsumer:
             self._queue = await self.topology.declare(self._channel)
             self._consumer_tag = await self._queue.consume(self._on_message)
         except BaseException:
-            await self._channel.close()  # the caller retries with a new consumer
-            await self._publish_channel.close()
+            # The caller retries with a new consumer, or is stopping (cancelled): bounded.
+            await asyncio.gather(
+                close_within(self._channel, f"{self.topology.name} channel"),
+                close_within(self._publish_channel, f"{self.topology.name} publish channel"),
+            )
             raise
         log.info("consuming %s (prefetch %d)", self.topology.name, self._prefetch)
 
     async def stop(self) -> None:
-        """Stop taking messages, let in-flight ones finish (bounded), then close the channel.
+        """Stop taking messages, let in-flight ones finish, then close the channels.
 
-        Whatever is still unacked when the channel closes goes back to the queue.
+        Bounded whatever the broker does: at most STOP_STEP_SECONDS for the cancel, the
+        grace for in-flight messages, STOP_STEP_SECONDS for the closes. Whatever is still
+        unacked when the channel (or, at the latest, the process) goes is requeued.
         """
         if self._queue is not None and self._consumer_tag is not None:
             try:
-                await self._queue.cancel(self._consumer_tag)
+                async with asyncio.timeout(STOP_STEP_SECONDS):
+                    await self._queue.cancel(self._consumer_tag)
+            except TimeoutError:
+                log.warning("%s: the broker did not answer the cancel within %.0fs",
+                            self.topology.name, STOP_STEP_SECONDS)
             except Exception:  # the channel may already be gone; closing covers it
                 log.debug("cancel failed", exc_info=True)
             self._consumer_tag = None
@@ -114,9 +124,12 @@ class EventConsumer:
             _, pending = await asyncio.wait(self._in_flight, timeout=self._grace)
             if pending:
                 log.warning("%d message(s) still in flight at shutdown; released", len(pending))
-        for channel in (self._channel, self._publish_channel):
-            if channel is not None and not channel.is_closed:
-                await channel.close()
+        await asyncio.gather(*(
+            close_within(channel, f"{self.topology.name} {what}")
+            for channel, what in ((self._channel, "channel"),
+                                  (self._publish_channel, "publish channel"))
+            if channel is not None and not channel.is_closed
+        ))
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contracts import Event
 from messaging import queue_stats, telemetry
 from messaging.batching import InboxBatcher
-from messaging.broker import connect
+from messaging.broker import STOP_STEP_SECONDS, close_within, connect
 from messaging.consumer import EventConsumer
 from messaging.inbox import Handler, Inbox, Outcome, SideEffect
 from messaging.settings import ConsumerSettings, ServiceSettings
@@ -30,6 +31,17 @@ from messaging.topology import QueueTopology
 log = logging.getLogger(__name__)
 
 UPKEEP_INTERVAL_SECONDS = 3600
+
+# The longest a SIGTERM'd service takes to end, whatever the broker does (docs/failure.md):
+# uvicorn drains HTTP requests, then the lifespan stops the consumer (cancel, in-flight
+# grace, channel closes) and closes the connections, each broker step STOP_STEP_SECONDS at
+# most; last, the buffered spans are flushed.
+HTTP_DRAIN_SECONDS = 10
+IN_FLIGHT_GRACE_SECONDS = 10.0
+SPAN_FLUSH_SECONDS = 5.0
+STOP_BOUND_SECONDS = (
+    HTTP_DRAIN_SECONDS + IN_FLIGHT_GRACE_SECONDS + 3 * STOP_STEP_SECONDS + SPAN_FLUSH_SECONDS
+)
 
 
 class BrokerLink:
@@ -61,15 +73,18 @@ class BrokerLink:
             raise ConnectionError("connection lost; reconnecting")
 
     async def close(self) -> None:
+        """Bounded (close_within): a broker that does not answer cannot hold up a stop."""
         if self._connected is None:
             return
         if not self._connected.done():
+            # Still connecting (perhaps stuck in a handshake nobody answers): cancel, and
+            # wait for the attempt to wind down no longer than for any other stop step.
             self._connected.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._connected
+            await asyncio.wait({self._connected}, timeout=STOP_STEP_SECONDS)
             return
-        with contextlib.suppress(Exception):
-            await self._connected.result().close()
+        if self._connected.cancelled() or self._connected.exception() is not None:
+            return
+        await close_within(self._connected.result(), f"{self._name} connection")
 
 
 class ConsumerRuntime:
@@ -115,8 +130,7 @@ class ConsumerRuntime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.broker.close()
-        await self.publisher.close()
+        await asyncio.gather(self.broker.close(), self.publisher.close())
 
     async def check(self) -> None:
         """Readiness: connected (both connections) and consuming."""
@@ -155,6 +169,7 @@ class ConsumerRuntime:
             process=self.process,
             prefetch=self._settings.prefetch,
             max_deferrals=self._settings.max_deferrals,
+            shutdown_grace_seconds=IN_FLIGHT_GRACE_SECONDS,
         )
         await consumer.start()
         return consumer
@@ -181,19 +196,30 @@ async def run_periodically(
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Run the HTTP server until SIGTERM / Ctrl-C; the app's lifespan does the rest."""
+    """Run the HTTP server until SIGTERM / Ctrl-C; the app's lifespan does the rest.
+
+    A SIGTERM ends the process with exit 0 once the lifespan has stopped (bounded, see
+    docs/failure.md): uvicorn re-raises the signal it turned into that stop, and the
+    handler below, which uvicorn puts back before re-raising, lets it pass.
+    """
     config = uvicorn.Config(
         _flush_spans_at_shutdown(app), host=settings.host, port=settings.port,
-        log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+        log_config=None, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
     )
+    signal.signal(signal.SIGTERM, _stopped_cleanly)
     uvicorn.Server(config).run()
+
+
+def _stopped_cleanly(_signum: int, _frame: object) -> None:
+    """The SIGTERM uvicorn re-raises after its graceful stop: the stop is done already."""
 
 
 def _flush_spans_at_shutdown(app: FastAPI) -> ASGIApp:
     """Export the buffered spans once the app's lifespan has ended.
 
-    Not after `run()`: on SIGTERM uvicorn re-raises the signal when it is done, which ends
-    the process before any code after `run()` or an atexit hook gets to run.
+    Not after `run()`: a second signal, or Ctrl-C (uvicorn re-raises SIGINT), ends the
+    process before any code after `run()` or an atexit hook gets to run.
     """
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
@@ -203,7 +229,7 @@ def _flush_spans_at_shutdown(app: FastAPI) -> ASGIApp:
 
         async def send_flushing(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":
-                telemetry.shutdown_tracing()
+                telemetry.shutdown_tracing(SPAN_FLUSH_SECONDS)
             await send(message)
 
         await app(scope, receive, send_flushing)
