@@ -7,6 +7,8 @@ with `-m "not chaos"`."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from devstack import chaos
@@ -65,23 +67,73 @@ def test_counting_everything_once_is_all_zero():
     assert counts == chaos.Counts(expected=3) and counts.ok
 
 
-@pytest.mark.unit
-def test_mail_resends_beyond_what_the_faults_can_explain_count_as_duplicated(tmp_path):
+def deliver(directory, message_id: str, *at: float) -> None:
+    """The SMTP sink received `message_id` once at each wall-clock time in `at`."""
     from email.message import EmailMessage
 
-    def deliver(message_id: str, n: int) -> None:
-        for i in range(n):
-            mail = EmailMessage()
-            mail["Message-ID"] = message_id
-            (tmp_path / f"{message_id.strip('<>')}.{i}.eml").write_bytes(mail.as_bytes())
+    for i, when in enumerate(at):
+        mail = EmailMessage()
+        mail["Message-ID"] = message_id
+        path = directory / f"{message_id.strip('<>')}.{i}.eml"
+        path.write_bytes(mail.as_bytes())
+        os.utime(path, (when, when))
 
-    deliver("<e1@mini-ec>", 2 + chaos.IN_FLIGHT)  # 1 + IN_FLIGHT resends
-    deliver("<e2@mini-ec>", 1)
-    deliver("<stranger@mini-ec>", 1)
-    counts, resent = chaos.smtp_counts(tmp_path, EXPECTED, faults=1)
-    assert resent == 1 + chaos.IN_FLIGHT
-    assert counts == chaos.Counts(expected=3, lost=1, duplicated=1, unexpected=1)
-    counts, _ = chaos.smtp_counts(tmp_path, EXPECTED, faults=2)
+
+KILL = chaos.mailer_kill("SIGKILL mailer at 10.0s", 1010.0, 1010.5)
+RESTART = chaos.connection_drop("broker restart at 20.0s", 1020.0, 1023.0)
+
+
+@pytest.mark.unit
+def test_mail_resends_after_a_mailer_kill_are_shown_on_that_kill_and_not_duplicated(tmp_path):
+    deliver(tmp_path, "<e1@mini-ec>", 1009.0, 1012.0)  # sent, killed before the record, again
+    deliver(tmp_path, "<e2@mini-ec>", 1005.0)
+    deliver(tmp_path, "<e3@mini-ec>", 1006.0)
+    counts, resends = chaos.smtp_counts(tmp_path, EXPECTED, [KILL, RESTART])
+    assert counts == chaos.Counts(expected=3)
+    assert resends.per_fault == {KILL: 1, RESTART: 0} and resends.unexplained == 0
+    assert resends.total == 1
+    report = chaos.Report(config=chaos.ChaosConfig(), seed=1, resends=resends)
+    table = report.table()
+    assert f"  SIGKILL mailer at 10.0s: 1 (may be up to {chaos.IN_FLIGHT})" in table
+    assert "  broker restart at 20.0s: 0 (may be up to 0)" in table
+
+
+@pytest.mark.unit
+def test_more_resends_after_a_kill_than_mails_in_flight_count_as_duplicated(tmp_path):
+    for i in range(chaos.IN_FLIGHT + 1):
+        deliver(tmp_path, f"<m{i}@mini-ec>", 1009.0, 1011.0)
+    expected = {f"m{i}": EXPECTED["e1"] for i in range(chaos.IN_FLIGHT + 1)}
+    counts, resends = chaos.smtp_counts(tmp_path, expected, [KILL])
+    assert resends.per_fault == {KILL: chaos.IN_FLIGHT + 1}
+    assert counts.duplicated == 1
+
+
+@pytest.mark.unit
+def test_a_mail_resent_after_a_dropped_connection_counts_as_duplicated(tmp_path):
+    deliver(tmp_path, "<e1@mini-ec>", 1019.0, 1024.0)  # the broker restarted between the copies
+    deliver(tmp_path, "<e2@mini-ec>", 1005.0)
+    deliver(tmp_path, "<e3@mini-ec>", 1006.0)
+    counts, resends = chaos.smtp_counts(tmp_path, EXPECTED, [KILL, RESTART])
+    assert resends.per_fault == {KILL: 0, RESTART: 1}
+    assert counts == chaos.Counts(expected=3, duplicated=1)
+
+
+@pytest.mark.unit
+def test_a_kill_explains_its_resend_even_when_a_broker_restart_came_before_it_arrived(tmp_path):
+    # Sent just before the kill, sent again only after the broker restart that followed.
+    deliver(tmp_path, "<e1@mini-ec>", 1009.0, 1025.0)
+    deliver(tmp_path, "<e2@mini-ec>", 1005.0)
+    deliver(tmp_path, "<e3@mini-ec>", 1006.0)
+    counts, resends = chaos.smtp_counts(tmp_path, EXPECTED, [KILL, RESTART])
+    assert resends.per_fault == {KILL: 1, RESTART: 0}
     assert counts.duplicated == 0
-    counts, _ = chaos.smtp_counts(tmp_path, EXPECTED, faults=0)  # no fault: no resend allowed
-    assert counts.duplicated == 1 + chaos.IN_FLIGHT
+
+
+@pytest.mark.unit
+def test_a_resend_with_no_fault_between_its_copies_counts_as_duplicated(tmp_path):
+    deliver(tmp_path, "<e1@mini-ec>", 1030.0, 1031.0)  # after every fault
+    deliver(tmp_path, "<e2@mini-ec>", 1001.0, 1002.0)  # before every fault
+    deliver(tmp_path, "<stranger@mini-ec>", 1003.0)
+    counts, resends = chaos.smtp_counts(tmp_path, EXPECTED, [KILL, RESTART])
+    assert resends.unexplained == 2 and resends.total == 2
+    assert counts == chaos.Counts(expected=3, lost=1, duplicated=2, unexpected=1)

@@ -16,10 +16,10 @@ Categories, per service, over the events the payment service committed (its outb
   unexpected  effects of events nobody committed, or with the wrong content
 The mailer's effect is counted twice: the row it records, and the mail the SMTP server
 received (by Message-ID). The mailer hands a mail to SMTP before it commits its record; a
-kill in between (or a broker restart that redelivers a message whose first delivery is still
-between the two) sends it again with the same Message-ID. Those are reported as `resent`,
-not as duplicated effects, up to what the faults can explain: every message in flight
-(the prefetch) at each mailer kill or broker restart. Beyond that they count as duplicated.
+SIGKILL in between sends it again with the same Message-ID. Such resends are reported per
+fault, not as duplicated effects, up to what the fault can explain: the messages in flight
+(the prefetch) at a mailer kill; none at a broker restart or a node's death (a dropped
+connection never makes the mailer send again). Beyond that they count as duplicated.
 """
 
 from __future__ import annotations
@@ -99,12 +99,74 @@ class Counts:
         return self.lost == self.duplicated == self.unexpected == 0
 
 
+@dataclass(frozen=True)
+class Fault:
+    """A fault that may make the mailer send a mail again: its wall-clock span (time.time(),
+    the clock the SMTP sink's file times use) and how many resends it can explain."""
+
+    label: str
+    started: float
+    ended: float
+    allowance: int
+
+
+def mailer_kill(label: str, started: float, ended: float) -> Fault:
+    """A SIGKILL of the mailer: every message it had in flight may be sent again."""
+    return Fault(label, started, ended, IN_FLIGHT)
+
+
+def connection_drop(label: str, started: float, ended: float) -> Fault:
+    """A broker restart or a node's death: the mailer survives it and must not send again."""
+    return Fault(label, started, ended, 0)
+
+
+@dataclass
+class Resends:
+    """Mails received again (same Message-ID), per fault that explains them."""
+
+    per_fault: dict[Fault, int] = field(default_factory=dict)
+    unexplained: int = 0  # no fault between the previous copy and this one
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_fault.values()) + self.unexplained
+
+    @property
+    def beyond_faults(self) -> int:
+        """Resends no fault can explain: these count as duplicated effects."""
+        return self.unexplained + sum(max(0, n - f.allowance) for f, n in self.per_fault.items())
+
+    def lines(self) -> list[str]:
+        rows = [f"  {f.label}: {n} (may be up to {f.allowance})"
+                for f, n in self.per_fault.items()]
+        return rows + [f"  with no fault between the copies: {self.unexplained} (must be 0)"]
+
+
+def attribute_resends(receipts: dict[str, list[float]], faults: list[Fault]) -> Resends:
+    """Explain each copy after the first of a Message-ID by a fault that began before it and
+    had not ended when the previous copy was sent; of several, the one with the most room
+    left (a mailer kill shortly before a broker restart explains the kill's resends)."""
+    resends = Resends(per_fault={f: 0 for f in faults})
+    for times in receipts.values():
+        times = sorted(times)
+        for previous, again in zip(times, times[1:], strict=False):
+            candidates = [f for f in faults if previous <= f.ended and f.started <= again]
+            if not candidates:
+                resends.unexplained += 1
+                continue
+            best = max(candidates,
+                       key=lambda f: (f.allowance - resends.per_fault[f], f.started))
+            resends.per_fault[best] += 1
+    return resends
+
+
 @dataclass
 class Report:
     config: ChaosConfig
     seed: int
     counts: dict[str, Counts] = field(default_factory=dict)
-    resent_mails: int = 0
+    faults: list[Fault] = field(default_factory=list)  # those that can make mails resend
+    resends: Resends = field(default_factory=Resends)
     kills: Counter = field(default_factory=Counter)
     broker_restarts: int = 0
     payments: int = 0
@@ -135,11 +197,11 @@ class Report:
                          f"{c.unexpected:>12}")
         lines += [
             "",
-            f"mails resent (same Message-ID): {self.resent_mails}, reported apart from "
+            f"mails resent (same Message-ID): {self.resends.total}, reported apart from "
             "duplicated effects: a mail handed to SMTP whose record had not committed when "
-            f"mailer was SIGKILLed ({self.kills['mailer']}x) or the broker restarted "
-            f"({self.broker_restarts}x) goes out again with its Message-ID. Only resends beyond "
-            f"{IN_FLIGHT} (prefetch) per such fault would count as duplicated.",
+            "the mailer was SIGKILLed goes out again with its Message-ID, at most the "
+            f"{IN_FLIGHT} (prefetch) in flight; a dropped connection resends none. Per fault:",
+            *self.resends.lines(),
             f"result: {'PASS' if self.passed else 'FAIL'} "
             "(lost, duplicated and unexpected must all be zero)",
         ]
@@ -171,14 +233,20 @@ def run_faults(stack: Stack, schedule, started: float, report: Report, stop: thr
     for at, what in schedule:
         if stop.wait(max(0.0, started + at - time.monotonic())):
             return
+        began, offset = time.time(), time.monotonic() - started
         if what == "broker":
             restart_broker(config.broker_down_seconds)
             report.broker_restarts += 1
+            report.faults.append(connection_drop(
+                f"broker restart {report.broker_restarts} at {offset:.1f}s", began, time.time()))
             continue
         name = what.split(":", 1)[1]
         stack.signal(name, signal.SIGKILL)
         stack.wait_exit(name, timeout=30)
         report.kills[name] += 1
+        if name == "mailer":
+            report.faults.append(mailer_kill(
+                f"SIGKILL mailer {report.kills[name]} at {offset:.1f}s", began, time.time()))
         stack.start(name)  # back at once; it reconnects and the broker redelivers
 
 
@@ -319,19 +387,21 @@ def consumer_counts(stack: Stack, expected: dict[str, dict]) -> dict[str, Counts
     return counts
 
 
-def smtp_counts(mail_dir: Path, expected: dict[str, dict], faults: int
-                ) -> tuple[Counts, int]:
-    """(counts, resent) for the mails the SMTP server actually received, by Message-ID."""
-    received = Counter(str(m["Message-ID"]) for m in smtp_sink.mails_in(mail_dir))
+def smtp_counts(mail_dir: Path, expected: dict[str, dict], faults: list[Fault]
+                ) -> tuple[Counts, Resends]:
+    """(counts, resends per fault) for the mails the SMTP server received, by Message-ID."""
+    receipts: dict[str, list[float]] = {}
+    for at, mail in smtp_sink.mails_received(mail_dir):
+        receipts.setdefault(str(mail["Message-ID"]), []).append(at)
     wanted = {f"<{event_id}@mini-ec>" for event_id in expected}
-    extra = sum(n - 1 for mid, n in received.items() if mid in wanted and n > 1)
+    resends = attribute_resends({m: t for m, t in receipts.items() if m in wanted}, faults)
     counts = Counts(
         expected=len(wanted),
-        lost=sum(1 for mid in wanted if received[mid] == 0),
-        duplicated=max(0, extra - faults * IN_FLIGHT),  # more than the faults can explain
-        unexpected=sum(n for mid, n in received.items() if mid not in wanted),
+        lost=sum(1 for mid in wanted if mid not in receipts),
+        duplicated=resends.beyond_faults,
+        unexpected=sum(len(t) for mid, t in receipts.items() if mid not in wanted),
     )
-    return counts, extra
+    return counts, resends
 
 
 def _all_applied(stack: Stack, mail_dir: Path, expected: dict[str, dict]) -> bool:
@@ -415,8 +485,7 @@ def _run_under_faults(stack: Stack, vhost: str, config: ChaosConfig, rng: random
 
     report.counts["payment (outbox)"] = producer_counts(stack, orders)
     report.counts.update(consumer_counts(stack, expected))
-    smtp, report.resent_mails = smtp_counts(workdir / "mail", expected,
-                                            report.kills["mailer"] + report.broker_restarts)
+    smtp, report.resends = smtp_counts(workdir / "mail", expected, report.faults)
     report.counts["smtp sink (Message-ID)"] = smtp
     report.dead_lettered = {name: throwaway.queue_depth(vhost, f"{q}.dlq")
                             for name, q in WORK_QUEUES.items()}

@@ -297,8 +297,10 @@ def _load_under_faults(stack, second, broker, result: Result, rng, seconds: floa
         time.sleep(max(0.0, started + 0.25 * seconds - time.monotonic()))
         node = work_queue_leader(broker)
         result.node_killed = node.name
-        died[0] = time.monotonic()
+        died[0], began = time.monotonic(), time.time()
         broker.kill(node)
+        report.faults.append(chaos.connection_drop(
+            f"SIGKILL {node.name} at {died[0] - started:.1f}s", began, time.time()))
         print(f"cluster: SIGKILL {node.name}", file=out, flush=True)
         time.sleep(max(0.0, started + 0.5 * seconds - time.monotonic()))
         result.payment_killed_at = time.monotonic()
@@ -306,8 +308,11 @@ def _load_under_faults(stack, second, broker, result: Result, rng, seconds: floa
         stack.wait_exit("payment")
         print("cluster: SIGKILL payment (instance 1)", file=out, flush=True)
         time.sleep(max(0.0, started + 0.75 * seconds - time.monotonic()))
+        began, offset = time.time(), time.monotonic() - started
         stack.kill("mailer")
         report.kills["mailer"] += 1
+        report.faults.append(chaos.mailer_kill(f"SIGKILL mailer at {offset:.1f}s",
+                                               began, time.time()))
         stack.start("mailer")
         print("cluster: SIGKILL mailer (restarted)", file=out, flush=True)
 
@@ -332,9 +337,8 @@ def _settle(stack: Stack, workdir: Path, result: Result, out, timeout: float = 1
     print(f"cluster: settled in {report.settle_seconds:.0f}s", file=out, flush=True)
     report.counts["payment (outbox)"] = chaos.producer_counts(stack, result.orders)
     report.counts.update(chaos.consumer_counts(stack, expected))
-    # Mails in flight at the mailer's kill and at the node's death may go out again.
-    smtp, report.resent_mails = chaos.smtp_counts(workdir / "mail", expected,
-                                                  report.kills["mailer"] + 1)
+    # Mails in flight at the mailer's kill may go out again; none at the node's death.
+    smtp, report.resends = chaos.smtp_counts(workdir / "mail", expected, report.faults)
     report.counts["smtp sink (Message-ID)"] = smtp
 
 

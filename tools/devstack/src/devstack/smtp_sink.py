@@ -52,6 +52,14 @@ def mails_in(directory: Path) -> list[email.message.EmailMessage]:
     ]
 
 
+def mails_received(directory: Path) -> list[tuple[float, email.message.EmailMessage]]:
+    """(when it was received: the file's mtime, time.time()'s clock; the mail) for each."""
+    return [
+        (p.stat().st_mtime, email.message_from_bytes(p.read_bytes(), policy=email.policy.default))
+        for p in sorted(directory.glob("*.eml"))
+    ]
+
+
 def start(directory: Path, host: str = "127.0.0.1", port: int = 1025,
           delay_seconds: float = 0.0) -> tuple[Controller, SaveToDirectory]:
     handler = SaveToDirectory(directory, delay_seconds)
