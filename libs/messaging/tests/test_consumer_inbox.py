@@ -12,6 +12,7 @@ from messaging import inbox
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox, Outcome
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
+from messaging.spec import every
 from messaging.topology import QueueTopology, declare_exchange
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ async def start_consumer(amqp_url, sessions, handler, outcomes=None):
     box = Inbox(sessions)
 
     async def process(event):
-        outcome = await box.process(event, handler)
+        outcome = await box.process(event, every(handler))
         if outcomes is not None:
             outcomes.append(outcome)
         return outcome

@@ -16,6 +16,7 @@ from devstack import events
 from messaging import correlation, inbox
 from messaging.batching import InboxBatcher
 from messaging.inbox import Inbox, Outcome, OutOfOrder, order_progress_table
+from messaging.spec import every
 
 pytestmark = pytest.mark.integration
 
@@ -86,9 +87,9 @@ async def process_concurrently(batcher, evts, cids=None, spans=None):
 async def test_a_batch_skips_a_duplicate_and_applies_the_rest_in_one_transaction(box, sessions):
     seen, new = events.order_paid(), events.order_paid()
     handler = Recorder()
-    assert await box.process(seen, handler) is Outcome.APPLIED
+    assert await box.process(seen, every(handler)) is Outcome.APPLIED
 
-    outcomes = await box.process_batch([seen, new, new], handler)
+    outcomes = await box.process_batch([seen, new, new], every(handler))
 
     assert outcomes == [Outcome.DUPLICATE, Outcome.APPLIED, Outcome.DUPLICATE]
     assert [e for e, _ in await effects_in_order(sessions)] == [str(seen.event_id),
@@ -99,7 +100,7 @@ async def test_two_events_of_one_order_in_one_batch_see_each_others_progress(box
     paid = events.order_paid()
     refunded = events.order_refunded(paid)
 
-    outcomes = await box.process_batch([paid, refunded], Recorder())
+    outcomes = await box.process_batch([paid, refunded], every(Recorder()))
 
     assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
     assert await progress(sessions, paid.order_id) == 2
@@ -109,7 +110,7 @@ async def test_a_failing_event_rolls_the_whole_batch_back(box, sessions):
     good, bad = events.order_paid(), events.order_paid()
 
     with pytest.raises(RuntimeError):
-        await box.process_batch([good, bad], Recorder(fail_for=[bad]))
+        await box.process_batch([good, bad], every(Recorder(fail_for=[bad])))
 
     assert await effects_in_order(sessions) == []
     assert await progress(sessions, good.order_id) is None
@@ -120,7 +121,7 @@ async def test_concurrent_messages_share_one_transaction_each_in_its_own_context
     refunded = events.order_refunded(paid)
     other = events.order_paid()
     handler = Recorder()
-    batcher = InboxBatcher(box, handler, max_batch=32)
+    batcher = InboxBatcher(box, every(handler), max_batch=32)
     tracer = TracerProvider().get_tracer("test")  # a local provider: real, distinct span ids
 
     outcomes = await process_concurrently(batcher, [paid, refunded, other], spans=tracer)
@@ -140,7 +141,7 @@ async def test_a_failing_message_falls_back_to_one_by_one_and_fails_alone(box, s
     good1, bad, good2 = events.order_paid(), events.order_paid(), events.order_paid()
     early = events.order_refunded(events.order_paid())  # its predecessor never came
     handler = Recorder(fail_for=[bad])
-    batcher = InboxBatcher(box, handler, max_batch=32)
+    batcher = InboxBatcher(box, every(handler), max_batch=32)
 
     outcomes = await process_concurrently(batcher, [good1, bad, early, good2])
     await batcher.close()
@@ -160,7 +161,7 @@ async def test_a_failing_message_falls_back_to_one_by_one_and_fails_alone(box, s
 async def test_max_batch_caps_a_transaction(box, sessions):
     evts = [events.order_paid() for _ in range(5)]
     handler = Recorder()
-    batcher = InboxBatcher(box, handler, max_batch=2)
+    batcher = InboxBatcher(box, every(handler), max_batch=2)
 
     outcomes = await process_concurrently(batcher, evts)
     await batcher.close()
@@ -173,13 +174,13 @@ async def test_max_batch_caps_a_transaction(box, sessions):
 async def test_before_runs_per_message_for_new_events_only_and_before_the_commit(box, sessions):
     seen, new1, new2 = events.order_paid(), events.order_paid(), events.order_paid()
     handler = Recorder()
-    assert await box.process(seen, handler) is Outcome.APPLIED
+    assert await box.process(seen, every(handler)) is Outcome.APPLIED
     sent: list[tuple[str, bool]] = []
 
     async def send(event):  # the mailer's SMTP step: must find nothing recorded yet
         sent.append((str(event.event_id), await box.seen(str(event.event_id))))
 
-    batcher = InboxBatcher(box, handler, before=send, max_batch=32)
+    batcher = InboxBatcher(box, every(handler, before=send), max_batch=32)
     outcomes = await process_concurrently(batcher, [seen, new1, new2])
     await batcher.close()
 
@@ -191,7 +192,7 @@ async def test_before_runs_per_message_for_new_events_only_and_before_the_commit
 async def test_batch_size_one_applies_each_alone(box, sessions):
     evts = [events.order_paid() for _ in range(3)]
     handler = Recorder()
-    batcher = InboxBatcher(box, handler, max_batch=1)
+    batcher = InboxBatcher(box, every(handler), max_batch=1)
 
     assert await process_concurrently(batcher, evts) == [Outcome.APPLIED] * 3
     await batcher.close()
@@ -211,7 +212,7 @@ async def test_a_redelivery_of_an_event_still_in_flight_waits_and_is_a_duplicate
         sent.append(event.event_id)
         await release.wait()  # the SMTP server is slow: still in flight when the link drops
 
-    batcher = InboxBatcher(box, Recorder(), before=send_mail)
+    batcher = InboxBatcher(box, every(Recorder(), before=send_mail))
     first = asyncio.create_task(batcher.process(paid))
     while not sent:
         await asyncio.sleep(0.01)

@@ -15,6 +15,7 @@ from contracts import utcnow
 from devstack import events
 from messaging import inbox
 from messaging.inbox import Inbox, Outcome, OutOfOrder, inbox_table, order_progress_table
+from messaging.spec import every
 
 pytestmark = pytest.mark.integration
 
@@ -55,8 +56,8 @@ async def effects_of(sessions, order_id) -> list[str]:
 async def test_events_in_order_are_applied_in_order(box, sessions):
     paid = events.order_paid()
     refunded = events.order_refunded(paid)
-    assert await box.process(paid, record) is Outcome.APPLIED
-    assert await box.process(refunded, record) is Outcome.APPLIED
+    assert await box.process(paid, every(record)) is Outcome.APPLIED
+    assert await box.process(refunded, every(record)) is Outcome.APPLIED
     assert await effects_of(sessions, paid.order_id) == [str(paid.event_id),
                                                          str(refunded.event_id)]
 
@@ -65,29 +66,29 @@ async def test_an_event_before_its_predecessor_is_refused_without_an_effect(box,
     paid = events.order_paid()
     refunded = events.order_refunded(paid)
     with pytest.raises(OutOfOrder, match="waits for #1"):
-        await box.process(refunded, record)
+        await box.process(refunded, every(record))
     assert await effects_of(sessions, paid.order_id) == []
     assert not await box.seen(str(refunded.event_id))
     # Once the predecessor is applied, the deferred event goes through.
-    assert await box.process(paid, record) is Outcome.APPLIED
-    assert await box.process(refunded, record) is Outcome.APPLIED
+    assert await box.process(paid, every(record)) is Outcome.APPLIED
+    assert await box.process(refunded, every(record)) is Outcome.APPLIED
 
 
 async def test_the_same_event_again_is_a_duplicate_with_no_second_effect(box, sessions):
     paid = events.order_paid()
-    assert await box.process(paid, record) is Outcome.APPLIED
-    assert await box.process(paid, record) is Outcome.DUPLICATE
+    assert await box.process(paid, every(record)) is Outcome.APPLIED
+    assert await box.process(paid, every(record)) is Outcome.DUPLICATE
     assert await effects_of(sessions, paid.order_id) == [str(paid.event_id)]
 
 
 async def test_an_older_event_arriving_after_a_newer_one_is_stale(box, sessions):
     paid = events.order_paid()
     refunded = events.order_refunded(paid)
-    await box.process(paid, record)
-    await box.process(refunded, record)
+    await box.process(paid, every(record))
+    await box.process(refunded, every(record))
     # Another event claiming sequence 1 of the same order (e.g. re-created upstream).
     other_first = paid.model_copy(update={"event_id": events.order_paid().event_id})
-    assert await box.process(other_first, record) is Outcome.STALE
+    assert await box.process(other_first, every(record)) is Outcome.STALE
     assert len(await effects_of(sessions, paid.order_id)) == 2
 
 
@@ -99,16 +100,16 @@ async def test_a_failing_handler_leaves_neither_effect_nor_inbox_record(box, ses
         raise ConnectionError("mail server went away")
 
     with pytest.raises(ConnectionError):
-        await box.process(paid, half_then_fail)
+        await box.process(paid, every(half_then_fail))
     assert await effects_of(sessions, paid.order_id) == []
     assert not await box.seen(str(paid.event_id))
-    assert await box.process(paid, record) is Outcome.APPLIED
+    assert await box.process(paid, every(record)) is Outcome.APPLIED
 
 
 async def test_orders_are_independent_of_each_other(box, sessions):
     first, second = events.order_paid(), events.order_paid()
-    assert await box.process(second, record) is Outcome.APPLIED
-    assert await box.process(first, record) is Outcome.APPLIED
+    assert await box.process(second, every(record)) is Outcome.APPLIED
+    assert await box.process(first, every(record)) is Outcome.APPLIED
 
 
 async def test_the_same_event_processed_concurrently_is_applied_once(box, sessions):
@@ -121,8 +122,8 @@ async def test_the_same_event_processed_concurrently_is_applied_once(box, sessio
         started.set()
         await asyncio.sleep(0.2)  # widen the race: both are inside their transactions
 
-    outcomes = await asyncio.gather(box.process(paid, slow_record),
-                                    box.process(paid, slow_record))
+    outcomes = await asyncio.gather(box.process(paid, every(slow_record)),
+                                    box.process(paid, every(slow_record)))
     assert sorted(outcomes) == [Outcome.APPLIED, Outcome.DUPLICATE]
     assert await effects_of(sessions, paid.order_id) == [str(paid.event_id)]
 
@@ -130,15 +131,15 @@ async def test_the_same_event_processed_concurrently_is_applied_once(box, sessio
 async def test_two_events_with_the_same_sequence_at_once_apply_only_one(box, sessions):
     """Two different events both claiming #2 of one order race: the loser is skipped as stale."""
     paid = events.order_paid()
-    await box.process(paid, record)
+    await box.process(paid, every(record))
     one, other = events.order_refunded(paid), events.order_refunded(paid)
 
     async def slow_record(event, session):
         await record(event, session)
         await asyncio.sleep(0.2)
 
-    outcomes = await asyncio.gather(box.process(one, slow_record),
-                                    box.process(other, slow_record))
+    outcomes = await asyncio.gather(box.process(one, every(slow_record)),
+                                    box.process(other, every(slow_record)))
     assert sorted(outcomes) == [Outcome.APPLIED, Outcome.STALE]
     assert len(await effects_of(sessions, paid.order_id)) == 2  # paid + one refund
     async with sessions() as session:
@@ -150,8 +151,8 @@ async def test_two_events_with_the_same_sequence_at_once_apply_only_one(box, ses
 
 async def test_forgetting_removes_only_inbox_records_older_than_the_retention(box, sessions):
     old, recent = events.order_paid(), events.order_paid()
-    await box.process(old, record)
-    await box.process(recent, record)
+    await box.process(old, every(record))
+    await box.process(recent, every(record))
     async with sessions() as session, session.begin():
         await session.execute(
             inbox_table.update().where(inbox_table.c.event_id == str(old.event_id))
@@ -169,20 +170,20 @@ async def test_a_duplicate_after_the_retention_is_still_skipped_as_stale(box, se
     paid = events.order_paid()
     refunded = events.order_refunded(paid)
     for event in (paid, refunded):
-        await box.process(event, record)
+        await box.process(event, every(record))
     later = utcnow() + timedelta(days=30)
     assert await box.forget_older_than(timedelta(days=7), now=later) == 2
     assert not await box.seen(str(paid.event_id))
 
-    assert await box.process(paid, record) is Outcome.STALE
-    assert await box.process(refunded, record) is Outcome.STALE
+    assert await box.process(paid, every(record)) is Outcome.STALE
+    assert await box.process(refunded, every(record)) is Outcome.STALE
     assert len(await effects_of(sessions, paid.order_id)) == 2
 
 
 async def test_forgetting_works_through_any_number_of_records_in_small_batches(box):
     olds = [events.order_paid() for _ in range(5)]
     for event in olds:
-        await box.process(event, record)
+        await box.process(event, every(record))
     later = utcnow() + timedelta(days=30)
     assert await box.forget_older_than(timedelta(days=7), now=later, batch=2) == 5
     assert not any([await box.seen(str(e.event_id)) for e in olds])

@@ -7,6 +7,7 @@ from sqlalchemy import Column, MetaData, String, Table, insert, select
 from devstack import events
 from messaging import inbox
 from messaging.inbox import Inbox, Outcome, OutOfOrder
+from messaging.spec import every
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +36,8 @@ async def test_the_side_effect_runs_once_for_a_new_event_and_not_for_its_duplica
         sent.append(event.event_id)
 
     paid = events.order_paid()
-    assert await Inbox(sessions).process(paid, record, before=send) is Outcome.APPLIED
-    assert await Inbox(sessions).process(paid, record, before=send) is Outcome.DUPLICATE
+    assert await Inbox(sessions).process(paid, every(record, before=send)) is Outcome.APPLIED
+    assert await Inbox(sessions).process(paid, every(record, before=send)) is Outcome.DUPLICATE
     assert sent == [paid.event_id]
     assert await recorded(sessions) == [str(paid.event_id)]
 
@@ -49,7 +50,7 @@ async def test_the_side_effect_waits_for_the_predecessor_of_an_early_event(sessi
 
     refunded = events.order_refunded(events.order_paid())
     with pytest.raises(OutOfOrder):
-        await Inbox(sessions).process(refunded, record, before=send)
+        await Inbox(sessions).process(refunded, every(record, before=send))
     assert sent == []
 
 
@@ -59,7 +60,7 @@ async def test_a_failed_side_effect_records_nothing_so_the_retry_sends_again(ses
 
     paid = events.order_paid()
     with pytest.raises(ConnectionRefusedError):
-        await Inbox(sessions).process(paid, record, before=refuse)
+        await Inbox(sessions).process(paid, every(record, before=refuse))
     assert await recorded(sessions) == []
     assert not await Inbox(sessions).seen(str(paid.event_id))
 
@@ -71,4 +72,5 @@ async def test_the_side_effect_holds_no_database_connection(sessions):
             await session.execute(select(records.c.event_id))
 
     paid = events.order_paid()
-    assert await Inbox(sessions).process(paid, record, before=send_while_reading) is Outcome.APPLIED
+    subscriptions = every(record, before=send_while_reading)
+    assert await Inbox(sessions).process(paid, subscriptions) is Outcome.APPLIED

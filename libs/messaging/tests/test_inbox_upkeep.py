@@ -12,6 +12,7 @@ from messaging import db, inbox
 from messaging.inbox import Inbox, inbox_table
 from messaging.runtime import ConsumerRuntime
 from messaging.settings import ConsumerSettings
+from messaging.spec import every
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ async def test_the_runtime_forgets_inbox_records_older_than_the_retention(
     async def nothing(event, session):
         return None
 
-    runtime = ConsumerRuntime("points", settings, box, nothing)
+    runtime = ConsumerRuntime("points", settings, box, every(nothing))
     await runtime.start()
     try:
         await eventually_async(lambda: _forgotten(box, old), timeout=20,

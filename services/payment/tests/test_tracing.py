@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind
 from messaging import db, inbox, telemetry
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox
+from messaging.spec import every
 from messaging.topology import QueueTopology
 from payment.main import create_app
 from payment.settings import Settings
@@ -84,7 +85,7 @@ class Consumer:
         self.connection = await aio_pika.connect_robust(self.amqp_url)
 
         async def process(event):
-            return await store.process(event, self.handler)
+            return await store.process(event, every(self.handler))
 
         self.consumer = EventConsumer(
             service="points", connection=self.connection, process=process,

@@ -15,7 +15,6 @@ from messaging import inbox
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
-from messaging.spec import route
 from messaging.topology import QueueTopology, declare_exchange
 from points import store
 from points.spec import SPEC
@@ -23,7 +22,7 @@ from points.spec import SPEC
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
-HANDLER, _ = route(SPEC.consumes.subscriptions(None))
+SUBSCRIPTIONS = SPEC.consumes.registry(None)
 
 
 @pytest.fixture
@@ -54,7 +53,7 @@ async def start(connection, sessions, max_deferrals: int) -> EventConsumer:
     box = Inbox(sessions)
     consumer = EventConsumer(
         service="points", topology=QueueTopology.for_service("points", (1,)),
-        connection=connection, process=lambda e: box.process(e, HANDLER),
+        connection=connection, process=lambda e: box.process(e, SUBSCRIPTIONS),
         max_deferrals=max_deferrals)
     await consumer.start()
     return consumer

@@ -69,9 +69,10 @@ class InProcessShop:
         for service in spec.consumers():
             assert service.consumes is not None
             name = service.name
-            handler, before = spec.route(service.consumes.subscriptions(consumer_settings[name]))
+            # The same registry the service's RabbitMQ consumer applies events with.
+            subscriptions = service.consumes.registry(consumer_settings[name])
             self.dispatcher.subscribe(
-                name, partial(inbox.Inbox(sessions[name]).process, handler=handler, before=before),
+                name, partial(inbox.Inbox(sessions[name]).process, subscriptions=subscriptions),
                 [t for t in EVENT_TYPES if service.consumes.receives(t)],
             )
             self._schemas[name] = (service.tables, inbox.metadata)

@@ -20,8 +20,8 @@ def consumer_app(service: spec.ServiceSpec, settings: ConsumerSettings) -> FastA
         raise ValueError(f"{service.name} consumes no events")
     engine = db.create_engine(settings.database_url)
     sessions = db.session_factory(engine)
-    handler, before = spec.route(service.consumes.subscriptions(settings))
-    runtime = ConsumerRuntime(service.name, settings, inbox.Inbox(sessions), handler, before)
+    subscriptions = service.consumes.registry(settings)
+    runtime = ConsumerRuntime(service.name, settings, inbox.Inbox(sessions), subscriptions)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 from contracts import Event
 from messaging import telemetry
-from messaging.inbox import Handler, Inbox, Outcome, SideEffect
+from messaging.inbox import Inbox, Outcome
+from messaging.spec import Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +49,18 @@ class _Waiting:
 
 
 class InboxBatcher:
-    def __init__(
-        self, inbox: Inbox, handler: Handler, *, before: SideEffect | None = None,
-        max_batch: int = 32,
-    ):
+    def __init__(self, inbox: Inbox, subscriptions: Subscriptions, *, max_batch: int = 32):
         self._inbox = inbox
-        self._handler = handler
-        self._before = before
+        self._subscriptions = subscriptions
         self._max_batch = max_batch
         self._waiting: list[_Waiting] = []
         self._wake = asyncio.Event()
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         # Event ids being worked on here, each with a future set when that work has ended.
         self._in_flight: dict[str, asyncio.Future[None]] = {}
 
     async def process(self, event: Event) -> Outcome:
-        """What `Inbox.process(event, handler, before=...)` does, in a shared transaction.
+        """What `Inbox.process(event, subscriptions)` does, in a shared transaction.
 
         A second delivery of an event still being worked on here (the broker connection
         dropped and came back, and the broker redelivered it) waits for the first to end:
@@ -82,14 +79,14 @@ class InboxBatcher:
             done.set_result(None)
 
     async def _process(self, event: Event) -> Outcome:
-        early = await self._inbox.prepare(event, self._before)
+        early = await self._inbox.prepare(event, self._subscriptions)
         if early is not None:
             return early
         if self._max_batch > 1:
             outcome = await self._in_batch(event)
             if outcome is not None:
                 return outcome
-        return await self._inbox.apply(event, self._handler)
+        return await self._inbox.apply(event, self._subscriptions)
 
     async def close(self) -> None:
         """Stop the worker. A batch cut short rolls back; its messages, not acked, are
@@ -129,7 +126,7 @@ class InboxBatcher:
         if len(batch) > 1:  # a batch of one is applied alone, by its own task
             try:
                 outcomes = await self._inbox.process_batch(
-                    [w.event for w in batch], self._handler,
+                    [w.event for w in batch], self._subscriptions,
                     contexts=[w.context for w in batch],
                 )
             except Exception as exc:

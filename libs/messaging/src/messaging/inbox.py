@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import Event, utcnow
 from messaging.db import UtcDateTime, delete_in_batches
-from messaging.spec import Handler, SideEffect
+from messaging.spec import Subscriptions
 
 metadata = MetaData()
 
@@ -72,40 +72,63 @@ class _LostRace(Exception):
     """The order's applied sequence changed under us; the transaction is rolled back."""
 
 
+def decide(event: Event, seen: bool, applied: int | None) -> Outcome | None:
+    """The one rule for an event, given what is committed: None = apply it now; an Outcome =
+    skip it (seen before, or at or below the order's applied sequence); raises OutOfOrder =
+    its predecessor has not been applied yet. Pure, so it is tested without a database."""
+    if seen:
+        return Outcome.DUPLICATE
+    if applied is not None and event.sequence <= applied:
+        return Outcome.STALE
+    if event.sequence != (applied or 0) + 1:
+        raise OutOfOrder(event, applied or 0)
+    return None
+
+
 class Inbox:
+    """Applies events once and in order, each with the handler its Subscriptions name for it.
+
+    One path: `process` is `prepare` (the read-only check and the step outside the database,
+    when the subscription has one) and then `apply`, which commits a batch of one; a batcher
+    (messaging/batching.py) commits several with `process_batch`, the same code.
+    """
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
 
-    async def process(
-        self, event: Event, handler: Handler, *, before: SideEffect | None = None
-    ) -> Outcome:
-        """Apply `event` once and in order; `handler` writes its effect in our transaction.
+    async def process(self, event: Event, subscriptions: Subscriptions) -> Outcome:
+        """Apply `event` once and in order; its handler writes the effect in our transaction.
 
-        `before` is for an effect outside the database (sending a mail): it runs after a
-        read-only check that the event is new and next in line, and before the transaction,
-        so no database connection waits on the network. If the process dies after it and
-        before the commit, the redelivery does it again: at least once, never lost.
+        A subscription's `before` step is for an effect outside the database (sending a
+        mail): it runs after a read-only check that the event is new and next in line, and
+        before the transaction, so no database connection waits on the network. If the
+        process dies after it and before the commit, the redelivery does it again: at least
+        once, never lost.
         """
-        early = await self.prepare(event, before)
+        early = await self.prepare(event, subscriptions)
         if early is not None:
             return early
-        return await self.apply(event, handler)
+        return await self.apply(event, subscriptions)
 
-    async def prepare(self, event: Event, before: SideEffect | None) -> Outcome | None:
-        """The part of `process` before its transaction: with a `before` step, check that the
-        event is new and next in line (an outcome if not; OutOfOrder raised), then run it."""
+    async def prepare(self, event: Event, subscriptions: Subscriptions) -> Outcome | None:
+        """The part of `process` before its transaction: for an event with a `before` step,
+        decide on what is committed (an outcome to skip it; OutOfOrder raised), then run it."""
+        before = subscriptions.before_for(event)
         if before is None:
             return None
-        early = await self._check(event)
+        async with self._sessions() as session:
+            seen, applied = await _state(session, event)
+        early = decide(event, seen, applied)
         if early is not None:
             return early
         await before(event)
         return None
 
-    async def apply(self, event: Event, handler: Handler) -> Outcome:
-        """The transaction part of `process`: effect, inbox row and progress, or nothing."""
+    async def apply(self, event: Event, subscriptions: Subscriptions) -> Outcome:
+        """The transaction part of `process`: a batch of one, or nothing."""
         try:
-            return await self._process_once(event, handler)
+            [outcome] = await self.process_batch([event], subscriptions)
+            return outcome
         except (IntegrityError, _LostRace):
             # A competing consumer committed this event, or another event of the order,
             # between our check and our commit; ours rolled back. Decide again on what is
@@ -113,22 +136,23 @@ class Inbox:
             if await self.seen(str(event.event_id)):
                 return Outcome.DUPLICATE
             try:
-                return await self._process_once(event, handler)
+                [outcome] = await self.process_batch([event], subscriptions)
+                return outcome
             except _LostRace:
                 raise RuntimeError(f"order {event.order_id} kept changing; retry later") from None
 
     async def process_batch(
         self,
         events: Sequence[Event],
-        handler: Handler,
+        subscriptions: Subscriptions,
         *,
         contexts: Sequence[contextvars.Context] | None = None,
     ) -> list[Outcome]:
-        """Apply several events in ONE transaction, one after the other in the given order,
-        each exactly as `apply` would (a later event of an order sees the earlier one's
-        progress; a repeated event id is a duplicate). Whatever any of them raises
-        (OutOfOrder, a handler error, IntegrityError, a lost race) rolls back the whole
-        batch and propagates: nothing is committed, and the caller applies each on its own.
+        """Apply events in ONE transaction, one after the other in the given order, each by
+        the same rule (a later event of an order sees the earlier one's progress; a repeated
+        event id is a duplicate). Whatever any of them raises (OutOfOrder, a handler error,
+        IntegrityError, a lost race) rolls back the whole batch and propagates: nothing is
+        committed, and the caller applies each on its own.
 
         `contexts[i]`, when given, is the context (trace span, correlation id) that event
         i's work runs in: its statements and spans belong to its own message.
@@ -136,27 +160,11 @@ class Inbox:
         async with self._sessions() as session, session.begin():
             outcomes = []
             for i, event in enumerate(events):
-                work = _apply_in(session, event, handler)
+                work = _apply_in(session, event, subscriptions)
                 if contexts is not None:
                     work = asyncio.create_task(work, context=contexts[i])
                 outcomes.append(await work)
             return outcomes
-
-    async def _process_once(self, event: Event, handler: Handler) -> Outcome:
-        async with self._sessions() as session, session.begin():
-            return await _apply_in(session, event, handler)
-
-    async def _check(self, event: Event) -> Outcome | None:
-        """The outcome if the event must not be applied now (raises OutOfOrder), else None."""
-        async with self._sessions() as session:
-            if await _exists(session, str(event.event_id)):
-                return Outcome.DUPLICATE
-            applied = await _applied(session, str(event.order_id))
-        if applied is not None and event.sequence <= applied:
-            return Outcome.STALE
-        if event.sequence != (applied or 0) + 1:
-            raise OutOfOrder(event, applied or 0)
-        return None
 
     async def seen(self, event_id: str) -> bool:
         async with self._sessions() as session:
@@ -173,18 +181,25 @@ class Inbox:
         )
 
 
-async def _apply_in(session: AsyncSession, event: Event, handler: Handler) -> Outcome:
-    """Check, effect, inbox row and progress for one event, in the caller's transaction."""
-    event_id, order_id = str(event.event_id), str(event.order_id)
-    if await _exists(session, event_id):
-        return Outcome.DUPLICATE
-    applied = await _applied(session, order_id)
-    if applied is not None and event.sequence <= applied:
-        return Outcome.STALE
-    if event.sequence != (applied or 0) + 1:
-        raise OutOfOrder(event, applied or 0)
+async def _state(session: AsyncSession, event: Event) -> tuple[bool, int | None]:
+    """What is committed about the event: seen before? the order's applied sequence.
+    (A seen event needs no second query: it is a duplicate whatever the order's progress.)"""
+    if await _exists(session, str(event.event_id)):
+        return True, None
+    return False, await _applied(session, str(event.order_id))
 
-    await handler(event, session)
+
+async def _apply_in(session: AsyncSession, event: Event, subscriptions: Subscriptions) -> Outcome:
+    """Decide, effect, inbox row and progress for one event, in the caller's transaction."""
+    event_id, order_id = str(event.event_id), str(event.order_id)
+    seen, applied = await _state(session, event)
+    early = decide(event, seen, applied)
+    if early is not None:
+        return early
+
+    handler = subscriptions.handler_for(event)
+    if handler is not None:  # an event type nobody subscribed to: recorded, no effect
+        await handler(event, session)
 
     await session.execute(
         insert(inbox_table).values(

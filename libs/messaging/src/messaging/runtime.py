@@ -24,8 +24,9 @@ from messaging import queue_stats, telemetry
 from messaging.batching import InboxBatcher
 from messaging.broker import STOP_STEP_SECONDS, close_within, connect
 from messaging.consumer import EventConsumer
-from messaging.inbox import Handler, Inbox, Outcome, SideEffect
+from messaging.inbox import Inbox, Outcome
 from messaging.settings import ConsumerSettings, ServiceSettings
+from messaging.spec import Subscriptions
 from messaging.topology import QueueTopology
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ class ConsumerRuntime:
         service: str,
         settings: ConsumerSettings,
         inbox: Inbox,
-        handler: Handler,
-        before: SideEffect | None = None,
+        subscriptions: Subscriptions,
     ):
         self.service = service
         self.broker = BrokerLink(settings.rabbitmq_url, service)
@@ -106,8 +106,7 @@ class ConsumerRuntime:
         self._inbox = inbox
         # Several messages per inbox transaction; each still acked, retried or dead-lettered
         # on its own (messaging/batching.py).
-        self._batcher = InboxBatcher(inbox, handler, before=before,
-                                     max_batch=settings.batch_size)
+        self._batcher = InboxBatcher(inbox, subscriptions, max_batch=settings.batch_size)
         self._consumer: EventConsumer | None = None
         self._tasks: list[asyncio.Task] = []
 

@@ -15,7 +15,7 @@ group `mini_ec.services` (a table of the `project` section):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
@@ -57,6 +57,45 @@ class Subscription:
                              f"known: {sorted(EVENT_TYPES)}")
 
 
+class Subscriptions:
+    """The one registry of a consuming service: which handler, and which step before the
+    transaction, takes each event type. The RabbitMQ consumer (through the inbox) and the
+    in-process dispatcher both apply events with it."""
+
+    def __init__(self, subscriptions: Iterable[Subscription] = ()):
+        self._by_type: dict[str, Subscription] = {}
+        for sub in subscriptions:
+            if sub.event_type in self._by_type:
+                raise ValueError(f"two subscriptions for {sub.event_type}")
+            self._by_type[sub.event_type] = sub
+
+    @classmethod
+    def every(cls, handler: Handler, before: SideEffect | None = None) -> Subscriptions:
+        """The same handler (and step) for every event type of the contract."""
+        return cls(Subscription(event, handler, before) for event in EVENT_TYPES.values())
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        return tuple(self._by_type)
+
+    def handler_for(self, event: Event) -> Handler | None:
+        """None: nobody subscribed to this type; the event is recorded and changes nothing."""
+        sub = self._by_type.get(event.event_type)
+        return sub.handler if sub is not None else None
+
+    def before_for(self, event: Event) -> SideEffect | None:
+        sub = self._by_type.get(event.event_type)
+        return sub.before if sub is not None else None
+
+    def __iter__(self) -> Iterator[Subscription]:
+        return iter(self._by_type.values())
+
+
+def every(handler: Handler, before: SideEffect | None = None) -> Subscriptions:
+    """`Subscriptions.every`: one handler (and step) for every event type of the contract."""
+    return Subscriptions.every(handler, before)
+
+
 @dataclass(frozen=True)
 class Consumes:
     """The queue a consuming service owns, what it binds, and what it does with each event.
@@ -67,7 +106,11 @@ class Consumes:
 
     queue: str
     bindings: tuple[str, ...]
-    subscriptions: Callable[[Any], Sequence[Subscription]]
+    subscriptions: Callable[[Any], Iterable[Subscription]]
+
+    def registry(self, settings: Any) -> Subscriptions:
+        """The service's subscriptions, built with its settings."""
+        return Subscriptions(self.subscriptions(settings))
 
     def receives(self, event_type: str) -> bool:
         """Whether the bindings route `event_type` to the queue (topic matching)."""
@@ -129,31 +172,6 @@ def named(name: str) -> ServiceSpec:
         if spec.name == name:
             return spec
     raise ValueError(f"unknown service {name!r}; known: {', '.join(sorted(names()))}")
-
-
-def route(subscriptions: Sequence[Subscription]) -> tuple[Handler, SideEffect | None]:
-    """One inbox handler and one `before` step (None when no subscription has one) that pick
-    the subscription by event type."""
-    handlers: dict[str, Handler] = {}
-    befores: dict[str, SideEffect] = {}
-    for sub in subscriptions:
-        if sub.event_type in handlers:
-            raise ValueError(f"two subscriptions for {sub.event_type}")
-        handlers[sub.event_type] = sub.handler
-        if sub.before is not None:
-            befores[sub.event_type] = sub.before
-
-    async def handle(event: Event, session: AsyncSession) -> None:
-        handler = handlers.get(event.event_type)
-        if handler is not None:
-            await handler(event, session)
-
-    async def before(event: Event) -> None:
-        step = befores.get(event.event_type)
-        if step is not None:
-            await step(event)
-
-    return handle, (before if befores else None)
 
 
 def _topic_match(pattern: str, key: str) -> bool:

@@ -23,6 +23,7 @@ from messaging import db, dlq, inbox, spec
 from messaging import headers as h
 from messaging.inbox import Inbox, Outcome
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
+from messaging.spec import every
 from messaging.topology import QueueTopology, ensure_exchange
 
 pytestmark = pytest.mark.integration
@@ -231,7 +232,7 @@ async def test_replayed_after_the_fix_is_processed_once_and_replaying_again_chan
     outcomes = []
 
     async def process(event):
-        outcomes.append(await box.process(event, grant_points))
+        outcomes.append(await box.process(event, every(grant_points)))
         return outcomes[-1]
 
     await start_consumer(process, delays=(1,))
