@@ -75,8 +75,9 @@ bench: preflight ## benchmarks vs the raw broker ceiling (< 5 min; ARGS="--db po
 chaos: preflight ## the full chaos check: 2,000 payments, consumers SIGKILLed, broker restarted (<= 3 min)
 	$(PY) -m devstack.chaos
 
-lint: install ## ruff
+lint: install ## ruff, and mypy (strict for libs/, see [tool.mypy] in pyproject.toml)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 dlq: install ## dead-letter queues: make dlq ARGS="list" | "show points" | "replay points --all"
 	$(PY) -m messaging.dlq $(ARGS)

@@ -402,7 +402,7 @@ def _drop_databases(names: list[str]) -> None:
             drop_postgres_database(name)
 
 
-def _bar(total: float, desc: str, progress: bool, unit: str = "s"):  # type: ignore[no-untyped-def]
+def _bar(total: float, desc: str, progress: bool, unit: str = "s"):
     from tqdm import tqdm
 
     return tqdm(total=round(total), desc=desc, unit=unit, disable=not progress, leave=False)

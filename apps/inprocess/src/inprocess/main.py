@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from functools import partial
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import payment.api
 from contracts import EVENT_TYPES, Event
@@ -99,13 +101,15 @@ class InProcessShop:
             await engine.dispose()
 
 
-def _payment_app(payments: PaymentService, engine) -> FastAPI:  # type: ignore[no-untyped-def]
+def _payment_app(payments: PaymentService, engine: AsyncEngine) -> FastAPI:
     app = FastAPI(title="Mini EC payment (synchronous mode)")
     app.include_router(payment.api.router(payments))
     install_common(app, PAYMENT.name, {"database": partial(db.ping, engine)})
 
     @app.middleware("http")
-    async def report_handler_failures(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def report_handler_failures(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         failures: list[HandlerFailure] = []
         token = _request_failures.set(failures)
         try:
@@ -121,7 +125,7 @@ def _payment_app(payments: PaymentService, engine) -> FastAPI:  # type: ignore[n
     return app
 
 
-def _read_app(name: str, router, engine) -> FastAPI:  # type: ignore[no-untyped-def]
+def _read_app(name: str, router: APIRouter | None, engine: AsyncEngine) -> FastAPI:
     app = FastAPI(title=f"Mini EC {name} (synchronous mode)")
     if router is not None:
         app.include_router(router)
@@ -134,7 +138,7 @@ class _Server(uvicorn.Server):
     """A uvicorn server that leaves signals to `run`, which stops all four servers at once."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 

@@ -62,7 +62,7 @@ class _Envelope(_Strict):
 
     @property
     def routing_key(self) -> str:
-        return routing_key_for(self.event_type)  # type: ignore[attr-defined]
+        return routing_key_for(self.event_type)  # type: ignore[attr-defined]  # every event sets it
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

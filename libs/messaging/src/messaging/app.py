@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -24,7 +25,7 @@ def consumer_app(service: spec.ServiceSpec, settings: ConsumerSettings) -> FastA
     runtime = ConsumerRuntime(service.name, settings, inbox.Inbox(sessions), subscriptions)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         telemetry.instrument_engine(engine)
         with telemetry.untraced():  # start-up is not part of any trace
             await db.create_schema(engine, service.tables, inbox.metadata)

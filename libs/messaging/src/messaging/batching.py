@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from contracts import Event
@@ -122,7 +123,7 @@ class InboxBatcher:
                     await self._commit(batch)
 
     async def _commit(self, batch: list[_Waiting]) -> None:
-        outcomes: list[Outcome | None] = [None] * len(batch)
+        outcomes: Sequence[Outcome | None] = [None] * len(batch)
         if len(batch) > 1:  # a batch of one is applied alone, by its own task
             try:
                 outcomes = await self._inbox.process_batch(

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -27,6 +28,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from opentelemetry import trace
+from pamqp.common import FieldValue
 
 from contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging import correlation, metrics
@@ -77,7 +79,7 @@ class EventConsumer:
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
-        self._in_flight: set[asyncio.Task] = set()
+        self._in_flight: set[asyncio.Task[Any]] = set()
 
     @property
     def is_consuming(self) -> bool:
@@ -242,7 +244,7 @@ class EventConsumer:
         metrics.DEAD_LETTERED.labels(self.service, _label(message.type), error_class).inc()
 
     async def _republish(
-        self, message: AbstractIncomingMessage, queue: str, extra_headers: dict
+        self, message: AbstractIncomingMessage, queue: str, extra_headers: dict[str, FieldValue]
     ) -> None:
         """Copy the message (body, ids, trace context) to `queue`, confirmed, then ack it."""
         assert self._publish_channel is not None
@@ -265,13 +267,14 @@ def _label(event_type: str | None) -> str:
     return event_type if event_type in EVENT_TYPES else "unknown"
 
 
-def _own_headers(message: AbstractIncomingMessage) -> dict:
+def _own_headers(message: AbstractIncomingMessage) -> dict[str, FieldValue]:
     """The message's headers minus the broker's bookkeeping (x-death and friends)."""
     return {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
 
 
 def _int_header(message: AbstractIncomingMessage, name: str) -> int:
     try:
-        return max(0, int((message.headers or {}).get(name, 0)))
+        value = (message.headers or {}).get(name, 0)
+        return max(0, int(value))  # type: ignore[arg-type]  # any AMQP value; non-numbers: below
     except (TypeError, ValueError):
         return 0

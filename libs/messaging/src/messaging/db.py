@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import aiosqlite
 from sqlalchemy import ColumnElement, DateTime, MetaData, TypeDecorator, delete, event, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
+
+log = logging.getLogger(__name__)
+
+# _InlineSqlite overrides private members of aiosqlite.Connection (`_execute`, `_running`,
+# `_connection`), read from aiosqlite 0.22's source. On any other release it is not used:
+# the engine falls back to stock aiosqlite (correct, slower), and
+# libs/messaging/tests/test_inline_sqlite.py fails until someone re-reads that source.
+INLINE_SQLITE_WRITTEN_FOR = ("0.22.",)
+
+
+def inline_sqlite_supported() -> bool:
+    return str(aiosqlite.__version__).startswith(INLINE_SQLITE_WRITTEN_FOR)
 
 
 def create_engine(database_url: str) -> AsyncEngine:
@@ -32,12 +54,16 @@ def create_engine(database_url: str) -> AsyncEngine:
     async def connect_inline() -> _InlineSqlite:
         return _InlineSqlite(partial(sqlite3.connect, database, check_same_thread=False))
 
-    engine = create_async_engine(
-        url, pool_size=1, max_overflow=0, pool_timeout=60, async_creator=connect_inline
-    )
+    inline: dict[str, Any] = {"async_creator": connect_inline}
+    if not inline_sqlite_supported():
+        log.warning("aiosqlite %s is not a release messaging.db._InlineSqlite was written for "
+                    "(%s); using stock aiosqlite (slower)", aiosqlite.__version__,
+                    ", ".join(f"{v}x" for v in INLINE_SQLITE_WRITTEN_FOR))
+        inline = {}
+    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60, **inline)
 
     @event.listens_for(engine.sync_engine, "connect")
-    def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the last one.
@@ -67,7 +93,7 @@ class _InlineSqlite(aiosqlite.Connection):
         super().__init__(connector, iter_chunk_size=64)
         self._connection = connector()
 
-    async def _execute(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._connection is None:
             raise ValueError("Connection closed")
         await asyncio.sleep(0)  # a suspension point, like the thread hand-off it replaces
@@ -83,7 +109,7 @@ class _InlineSqlite(aiosqlite.Connection):
         self.stop()
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker:
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
@@ -95,7 +121,8 @@ async def create_schema(engine: AsyncEngine, *metadatas: MetaData) -> None:
 
 
 async def delete_in_batches(
-    sessions: async_sessionmaker, key: ColumnElement, where: ColumnElement[bool],
+    sessions: async_sessionmaker[AsyncSession], key: ColumnElement[Any],
+    where: ColumnElement[bool],
     batch: int = 1000,
 ) -> int:
     """Delete the rows of `key`'s table that match `where`, `batch` rows per short
@@ -106,7 +133,8 @@ async def delete_in_batches(
     while True:
         async with sessions() as session, session.begin():
             chosen = select(key).where(where).limit(batch)
-            result = await session.execute(delete(table).where(key.in_(chosen)))
+            result = cast("CursorResult[Any]",
+                          await session.execute(delete(table).where(key.in_(chosen))))
         removed += result.rowcount or 0
         if (result.rowcount or 0) < batch:
             return removed
@@ -118,18 +146,20 @@ async def ping(engine: AsyncEngine) -> None:
         await conn.execute(text("SELECT 1"))
 
 
-class UtcDateTime(TypeDecorator):
+class UtcDateTime(TypeDecorator[datetime]):
     """A timestamp kept as aware UTC on SQLite (which forgets zones) and PostgreSQL."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:  # type: ignore[no-untyped-def]
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime: store UTC-aware values only")
         return value.astimezone(UTC) if value is not None else None
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:  # type: ignore[no-untyped-def]
+    def process_result_value(
+        self, value: datetime | None, dialect: Dialect
+    ) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

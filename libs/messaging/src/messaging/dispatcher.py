@@ -119,7 +119,7 @@ class Dispatcher:
 
 
 def _type_name(event_cls: type[Event]) -> str:
-    return event_cls.model_fields["event_type"].default
+    return str(event_cls.model_fields["event_type"].default)
 
 
 def _ms_since(started: float) -> float:

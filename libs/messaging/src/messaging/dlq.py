@@ -26,12 +26,17 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 
 from messaging import headers as h
 from messaging import spec
@@ -145,7 +150,10 @@ def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     return copy_message(message, headers)
 
 
-async def _settle(connection, dlq, event_ids, action) -> Result:
+async def _settle(
+    connection: AbstractConnection, dlq: str, event_ids: Sequence[str] | None,
+    action: Callable[[AbstractChannel, AbstractIncomingMessage], Awaitable[None]],
+) -> Result:
     """Apply `action` to each selected DLQ message, then ack it; requeue the rest.
 
     The pass is bounded by the count at its start, so messages that come back to the DLQ
@@ -178,7 +186,7 @@ async def _settle(connection, dlq, event_ids, action) -> Result:
     return Result(done, missing)
 
 
-async def _take(queue, count: int) -> list[AbstractIncomingMessage]:
+async def _take(queue: AbstractQueue, count: int) -> list[AbstractIncomingMessage]:
     """Get up to `count` messages without acking: held by us, so each get returns the next."""
     taken = []
     for _ in range(count):
@@ -222,7 +230,7 @@ class _channel:  # noqa: N801 (used like a function)
             self._ch = await self._connection.channel()
         return self._ch
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if not self._ch.is_closed:
             await self._ch.close()
 
@@ -241,15 +249,18 @@ def describe(message: AbstractIncomingMessage) -> str:
         f"event {message.message_id or '-'}  type {message.type or '-'}  "
         f"correlation {message.correlation_id or '-'}  published {message.timestamp or '-'}"
     ]
-    lines += [f"  {name}: {headers[name]}" for name in h.ERROR_HEADERS if name in headers]
+    lines += [f"  {name}: {_text(headers[name])}" for name in h.ERROR_HEADERS if name in headers]
     for name in (h.ATTEMPT, h.DEFERRALS):
         if name in headers:
-            lines.append(f"  {name}: {headers[name]}")
+            lines.append(f"  {name}: {_text(headers[name])}")
     # Dead-lettered by the broker itself (delivery limit: the consumer kept crashing).
-    for death in headers.get("x-death") or []:
+    deaths = headers.get("x-death")
+    for death in deaths if isinstance(deaths, list) else []:
+        if not isinstance(death, dict):
+            continue
         lines.append(
             f"  dead-lettered by the broker: {_text(death.get('reason'))} "
-            f"from {_text(death.get('queue'))} (x{death.get('count')})"
+            f"from {_text(death.get('queue'))} (x{_text(death.get('count'))})"
         )
     try:
         body = message.body.decode()

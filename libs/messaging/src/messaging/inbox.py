@@ -12,6 +12,7 @@ import contextvars
 import enum
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     Column,
@@ -29,6 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts import Event, utcnow
 from messaging.db import UtcDateTime, delete_in_batches
 from messaging.spec import Subscriptions
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
 
 metadata = MetaData()
 
@@ -161,9 +165,10 @@ class Inbox:
             outcomes = []
             for i, event in enumerate(events):
                 work = _apply_in(session, event, subscriptions)
-                if contexts is not None:
-                    work = asyncio.create_task(work, context=contexts[i])
-                outcomes.append(await work)
+                if contexts is None:
+                    outcomes.append(await work)
+                else:
+                    outcomes.append(await asyncio.create_task(work, context=contexts[i]))
             return outcomes
 
     async def seen(self, event_id: str) -> bool:
@@ -217,12 +222,12 @@ async def _apply_in(session: AsyncSession, event: Event, subscriptions: Subscrip
     else:
         # Conditional on what we read: two events of one order with the same sequence
         # (or two consumers racing) cannot both move it. The loser rolls back.
-        moved = await session.execute(
+        moved = cast("CursorResult[Any]", await session.execute(
             update(order_progress_table)
             .where(order_progress_table.c.order_id == order_id,
                    order_progress_table.c.last_sequence == applied)
             .values(last_sequence=event.sequence)
-        )
+        ))
         if moved.rowcount != 1:
             raise _LostRace()
     return Outcome.APPLIED

@@ -13,12 +13,13 @@ from datetime import datetime
 import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
-    AbstractRobustConnection,
 )
 from aiormq.exceptions import DeliveryError
 from pamqp.commands import Basic
+from pamqp.common import FieldValue
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 
@@ -34,7 +35,7 @@ def build_message(
     correlation_id: str,
     event_type: str,
     timestamp: datetime,
-    headers: Mapping[str, object] | None = None,
+    headers: Mapping[str, FieldValue] | None = None,
 ) -> aio_pika.Message:
     return aio_pika.Message(
         body,
@@ -50,7 +51,7 @@ def build_message(
 
 
 def copy_message(
-    message: AbstractIncomingMessage, headers: Mapping[str, object]
+    message: AbstractIncomingMessage, headers: Mapping[str, FieldValue]
 ) -> aio_pika.Message:
     """A persistent copy of a received message with the same body, ids, type and time,
     carrying `headers` (for a retry queue, the DLQ, or a replay)."""
@@ -67,7 +68,7 @@ def copy_message(
     )
 
 
-async def open_confirm_channel(connection: AbstractRobustConnection) -> AbstractChannel:
+async def open_confirm_channel(connection: AbstractConnection) -> AbstractChannel:
     return await connection.channel(publisher_confirms=True, on_return_raises=True)
 
 

@@ -63,6 +63,7 @@ class BrokerLink:
 
     async def connection(self) -> AbstractRobustConnection:
         self.start()
+        assert self._connected is not None  # start() made it
         return await asyncio.shield(self._connected)
 
     async def check(self) -> None:
@@ -108,7 +109,7 @@ class ConsumerRuntime:
         # on its own (messaging/batching.py).
         self._batcher = InboxBatcher(inbox, subscriptions, max_batch=settings.batch_size)
         self._consumer: EventConsumer | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def process(self, event: Event) -> Outcome:
         return await self._batcher.process(event)

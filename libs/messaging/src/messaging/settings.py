@@ -7,7 +7,7 @@ never with a traceback half-way through handling a request.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -92,10 +92,10 @@ class ConsumerSettings(ServiceSettings):
         return value
 
 
-S = TypeVar("S", bound=ServiceSettings)
+S = TypeVar("S", bound=BaseSettings)
 
 
-def load_settings(cls: type[S], service: str, **overrides: object) -> S:
+def load_settings(cls: type[S], service: str, **overrides: Any) -> S:
     """Build settings from the environment, or exit with one line naming the bad setting."""
     try:
         return cls(**overrides)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from contracts import EVENT_TYPES, Event, routing_key_for
 
@@ -38,14 +38,18 @@ Handler = Callable[[Event, "AsyncSession"], Awaitable[None]]
 SideEffect = Callable[[Event], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class Subscription:
-    """Events of type `event` are handled by `handler`, after `before` (if any) did its work
-    outside the database: `Subscription(OrderPaid, grant)`."""
+E = TypeVar("E", bound=Event)
 
-    event: type[Event]
-    handler: Handler
-    before: SideEffect | None = None
+
+@dataclass(frozen=True)
+class Subscription(Generic[E]):
+    """Events of type `event` are handled by `handler`, after `before` (if any) did its work
+    outside the database: `Subscription(OrderPaid, grant)`. Typed: `grant` takes an
+    OrderPaid, and the type checker holds it to that."""
+
+    event: type[E]
+    handler: Callable[[E, AsyncSession], Awaitable[None]]
+    before: Callable[[E], Awaitable[None]] | None = None
 
     @property
     def event_type(self) -> str:
@@ -62,8 +66,8 @@ class Subscriptions:
     transaction, takes each event type. The RabbitMQ consumer (through the inbox) and the
     in-process dispatcher both apply events with it."""
 
-    def __init__(self, subscriptions: Iterable[Subscription] = ()):
-        self._by_type: dict[str, Subscription] = {}
+    def __init__(self, subscriptions: Iterable[Subscription[Any]] = ()):
+        self._by_type: dict[str, Subscription[Any]] = {}
         for sub in subscriptions:
             if sub.event_type in self._by_type:
                 raise ValueError(f"two subscriptions for {sub.event_type}")
@@ -87,7 +91,7 @@ class Subscriptions:
         sub = self._by_type.get(event.event_type)
         return sub.before if sub is not None else None
 
-    def __iter__(self) -> Iterator[Subscription]:
+    def __iter__(self) -> Iterator[Subscription[Any]]:
         return iter(self._by_type.values())
 
 
@@ -106,7 +110,7 @@ class Consumes:
 
     queue: str
     bindings: tuple[str, ...]
-    subscriptions: Callable[[Any], Iterable[Subscription]]
+    subscriptions: Callable[[Any], Iterable[Subscription[Any]]]
 
     def registry(self, settings: Any) -> Subscriptions:
         """The service's subscriptions, built with its settings."""

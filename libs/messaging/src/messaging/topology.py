@@ -15,6 +15,7 @@ Every queue is a durable quorum queue. The arguments here must match
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
@@ -62,6 +63,7 @@ class QueueTopology:
     def retry_queue(self, delay_seconds: int) -> str:
         return f"{self.name}.retry.{delay_seconds}s"
 
+<<<<<<< HEAD
     def queues(self) -> list[tuple[str, str]]:
         """(role, name) of every queue of this service: `work`, each `retry`, `dlq`."""
         return [
@@ -71,9 +73,12 @@ class QueueTopology:
         ]
 
     def dlq_arguments(self) -> dict:
+=======
+    def dlq_arguments(self) -> dict[str, Any]:
+>>>>>>> 7e99861 (mypy in make lint (strict for libs/, services and apps checked; py.typed); no type: ignore without code and reason; aiosqlite and SQL-tracing internals behind release guards with fallbacks and contract tests)
         return {**_QUORUM, "x-delivery-limit": DLQ_DELIVERY_LIMIT}
 
-    def work_arguments(self) -> dict:
+    def work_arguments(self) -> dict[str, Any]:
         return {
             **_QUORUM,
             **_SAFE_DEAD_LETTERING,
@@ -82,7 +87,7 @@ class QueueTopology:
             "x-dead-letter-routing-key": self.dlq,
         }
 
-    def retry_arguments(self, delay_seconds: int) -> dict:
+    def retry_arguments(self, delay_seconds: int) -> dict[str, Any]:
         return {
             **_QUORUM,
             **_SAFE_DEAD_LETTERING,

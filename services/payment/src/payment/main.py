@@ -10,6 +10,7 @@ from functools import partial
 
 from fastapi import FastAPI
 
+from contracts import Event
 from messaging import db, outbox, telemetry
 from messaging.http import install_common
 from messaging.logs import setup_logging
@@ -31,7 +32,7 @@ def create_app(settings: Settings) -> FastAPI:
         batch_size=settings.outbox_batch_size, poll_interval=settings.outbox_poll_seconds,
     )
 
-    async def wake_relay(_events) -> None:  # type: ignore[no-untyped-def]
+    async def wake_relay(_events: list[Event]) -> None:
         relay.notify()
 
     payments = PaymentService(sessions, events_committed=wake_relay)

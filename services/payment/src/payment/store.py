@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any, cast
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
+from sqlalchemy import Column, Integer, MetaData, Row, String, Table, insert, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import utcnow
@@ -33,7 +35,7 @@ payments = Table(
 )
 
 
-def _to_order(row) -> Order:  # type: ignore[no-untyped-def]
+def _to_order(row: Row[Any]) -> Order:
     return Order(
         order_id=uuid.UUID(row.order_id), payment_id=uuid.UUID(row.payment_id),
         customer_id=row.customer_id, email=row.email, amount=row.amount, currency=row.currency,
@@ -69,12 +71,12 @@ async def save(session: AsyncSession, order: Order, *, read_sequence: int) -> No
     Two concurrent refunds both read "paid"; without the condition both would commit and
     publish two OrderRefunded events with sequence 2.
     """
-    result = await session.execute(
+    result = cast("CursorResult[Any]", await session.execute(
         update(payments)
         .where(payments.c.payment_id == str(order.payment_id),
                payments.c.sequence == read_sequence)
         .values(status=order.status.value, sequence=order.sequence, updated_at=utcnow())
-    )
+    ))
     if result.rowcount != 1:
         raise ConcurrentChange(f"payment {order.payment_id} changed concurrently")
 

@@ -1,0 +1,111 @@
+"""Contract tests for the two places that lean on other libraries' internals.
+
+They fail loudly on any release those places were not written for. The code itself falls
+back to a supported path on such a release and keeps working, only slower (SQLite) or with
+less tracing (a second engine). These tests make sure nobody ships that by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+
+import aiosqlite
+import pytest
+from sqlalchemy import text
+
+from messaging import db, telemetry
+
+pytestmark = pytest.mark.unit
+
+REREAD = ("re-read its source, check what messaging.{where} relies on (named in the test), "
+          "then add the release to {constant}")
+
+
+def test_aiosqlite_is_a_release_the_inline_connection_was_written_for():
+    assert db.inline_sqlite_supported(), (
+        f"aiosqlite {aiosqlite.__version__} is installed; messaging.db._InlineSqlite was "
+        f"written for {db.INLINE_SQLITE_WRITTEN_FOR}: "
+        + REREAD.format(where="db._InlineSqlite", constant="INLINE_SQLITE_WRITTEN_FOR"))
+
+
+def test_the_aiosqlite_internals_the_inline_connection_overrides_are_there():
+    # _InlineSqlite replaces `_execute` (every call goes through it), sets `_connection`
+    # itself and clears `_running` in `stop` instead of starting the worker thread.
+    execute = aiosqlite.Connection._execute
+    assert inspect.iscoroutinefunction(execute)
+    assert list(inspect.signature(execute).parameters) == ["self", "fn", "args", "kwargs"]
+    stock = aiosqlite.Connection(lambda: None, iter_chunk_size=64)
+    assert stock._running is True and stock._connection is None
+    assert callable(aiosqlite.Connection.stop)
+
+
+async def test_the_inline_connection_runs_statements_on_the_event_loop_without_a_thread(
+    tmp_path,
+):
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/inline.db")
+    threads_before = threading.active_count()
+    ran_in: list[int] = []
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            assert isinstance(raw.driver_connection, db._InlineSqlite)
+            await raw.driver_connection.create_function(
+                "where_am_i", 0, lambda: ran_in.append(threading.get_ident()) or 1)
+            assert (await conn.execute(text("SELECT where_am_i()"))).scalar() == 1
+        assert ran_in == [threading.get_ident()]  # the loop's thread, not a worker
+        assert threading.active_count() == threads_before
+    finally:
+        await engine.dispose()
+
+
+async def test_on_a_release_it_was_not_written_for_the_engine_falls_back_to_stock_aiosqlite(
+    tmp_path, monkeypatch, caplog,
+):
+    monkeypatch.setattr(aiosqlite, "__version__", "0.99.0")
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/stock.db")
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            assert not isinstance(raw.driver_connection, db._InlineSqlite)
+            assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
+    assert "using stock aiosqlite" in caplog.text
+
+
+def test_the_sqlalchemy_instrumentation_is_a_release_the_engine_tracer_was_written_for():
+    from opentelemetry.instrumentation.sqlalchemy.version import __version__
+
+    assert str(__version__).startswith(telemetry.ENGINE_TRACER_WRITTEN_FOR), (
+        f"opentelemetry-instrumentation-sqlalchemy {__version__} is installed; "
+        f"messaging.telemetry.instrument_engine was written for "
+        f"{telemetry.ENGINE_TRACER_WRITTEN_FOR}: "
+        + REREAD.format(where="telemetry.instrument_engine",
+                        constant="ENGINE_TRACER_WRITTEN_FOR"))
+
+
+def test_the_engine_tracer_takes_what_instrument_engine_passes():
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    parameters = list(inspect.signature(EngineTracer.__init__).parameters)
+    assert parameters[:4] == ["self", "tracer", "engine", "connections_usage"]
+
+
+async def test_on_a_release_it_was_not_written_for_a_second_engine_is_left_untraced(
+    tmp_path, monkeypatch, caplog,
+):
+    import opentelemetry.instrumentation.sqlalchemy.version as version
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    first = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/first.db")
+    second = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/second.db")
+    try:
+        telemetry.instrument_engine(first)  # the instrumentor's own engine (if not yet on)
+        assert SQLAlchemyInstrumentor().is_instrumented_by_opentelemetry
+        monkeypatch.setattr(version, "__version__", "9.99b0")
+        telemetry.instrument_engine(second)
+        assert "not traced" in caplog.text
+    finally:
+        await asyncio.gather(first.dispose(), second.dispose())
