@@ -99,13 +99,17 @@ async def test_on_a_release_it_was_not_written_for_a_second_engine_is_left_untra
     import opentelemetry.instrumentation.sqlalchemy.version as version
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
+    instrumentor = SQLAlchemyInstrumentor()
+    was_on = instrumentor.is_instrumented_by_opentelemetry
     first = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/first.db")
     second = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/second.db")
     try:
         telemetry.instrument_engine(first)  # the instrumentor's own engine (if not yet on)
-        assert SQLAlchemyInstrumentor().is_instrumented_by_opentelemetry
+        assert instrumentor.is_instrumented_by_opentelemetry
         monkeypatch.setattr(version, "__version__", "9.99b0")
         telemetry.instrument_engine(second)
         assert "not traced" in caplog.text
     finally:
+        if not was_on:  # leave the process-wide switch as this test found it
+            instrumentor.uninstrument()
         await asyncio.gather(first.dispose(), second.dispose())

@@ -1,9 +1,12 @@
 """The in-process dispatcher: hand an event to its handlers right now, one after the other.
 
 The synchronous counterpart of publishing to RabbitMQ (like the seed's
-`DomainEventDispatcher.DispatchAsync`). Handlers are registered per event type, or for
-every event type at once (`subscribe`); `dispatch` awaits each in registration order,
-inside its own span, and logs and counts it.
+`DomainEventDispatcher.DispatchAsync`). It is the in-process counterpart of the exchange:
+it decides which consumer gets which event type. Consumers are registered per event type,
+or for several at once (`subscribe`). `dispatch` awaits each in registration order, inside
+its own span, and logs and counts it. What a consumer then does with the event comes from
+that service's subscriptions (messaging/spec.py), the same registry its RabbitMQ consumer
+uses.
 
 A failing handler does not stop the others, and `dispatch` does not raise: it returns the
 failures so the caller decides what they mean (the sync composition root reports them,
