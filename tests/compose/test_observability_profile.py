@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from messaging import spec
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-CONTRACT_PORTS = {"payment": 8000, "points": 8001, "mailer": 8002, "audit": 8003}
+CONTRACT_PORTS = {s.name: s.port for s in spec.installed()}  # from the services' specs
 RABBITMQ_NODES = ("rabbitmq", "rabbitmq-2", "rabbitmq-3")
 
 

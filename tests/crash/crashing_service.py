@@ -43,11 +43,7 @@ def after_publish() -> None:
 
     original = OutboxRelay._record
 
-<<<<<<< HEAD
-    async def record(self, session, rows, results):  # type: ignore[no-untyped-def]
-=======
-    async def record(self, rows, results):
->>>>>>> 7e99861 (mypy in make lint (strict for libs/, services and apps checked; py.typed); no type: ignore without code and reason; aiosqlite and SQL-tracing internals behind release guards with fallbacks and contract tests)
+    async def record(self, session, rows, results):
         if any(r is None for r in results):  # the broker confirmed at least one publish
             die()  # ... and published_at is never written
         return await original(self, session, rows, results)

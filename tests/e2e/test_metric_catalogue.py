@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.stack import SERVICES
 from devstack.wait import eventually
+from messaging import spec
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -147,7 +148,7 @@ def test_every_metric_the_docs_mention_exists(exposed):
 
 @pytest.mark.e2e
 def test_queue_depths_consumers_readiness_and_lag_are_measured(stack):
-    for service in ("points", "mailer", "audit"):
+    for service in (s.name for s in spec.consumers()):
         text = httpx.get(f"{stack.url(service)}/metrics", timeout=10).text
         values = {
             (s.name, tuple(sorted(s.labels.items()))): s.value

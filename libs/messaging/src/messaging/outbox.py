@@ -28,11 +28,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
-<<<<<<< HEAD
-from sqlalchemy import func, select, text, update
-=======
-from sqlalchemy import Row, func, select, update
->>>>>>> 7e99861 (mypy in make lint (strict for libs/, services and apps checked; py.typed); no type: ignore without code and reason; aiosqlite and SQL-tracing internals behind release guards with fallbacks and contract tests)
+from sqlalchemy import Row, Select, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import utcnow
@@ -143,7 +139,7 @@ class OutboxRelay:
             raise PublishFailed(f"{len(failures)} of {taken} not confirmed: {failures[0]}")
         return taken
 
-    async def _publish_unclaimed(self) -> tuple[int, list]:
+    async def _publish_unclaimed(self) -> tuple[int, Sequence[BaseException | None]]:
         """SQLite: the only relay of its database reads, publishes, then marks."""
         with untraced():  # polling: no trace per poll
             async with self._sessions() as session:
@@ -156,7 +152,7 @@ class OutboxRelay:
                 await self._record(session, rows, results)
         return len(rows), results
 
-    async def _publish_claimed(self) -> tuple[int, list]:
+    async def _publish_claimed(self) -> tuple[int, Sequence[BaseException | None]]:
         """PostgreSQL: claim, publish and mark in one transaction shared with no other relay.
 
         The row locks are the claim. If this process dies or its transaction is cut off
@@ -191,12 +187,14 @@ class OutboxRelay:
         return self._shared
 
     @staticmethod
-    def _unsent():
+    def _unsent() -> Select[Any]:
         return (select(outbox_table).where(outbox_table.c.published_at.is_(None))
                 .order_by(outbox_table.c.id))
 
     @staticmethod
-    async def _first_of_each_order(session: AsyncSession, claimed: list) -> list:
+    async def _first_of_each_order(
+        session: AsyncSession, claimed: Sequence[Row[Any]]
+    ) -> list[Row[Any]]:
         """The claimed rows no unsent row of the same order precedes outside this claim: an
         earlier event of the order is held by another relay, so this one waits for it."""
         if not claimed:
@@ -215,7 +213,7 @@ class OutboxRelay:
         return [row for row in claimed
                 if row.id < held_elsewhere.get(row.order_id, row.id + 1)]
 
-    async def _publish_rows(self, rows) -> list:
+    async def _publish_rows(self, rows: Sequence[Row[Any]]) -> list[BaseException | None]:
         exchange = await self._exchange()
         # Publishes are pipelined: one confirm round-trip per batch, not per row.
         return await asyncio.gather(
@@ -251,15 +249,12 @@ class OutboxRelay:
                 raise
             metrics.PUBLISHED.labels(self._service).inc()
 
-<<<<<<< HEAD
-    async def _record(self, session: AsyncSession, rows, results) -> None:
+    async def _record(
+        self, session: AsyncSession, rows: Sequence[Row[Any]],
+        results: Sequence[BaseException | None],
+    ) -> None:
         """Mark what the broker confirmed; count the attempt on what it did not (one update
         per batch, not part of any one order's trace: callers run it untraced)."""
-=======
-    async def _record(
-        self, rows: Sequence[Row[Any]], results: Sequence[BaseException | None]
-    ) -> None:
->>>>>>> 7e99861 (mypy in make lint (strict for libs/, services and apps checked; py.typed); no type: ignore without code and reason; aiosqlite and SQL-tracing internals behind release guards with fallbacks and contract tests)
         now = utcnow()
         sent = [row.id for row, r in zip(rows, results, strict=True) if r is None]
         failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]

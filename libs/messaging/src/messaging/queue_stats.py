@@ -30,8 +30,8 @@ async def refresh(connection: AbstractConnection, service: str, topology: QueueT
             except ChannelNotFoundEntity:
                 continue
             result = queue.declaration_result
-            metrics.QUEUE_MESSAGES.labels(service, name, role).set(result.message_count)
-            metrics.QUEUE_CONSUMERS.labels(service, name, role).set(result.consumer_count)
+            metrics.QUEUE_MESSAGES.labels(service, name, role).set(result.message_count or 0)
+            metrics.QUEUE_CONSUMERS.labels(service, name, role).set(result.consumer_count or 0)
     finally:
         if channel is not None and not channel.is_closed:
             await channel.close()

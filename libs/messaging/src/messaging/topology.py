@@ -63,7 +63,6 @@ class QueueTopology:
     def retry_queue(self, delay_seconds: int) -> str:
         return f"{self.name}.retry.{delay_seconds}s"
 
-<<<<<<< HEAD
     def queues(self) -> list[tuple[str, str]]:
         """(role, name) of every queue of this service: `work`, each `retry`, `dlq`."""
         return [
@@ -72,10 +71,7 @@ class QueueTopology:
             ("dlq", self.dlq),
         ]
 
-    def dlq_arguments(self) -> dict:
-=======
     def dlq_arguments(self) -> dict[str, Any]:
->>>>>>> 7e99861 (mypy in make lint (strict for libs/, services and apps checked; py.typed); no type: ignore without code and reason; aiosqlite and SQL-tracing internals behind release guards with fallbacks and contract tests)
         return {**_QUORUM, "x-delivery-limit": DLQ_DELIVERY_LIMIT}
 
     def work_arguments(self) -> dict[str, Any]:

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import httpx
 
+from messaging import spec
+
 SUITE = "trixie"
 PACKAGES = ("rabbitmq-server",)
 # Bump when the way the root is built changes: a new key builds a new root.
@@ -262,7 +264,7 @@ class Rabbit4:
             run_dir = CACHE / f"run-{self.slot}"
             shutil.rmtree(run_dir, ignore_errors=True)
             self.passwords = {u: secrets.token_urlsafe(12)
-                              for u in ("admin", "payment", "points", "mailer", "audit")}
+                              for u in ("admin", *spec.names())}
             _run("ip", "link", "add", self.bridge, "type", "bridge")
             _run("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
             _run("ip", "link", "set", self.bridge, "up")
