@@ -17,7 +17,7 @@ $(UV):
 	python3 -m pip install --quiet --user uv==$(UV_VERSION) || \
 	  python3 -m pip install --quiet --user --break-system-packages uv==$(UV_VERSION)
 
-.venv/.synced: $(UV) pyproject.toml uv.lock libs/messaging/pyproject.toml services/*/pyproject.toml apps/*/pyproject.toml
+.venv/.synced: $(UV) pyproject.toml uv.lock libs/*/pyproject.toml tools/*/pyproject.toml services/*/pyproject.toml apps/*/pyproject.toml
 	$(UV) sync --all-packages --frozen
 	@touch $@
 
