@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from devstack.wait import only_this_task_left
 from messaging import db, inbox, telemetry
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox
@@ -60,6 +61,8 @@ async def payment_client(tmp_path, amqp_url):
         transport=httpx.ASGITransport(app=app), base_url="http://payment"
     ) as client:
         yield client
+    # Nothing of the app outlives its lifespan (a leftover task hangs the loop's shutdown).
+    await only_this_task_left()
 
 
 class Consumer:

@@ -8,6 +8,7 @@ import logging
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
+from aio_pika.connection import make_url
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,7 @@ async def connect(url: str, name: str, *, max_backoff: float = 10.0) -> Abstract
     backoff = 0.5
     while True:
         try:
-            return await aio_pika.connect_robust(
-                url, client_properties={"connection_name": name}, reconnect_interval=1
-            )
+            return await _connect_once(url, name)
         except aio_pika.exceptions.ProbableAuthenticationError as exc:
             # Wrong user, password or vhost: a setting to fix, said loudly. Still retried:
             # the user or vhost may be created a moment later (definitions loaded late).
@@ -36,6 +35,26 @@ async def connect(url: str, name: str, *, max_backoff: float = 10.0) -> Abstract
             log.warning("broker not reachable (%s); retrying in %.1fs", exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
+
+
+async def _connect_once(url: str, name: str) -> AbstractRobustConnection:
+    """One robust connection, closed again if its first connect fails or is cancelled.
+
+    Not `aio_pika.connect_robust`: it starts the connection's own reconnecting task and,
+    when the caller is cancelled mid-handshake (a stop during start-up), leaves that task
+    running unowned; it swallows later cancellations while it connects, so the task
+    outlives the service's stop and hangs the event loop's shutdown (docs/failure.md).
+    """
+    connection = aio_pika.RobustConnection(
+        make_url(url),
+        client_properties={"connection_name": name}, reconnect_interval=1,
+    )
+    try:
+        await connection.connect()
+    except BaseException:
+        await close_within(connection, f"{name} connection (not yet up)")
+        raise
+    return connection
 
 
 async def close_within(closable: object, what: str, seconds: float = STOP_STEP_SECONDS) -> None:

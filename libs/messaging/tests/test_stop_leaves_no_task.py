@@ -1,0 +1,42 @@
+"""A stop while the broker has not yet answered (start-up, a slow or frozen broker) leaves no
+task behind: a task that outlives its service's stop would hang the event loop's shutdown."""
+
+import asyncio
+
+import pytest
+
+from devstack.silent_broker import silent_broker
+from devstack.wait import eventually, only_this_task_left
+from messaging import db, inbox
+from messaging.runtime import BrokerLink, ConsumerRuntime
+from messaging.settings import ConsumerSettings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_link_closed_mid_handshake_leaves_no_task_behind():
+    async with silent_broker() as (url, accepted):
+        link = BrokerLink(url, "mid-handshake")
+        link.start()
+        await asyncio.to_thread(eventually, lambda: accepted, message="connection accepted")
+        await link.close()
+        await only_this_task_left()
+
+
+async def test_a_consumer_runtime_stopped_during_start_up_leaves_no_task_behind(tmp_path):
+    async with silent_broker() as (url, accepted):
+        settings = ConsumerSettings(database_url=f"sqlite+aiosqlite:///{tmp_path}/inbox.db",
+                                    rabbitmq_url=url)
+        engine = db.create_engine(settings.database_url)
+        await db.create_schema(engine, inbox.metadata)
+
+        async def nothing(event, session):
+            return None
+
+        box = inbox.Inbox(db.session_factory(engine))
+        runtime = ConsumerRuntime("stopped-early", settings, box, nothing)
+        await runtime.start()
+        await asyncio.to_thread(eventually, lambda: accepted, message="connection accepted")
+        await runtime.stop()
+        await engine.dispose()
+        await only_this_task_left()
