@@ -105,7 +105,8 @@ def test_the_same_key_with_another_body_is_refused_with_422(stack):
     assert pay(stack, order_id=order_id, key=key, customer_id="k").status_code == 201
     response = pay(stack, order_id=order_id, key=key, customer_id="k", amount=999)
     assert response.status_code == 422
-    assert "Idempotency-Key" in response.json()["detail"]
+    [error] = response.json()["detail"]  # a list, like every other 422 (issue 17)
+    assert error["loc"] == ["header", "Idempotency-Key"] and "Idempotency-Key" in error["msg"]
 
 
 def test_paying_an_already_paid_order_is_a_conflict(stack):

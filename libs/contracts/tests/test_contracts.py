@@ -92,3 +92,25 @@ def test_data_outside_the_contract_is_poison_naming_the_field(field, value):
     body["data"][field] = value
     with pytest.raises(PoisonMessage, match=f"data.{field}"):
         parse_event(encode(body))
+
+
+# Issue 17, findings 2 and 9: what the envelope itself rules out, at parse time (poison).
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [({"occurred_at": "9999-12-31T23:59:59-23:59"}, "occurred_at is out of range"),
+     ({"occurred_at": "0001-01-01T00:00:00+23:59"}, "occurred_at is out of range"),
+     ({"correlation_id": "abc\r\nX-Injected: 1"}, "correlation_id"),
+     ({"correlation_id": "abc\n"}, "correlation_id"),
+     ({"correlation_id": "tab\there"}, "correlation_id"),
+     ({"event_type": "OrderRefunded", "sequence": 1}, "sequence")],
+)
+def test_an_envelope_no_retry_can_fix_is_poison_at_once(changes, says):
+    with pytest.raises(PoisonMessage, match=says):
+        parse_event(encode(envelope(**changes)))
+
+
+def test_a_whole_number_written_as_a_float_is_the_same_amount():
+    body = envelope()
+    body["data"]["amount"] = 1200.0
+    assert parse_event(encode(body)).data.amount == 1200

@@ -14,7 +14,14 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from contracts import utcnow
 from devstack import events
 from messaging import inbox
-from messaging.inbox import Inbox, Outcome, OutOfOrder, inbox_table, order_progress_table
+from messaging.inbox import (
+    Conflict,
+    Inbox,
+    Outcome,
+    OutOfOrder,
+    inbox_table,
+    order_progress_table,
+)
 from messaging.spec import every
 
 pytestmark = pytest.mark.integration
@@ -81,14 +88,16 @@ async def test_the_same_event_again_is_a_duplicate_with_no_second_effect(box, se
     assert await effects_of(sessions, paid.order_id) == [str(paid.event_id)]
 
 
-async def test_an_older_event_arriving_after_a_newer_one_is_stale(box, sessions):
+async def test_another_event_claiming_an_applied_place_is_a_conflict_not_stale(box, sessions):
+    """Issue 17: it used to be skipped as stale, silently; it names the event holding #1."""
     paid = events.order_paid()
     refunded = events.order_refunded(paid)
     await box.process(paid, every(record))
     await box.process(refunded, every(record))
     # Another event claiming sequence 1 of the same order (e.g. re-created upstream).
     other_first = paid.model_copy(update={"event_id": events.order_paid().event_id})
-    assert await box.process(other_first, every(record)) is Outcome.STALE
+    with pytest.raises(Conflict, match=str(paid.event_id)):
+        await box.process(other_first, every(record))
     assert len(await effects_of(sessions, paid.order_id)) == 2
 
 
@@ -129,7 +138,7 @@ async def test_the_same_event_processed_concurrently_is_applied_once(box, sessio
 
 
 async def test_two_events_with_the_same_sequence_at_once_apply_only_one(box, sessions):
-    """Two different events both claiming #2 of one order race: the loser is skipped as stale."""
+    """Two different events both claiming #2 of one order race: the loser is a conflict."""
     paid = events.order_paid()
     await box.process(paid, every(record))
     one, other = events.order_refunded(paid), events.order_refunded(paid)
@@ -139,8 +148,11 @@ async def test_two_events_with_the_same_sequence_at_once_apply_only_one(box, ses
         await asyncio.sleep(0.2)
 
     outcomes = await asyncio.gather(box.process(one, every(slow_record)),
-                                    box.process(other, every(slow_record)))
-    assert sorted(outcomes) == [Outcome.APPLIED, Outcome.STALE]
+                                    box.process(other, every(slow_record)),
+                                    return_exceptions=True)
+    assert Outcome.APPLIED in outcomes
+    [lost] = [o for o in outcomes if o is not Outcome.APPLIED]
+    assert isinstance(lost, Conflict)
     assert len(await effects_of(sessions, paid.order_id)) == 2  # paid + one refund
     async with sessions() as session:
         progress = await session.scalar(

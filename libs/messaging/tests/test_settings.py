@@ -24,6 +24,16 @@ pytestmark = pytest.mark.unit
         ("RETRY_DELAYS", "1,x", "RETRY_DELAYS: must be comma-separated whole seconds"),
         ("RETRY_DELAYS", "5,5", "RETRY_DELAYS: must be one or more distinct"),
         ("PREFETCH", "0", "PREFETCH: Input should be greater than or equal to 1"),
+        ("INBOX_RETENTION_HOURS", "inf", "INBOX_RETENTION_HOURS: Input should be a finite"),
+        ("INBOX_RETENTION_HOURS", "nan", "INBOX_RETENTION_HOURS: Input should be a finite"),
+        ("RETRY_DELAYS", "1,,5", "RETRY_DELAYS: must be comma-separated whole seconds"),
+        ("RETRY_DELAYS", "1,5,", "RETRY_DELAYS: must be comma-separated whole seconds"),
+        ("DATABASE_URL", "sqlite+aiosqlite:///", "DATABASE_URL: names no SQLite file"),
+        ("DATABASE_URL", "sqlite+aiosqlite:///:memory:", "DATABASE_URL: names no SQLite file"),
+        ("HOST", "256.1.1.1", "HOST: '256.1.1.1' is neither an IP address nor a host name"),
+        ("HOST", "bad host", "HOST: 'bad host' is neither"),
+        ("HTTP_MAX_BODY_BYTES", "10", "HTTP_MAX_BODY_BYTES: Input should be greater than"),
+        ("HTTP_HEADER_TIMEOUT_SECONDS", "inf", "HTTP_HEADER_TIMEOUT_SECONDS: Input should be"),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line_naming_it(monkeypatch, capsys, variable, value, says):
@@ -34,6 +44,13 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(monkeypatch, capsys, vari
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("points: invalid setting: ")
     assert says in line
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "payment",
+                                  "svc-1.internal"])
+def test_a_host_name_or_address_is_accepted(monkeypatch, host):
+    monkeypatch.setenv("HOST", host)
+    assert load_settings(ServiceSettings, "points").host == host
 
 
 def test_a_service_overriding_a_default_keeps_the_url_checks(monkeypatch, capsys):

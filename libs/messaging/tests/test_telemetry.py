@@ -174,7 +174,7 @@ def test_sigterm_exports_the_last_spans_before_the_process_ends():
             from contextlib import asynccontextmanager
             from fastapi import FastAPI
             from opentelemetry import trace
-            from messaging.runtime import serve
+            from messaging.server import serve
             from messaging.settings import ServiceSettings
             from messaging.telemetry import setup_tracing
             setup_tracing("flush")
@@ -258,3 +258,15 @@ async def test_an_unhandled_error_is_a_500_that_still_carries_the_id_logged_with
     assert "unhandled error in GET /boom" in record.getMessage() and record.exc_info
     assert REGISTRY.get_sample_value("http_requests_total", {
         "service": "cid-test", "method": "GET", "route": "/boom", "status": "500"}) >= 1
+
+
+@pytest.mark.unit
+def test_a_trace_header_that_cannot_be_read_gives_no_context_instead_of_raising():
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from messaging.telemetry import TolerantPropagator
+
+    with pytest.raises(TypeError):
+        TraceContextTextMapPropagator().extract({"traceparent": 42})
+    context = TolerantPropagator(TraceContextTextMapPropagator()).extract({"traceparent": 42})
+    assert not trace.get_current_span(context).get_span_context().is_valid

@@ -38,6 +38,7 @@ from messaging import db, inbox, outbox, spec, telemetry
 from messaging.dispatcher import Dispatcher, HandlerFailure
 from messaging.http import install_common
 from messaging.logs import setup_logging
+from messaging.server import Limits, uvicorn_config
 from messaging.settings import ServiceSettings, load_settings
 from payment.handlers import PaymentService
 from payment.spec import SPEC as PAYMENT
@@ -145,10 +146,8 @@ class _Server(uvicorn.Server):
 async def run(shop: InProcessShop) -> None:
     await shop.start()
     servers = [
-        _Server(uvicorn.Config(
-            shop.apps[name], host=shop.settings.host, port=shop.settings.port(name),
-            log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10,
-        ))
+        _Server(uvicorn_config(shop.apps[name], shop.settings.host, shop.settings.port(name),
+                               Limits(), lifespan="off"))
         for name in SERVICES
     ]
 

@@ -13,16 +13,50 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, field_validator
+import email_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_extra_types.currency_code import ISO4217
 
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+CORRELATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_AMOUNT = 10_000_000
 # A body larger than this is poison: no event of ours comes near it.
 MAX_BODY_BYTES = 64 * 1024
 
 CustomerId = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
-Amount = Annotated[int, Field(ge=1, le=MAX_AMOUNT, strict=True)]
+
+
+def _whole_number(value: object) -> object:
+    """1200.0 is the integer 1200 in JSON (and in JSON Schema); 12.5, "1200", true are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Amount = Annotated[int, Field(ge=1, le=MAX_AMOUNT, strict=True), BeforeValidator(_whole_number)]
+
+
+def _email(value: str) -> str:
+    """A mail address by its syntax (normalised); special-use domains such as `.test` are
+    addresses too (our own dev and test mail uses them), deliverability is SMTP's to find."""
+    try:
+        checked = email_validator.validate_email(
+            value, check_deliverability=False, test_environment=True)
+    except email_validator.EmailNotValidError as exc:
+        raise ValueError(f"value is not a valid email address: {exc}") from None
+    return checked.normalized
+
+
+Email = Annotated[str, Field(max_length=254, json_schema_extra={"format": "email"}),
+                  AfterValidator(_email)]
 # An ISO 4217 code ("JPY"); "jpy" is accepted and normalised to upper case.
 Currency = ISO4217
 
@@ -40,7 +74,7 @@ class PaymentData(_Strict):
 
     payment_id: uuid.UUID
     customer_id: CustomerId
-    email: EmailStr
+    email: Email
     amount: Amount
     currency: Currency
 
@@ -49,7 +83,9 @@ class _Envelope(_Strict):
     event_id: uuid.UUID
     version: Literal[1] = 1
     occurred_at: datetime
-    correlation_id: str = Field(min_length=1, max_length=128)
+    # The same characters an HTTP X-Correlation-ID may have: it goes into log lines, mail
+    # headers and span attributes, where a CR or LF would forge a line or a header.
+    correlation_id: str = Field(pattern=CORRELATION_ID_PATTERN)
     order_id: uuid.UUID
     sequence: int = Field(ge=1)
 
@@ -58,6 +94,10 @@ class _Envelope(_Strict):
     def _must_be_aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("occurred_at must carry a time zone")
+        try:
+            value.astimezone(UTC)  # 9999-12-31T23:59:59-23:59 is past the year 9999 in UTC
+        except OverflowError:
+            raise ValueError("occurred_at is out of range once in UTC") from None
         return value
 
     @property
@@ -76,6 +116,8 @@ class OrderPaid(_Envelope):
 class OrderRefunded(_Envelope):
     event_type: Literal["OrderRefunded"] = "OrderRefunded"
     data: PaymentData
+    # A refund follows the payment it refunds: it can never be an order's first event.
+    sequence: int = Field(ge=2)
 
 
 Event = OrderPaid | OrderRefunded

@@ -9,9 +9,10 @@ from functools import partial
 from fastapi import FastAPI
 
 from messaging import db, inbox, spec, telemetry
-from messaging.http import install_common
+from messaging.http import ReadinessCheck, install_common
 from messaging.logs import setup_logging
-from messaging.runtime import ConsumerRuntime, serve
+from messaging.runtime import ConsumerRuntime
+from messaging.server import serve
 from messaging.settings import ConsumerSettings, load_settings
 
 
@@ -37,9 +38,10 @@ def consumer_app(service: spec.ServiceSpec, settings: ConsumerSettings) -> FastA
     app = FastAPI(title=f"Mini EC {service.name}", lifespan=lifespan)
     if service.router is not None:
         app.include_router(service.router(sessions))
-    install_common(app, service.name,
-                   {"database": partial(db.ping, engine), "broker": runtime.check},
-                   refresh=[runtime.refresh_queue_stats])
+    checks: dict[str, ReadinessCheck] = {"database": partial(db.check_writable, engine),
+                                         "broker": runtime.check}
+    install_common(app, service.name, checks, refresh=[runtime.refresh_queue_stats],
+                   max_body_bytes=settings.http_max_body_bytes)
     return app
 
 

@@ -1,6 +1,7 @@
 """A consumer with one decision point for every message: ack, retry later, or dead-letter.
 
-    poison (not JSON, not the contract)      -> <queue>.dlq at once, reason in headers
+    poison (headers or body not ours)        -> <queue>.dlq at once, reason in headers
+    another event holds its place (conflict) -> <queue>.dlq at once
     handler raised PermanentError            -> <queue>.dlq at once
     handler raised anything else (transient) -> <queue>.retry.<N>s, then <queue>.dlq when
                                                 the configured delays are used up
@@ -10,12 +11,15 @@
 The copy to a retry or dead-letter queue is confirmed by the broker before the original
 is acked, so a crash in between yields a duplicate (the inbox absorbs it), never a loss.
 A message that kills the process never reaches that point; the broker redelivers it and
-the queue's delivery limit dead-letters it if it keeps doing so.
+the queue's delivery limit dead-letters it if it keeps doing so. A message whose copy
+cannot be made at all is rejected, and the broker's own dead-lettering (the work queue's
+dead-letter target is the DLQ) takes it: no delivery is left unsettled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +38,7 @@ from contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging import correlation, metrics
 from messaging import headers as h
 from messaging.broker import STOP_STEP_SECONDS, close_within
-from messaging.inbox import Outcome, OutOfOrder
+from messaging.inbox import Conflict, Outcome, OutOfOrder
 from messaging.publisher import (
     PublishFailed,
     copy_message,
@@ -80,12 +84,23 @@ class EventConsumer:
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # When in-flight work last moved (a message settled, or work began after a lull):
+        # readiness fails when it stops moving (see `stalled_for`).
+        self._last_moved = time.monotonic()
 
     @property
     def is_consuming(self) -> bool:
         return self._consumer_tag is not None and self._channel is not None and not (
             self._channel.is_closed
         )
+
+    def stalled_for(self) -> float:
+        """Seconds that messages have been in flight without any of them settling (0 when
+        nothing is in flight). A consumer whose prefetch is taken by work that never ends
+        takes no more messages: it must not say it is ready."""
+        if not self._in_flight:
+            return 0.0
+        return time.monotonic() - self._last_moved
 
     async def start(self) -> None:
         await ensure_exchange(self._connection)
@@ -135,16 +150,22 @@ class EventConsumer:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
+        if not self._in_flight:
+            self._last_moved = time.monotonic()  # idle time is not a stall
         if task is not None:
             self._in_flight.add(task)
         try:
             await self._handle(message)
         except Exception:
-            # Only reached when the broker connection failed mid-way (ack, or the copy to a
-            # retry/DLQ queue). The message stays unacked and is redelivered after reconnect.
-            log.exception("could not settle message %s; the broker will redeliver it",
-                          message.message_id)
+            # Reached when the broker connection failed mid-way (ack, or the copy to a
+            # retry/DLQ queue): the message is redelivered after reconnect. Anything else
+            # must not leave it unsettled: the broker dead-letters what we reject.
+            log.exception("could not settle message %s", message.message_id)
+            with contextlib.suppress(Exception):
+                if not message.processed:
+                    await message.reject(requeue=False)
         finally:
+            self._last_moved = time.monotonic()
             if task is not None:
                 self._in_flight.discard(task)
 
@@ -157,6 +178,12 @@ class EventConsumer:
         metrics.CONSUMED.labels(self.service, event_type).inc()
         started = time.perf_counter()
         try:
+            bad_headers = h.problem(message.headers)
+            if bad_headers is not None:
+                # Its own headers are what is wrong: the DLQ copy carries only ours.
+                await self._dead_letter(message, "poison", PoisonMessage(bad_headers),
+                                        keep_headers=False)
+                return
             try:
                 event = parse_event(message.body)
             except PoisonMessage as exc:
@@ -172,6 +199,9 @@ class EventConsumer:
             except OutOfOrder as exc:
                 await self._defer(message, exc)
                 return
+            except Conflict as exc:  # another event holds its place: no retry can fix that
+                await self._dead_letter(message, "conflict", exc)
+                return
             except PermanentError as exc:
                 await self._dead_letter(message, "permanent", exc)
                 return
@@ -181,7 +211,13 @@ class EventConsumer:
                 return
             await message.ack()
             metrics.ACKED.labels(self.service, event_type, outcome.value).inc()
-            if outcome is not Outcome.APPLIED:
+            if outcome is Outcome.CLASH:
+                metrics.DUPLICATES.labels(self.service, event_type).inc()
+                metrics.EVENT_ID_CLASHES.labels(self.service, event_type).inc()
+                log.warning("event id clash: %s %s was applied before with other content; "
+                            "this one is skipped (message %s)", event_type, event.event_id,
+                            message.message_id)
+            elif outcome is not Outcome.APPLIED:
                 metrics.DUPLICATES.labels(self.service, event_type).inc()
                 log.info("skipped %s %s: %s", event_type, event.event_id, outcome.value)
             else:
@@ -225,6 +261,7 @@ class EventConsumer:
         error_class: str,
         exc: Exception,
         attempts: int | None = None,
+        keep_headers: bool = True,
     ) -> None:
         log.error("dead-lettered (%s) %s: %s: %s",
                   error_class, message.message_id, type(exc).__name__, exc)
@@ -240,16 +277,19 @@ class EventConsumer:
                 h.ERROR_AT: utcnow().isoformat(),
                 h.ERROR_QUEUE: self.topology.name,
             },
+            keep_headers=keep_headers,
         )
         metrics.DEAD_LETTERED.labels(self.service, _label(message.type), error_class).inc()
 
     async def _republish(
-        self, message: AbstractIncomingMessage, queue: str, extra_headers: dict[str, FieldValue]
+        self, message: AbstractIncomingMessage, queue: str, extra_headers: dict[str, FieldValue],
+        keep_headers: bool = True,
     ) -> None:
         """Copy the message (body, ids, trace context) to `queue`, confirmed, then ack it."""
         assert self._publish_channel is not None
-        copy = copy_message(message, {**_own_headers(message), **extra_headers})
+        own = _own_headers(message) if keep_headers else {}
         try:
+            copy = copy_message(message, {**own, **extra_headers})
             await publish_confirmed(
                 self._publish_channel.default_exchange, copy, routing_key=queue
             )
@@ -258,6 +298,17 @@ class EventConsumer:
             log.exception("could not move message %s to %s; requeued", message.message_id, queue)
             await message.nack(requeue=True)
             return
+        except Exception as exc:
+            if not self._publish_channel.is_closed:
+                # The copy itself cannot be made (an unencodable property, say): the broker's
+                # own dead-lettering takes the original to the DLQ rather than leave it hanging.
+                log.error("could not copy message %s to %s (%s: %s); rejected to the broker's "
+                          "dead-lettering", message.message_id, queue, type(exc).__name__, exc)
+                await message.reject(requeue=False)
+                metrics.DEAD_LETTERED.labels(self.service, _label(message.type),
+                                             "rejected").inc()
+                return
+            raise
         await message.ack()
 
 

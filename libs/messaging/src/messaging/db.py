@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -12,8 +13,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import aiosqlite
-from sqlalchemy import ColumnElement, DateTime, MetaData, TypeDecorator, delete, event, select, text
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    Table,
+    TypeDecorator,
+    delete,
+    event,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -113,11 +128,52 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+# One row, rewritten by each readiness probe: a database that answers reads but cannot
+# write (a full disk, a read-only replica or file) must make the service not ready.
+_probe_metadata = MetaData()
+readiness_probe = Table(
+    "readiness_probe", _probe_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("checked_at", Float, nullable=False),  # epoch seconds of the last probe
+)
+_PROBE_WRITE = text(
+    "INSERT INTO readiness_probe (id, checked_at) VALUES (1, :now) "
+    "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at"
+)
+
+
 async def create_schema(engine: AsyncEngine, *metadatas: MetaData) -> None:
-    """Create missing tables. The schema is small and additive; see docs/decisions.md, "Schema"."""
+    """Create missing tables, and the nullable columns and indexes a table made by an
+    earlier release lacks. The schema only grows; see docs/decisions.md, "Schema"."""
     async with engine.begin() as conn:
-        for metadata in metadatas:
+        for metadata in (*metadatas, _probe_metadata):
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_missing, metadata)
+
+
+def _add_missing(conn: Connection, metadata: MetaData) -> None:
+    """ALTER TABLE ... ADD COLUMN for each missing nullable column (SQLite and PostgreSQL
+    both can), then CREATE INDEX for each missing index. Anything else is a migration."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"{table.name}.{column.name} is missing and NOT NULL: "
+                                   "that needs a migration")
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
+async def check_writable(engine: AsyncEngine) -> None:
+    """Readiness: one small committed write (SQLite and PostgreSQL both upsert this way).
+    A `SELECT 1` passes on a full disk; this raises."""
+    async with engine.begin() as conn:
+        await conn.execute(_PROBE_WRITE, {"now": time.time()})
 
 
 async def delete_in_batches(

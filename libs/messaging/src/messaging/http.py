@@ -6,17 +6,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.trace import StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from messaging import correlation, metrics, telemetry
+from messaging import correlation, http_guard, metrics, telemetry
+from messaging.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,22 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 # Brings gauges up to date just before a scrape (e.g. queue depths); bounded by this timeout.
 ScrapeRefresh = Callable[[], Awaitable[None]]
 SCRAPE_REFRESH_TIMEOUT_SECONDS = 2.0
+
+
+class Problem(BaseModel):
+    """The body of a 4xx other than 422 (FastAPI's HTTPException shape)."""
+
+    detail: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str]
+
+
+def problem(description: str) -> dict[str, Any]:
+    """An OpenAPI `responses` entry for an error answered with a Problem body."""
+    return {"description": description, "model": Problem}
 
 
 async def _readiness(checks: dict[str, ReadinessCheck]) -> dict[str, str]:
@@ -50,13 +70,17 @@ def ops_router(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get("/readyz", response_model=Readiness, responses={
+        503: {"description": "A check fails: take this instance out of rotation",
+              "model": Readiness}})
     async def readyz() -> JSONResponse:
         results = await _readiness(checks)
         ready = all(v == "ok" for v in results.values())
         return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse, responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+              "description": "Prometheus text exposition format"}})
     async def prometheus_metrics() -> Response:
         # Prometheus never calls /readyz: readiness is exported as a gauge, as of this scrape.
         results = await _readiness(checks)
@@ -140,11 +164,32 @@ def install_common(
     service: str,
     checks: dict[str, ReadinessCheck],
     refresh: Sequence[ScrapeRefresh] = (),
+    max_body_bytes: int = ServiceSettings.model_fields["http_max_body_bytes"].default,
 ) -> None:
-    """Ops routes, the correlation middleware and the HTTP server spans."""
-    app.add_middleware(CorrelationMiddleware, service=service)
+    """Ops routes, the body guard, the correlation middleware and the HTTP server spans."""
+    http_guard.install(app, max_body_bytes)  # inside the correlation middleware: a 413 is
+    app.add_middleware(CorrelationMiddleware, service=service)  # counted and carries the id
     app.include_router(ops_router(checks, service, refresh))
     # The ASGI layer's own "http send/receive" spans say nothing the server span does not.
     FastAPIInstrumentor.instrument_app(
         app, excluded_urls=UNTRACED_URLS, exclude_spans=["receive", "send"]
     )
+    app.openapi = lambda: _openapi_with_limits(app, max_body_bytes)  # type: ignore[method-assign]  # FastAPI documents replacing it
+
+
+def _openapi_with_limits(app: FastAPI, max_body_bytes: int) -> dict[str, Any]:
+    """The generated document, plus the 413 every operation with a body can answer."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Problem"] = Problem.model_json_schema()
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                if "requestBody" in operation:
+                    operation["responses"]["413"] = {
+                        "description": f"Request body larger than {max_body_bytes} bytes",
+                        "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}}},
+                    }
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -8,18 +8,24 @@ together, or neither does, so a redelivered event is recognised and changes noth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
+import hashlib
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     Column,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
+    delete,
     insert,
     select,
     update,
@@ -34,6 +40,8 @@ from messaging.spec import Subscriptions
 if TYPE_CHECKING:
     from sqlalchemy.engine import CursorResult
 
+log = logging.getLogger(__name__)
+
 metadata = MetaData()
 
 inbox_table = Table(
@@ -44,7 +52,25 @@ inbox_table = Table(
     Column("order_id", String(36), nullable=False),
     Column("sequence", Integer, nullable=False),
     Column("processed_at", UtcDateTime, nullable=False, index=True),
+    # SHA-256 of the event as applied: a later event with this id and other content is a
+    # clash, not a duplicate. Empty on rows written before the column existed.
+    Column("digest", String(64), nullable=True),
+    # Which event holds a place in an order's history (the conflict check).
+    Index("ix_inbox_order_sequence", "order_id", "sequence"),
 )
+
+# An event whose step outside the database (its mail) is running right now, committed
+# BEFORE that step: a second copy in flight finds the claim and waits for the first one's
+# outcome instead of sending the mail again (docs/exactly-once.md, "Copies in flight").
+claims_table = Table(
+    "inbox_claims",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("claimed_at", UtcDateTime, nullable=False, index=True),
+)
+# A claim older than this is taken over: its holder died mid-step (longer than any SMTP
+# exchange with its timeouts).
+CLAIM_LEASE = timedelta(seconds=120)
 
 # The highest sequence applied per order. Kept after the inbox forgets an event id, so a
 # very late duplicate is still skipped as stale.
@@ -59,6 +85,7 @@ order_progress_table = Table(
 class Outcome(enum.StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"  # this event id was processed before
+    CLASH = "clash"  # this event id was processed before, with other content: skipped, told
     STALE = "stale"  # an event at or below the order's applied sequence
 
 
@@ -72,21 +99,63 @@ class OutOfOrder(Exception):
         )
 
 
+class InProgress(OutOfOrder):
+    """Another copy of this event is running its step outside the database right now (its
+    mail is being sent): wait, like an early event, and find it applied when back."""
+
+    def __init__(self, event: Event):
+        Exception.__init__(
+            self, f"{event.event_type} {event.event_id}: another copy of it is being handled "
+                  "(claimed); waiting for its outcome")
+
+
+class Conflict(Exception):
+    """A different event already holds this event's place in its order's history: two
+    events claim to be the same step of one order. Never silently skipped (docs/ordering.md,
+    "Conflicts")."""
+
+    def __init__(self, event: Event, holder: str):
+        super().__init__(
+            f"{event.event_type} {event.event_id} claims #{event.sequence} of order "
+            f"{event.order_id}, which event {holder} already holds")
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class State:
+    """What is committed about an event when it is decided on."""
+
+    seen: bool  # its event id is in the inbox
+    seen_digest: str | None = None  # the content it had then (None: not recorded)
+    applied: int | None = None  # the order's applied sequence (None: nothing yet)
+    holder: str | None = None  # the event id in the inbox at the event's place, if any
+
+
+def digest(event: Event) -> str:
+    return hashlib.sha256(event.to_json()).hexdigest()
+
+
+def decide(event: Event, state: State) -> Outcome | None:
+    """The one rule for an event, given what is committed: None = apply it now; an Outcome =
+    skip it; raises OutOfOrder (its predecessor is not applied yet) or Conflict (another
+    event holds its place). Pure, so it is tested without a database."""
+    if state.seen:
+        if state.seen_digest is not None and state.seen_digest != digest(event):
+            return Outcome.CLASH
+        return Outcome.DUPLICATE
+    if state.applied is not None and event.sequence <= state.applied:
+        if state.holder is not None:
+            raise Conflict(event, state.holder)
+        # Nobody we remember holds the place: a copy of an event the inbox has forgotten
+        # (the dedupe window), or of one from before the place was recorded.
+        return Outcome.STALE
+    if event.sequence != (state.applied or 0) + 1:
+        raise OutOfOrder(event, state.applied or 0)
+    return None
+
+
 class _LostRace(Exception):
     """The order's applied sequence changed under us; the transaction is rolled back."""
-
-
-def decide(event: Event, seen: bool, applied: int | None) -> Outcome | None:
-    """The one rule for an event, given what is committed: None = apply it now; an Outcome =
-    skip it (seen before, or at or below the order's applied sequence); raises OutOfOrder =
-    its predecessor has not been applied yet. Pure, so it is tested without a database."""
-    if seen:
-        return Outcome.DUPLICATE
-    if applied is not None and event.sequence <= applied:
-        return Outcome.STALE
-    if event.sequence != (applied or 0) + 1:
-        raise OutOfOrder(event, applied or 0)
-    return None
 
 
 class Inbox:
@@ -121,12 +190,49 @@ class Inbox:
         if before is None:
             return None
         async with self._sessions() as session:
-            seen, applied = await _state(session, event)
-        early = decide(event, seen, applied)
+            state = await _state(session, event)
+        early = decide(event, state)
         if early is not None:
             return early
-        await before(event)
+        await self._claim(event)
+        try:
+            await before(event)
+        except BaseException:
+            # Not done: let the next copy (the retry of this one) claim it again.
+            with contextlib.suppress(Exception):
+                await self._release(event)
+            raise
         return None
+
+    async def _claim(self, event: Event) -> None:
+        """Commit a claim on the event before its step outside the database, or raise
+        InProgress when a live claim of another copy exists (in this process or another
+        instance: the claim is a row of the shared database)."""
+        event_id, now = str(event.event_id), utcnow()
+        try:
+            async with self._sessions() as session, session.begin():
+                await session.execute(insert(claims_table).values(event_id=event_id,
+                                                                  claimed_at=now))
+            return
+        except IntegrityError:
+            pass
+        async with self._sessions() as session, session.begin():
+            taken = cast("CursorResult[Any]", await session.execute(
+                update(claims_table)
+                .where(claims_table.c.event_id == event_id,
+                       claims_table.c.claimed_at < now - CLAIM_LEASE)
+                .values(claimed_at=now)
+            ))
+        if taken.rowcount == 1:
+            log.warning("took over the claim on %s: its holder did not finish within %s",
+                        event_id, CLAIM_LEASE)
+            return
+        raise InProgress(event)
+
+    async def _release(self, event: Event) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                delete(claims_table).where(claims_table.c.event_id == str(event.event_id)))
 
     async def apply(self, event: Event, subscriptions: Subscriptions) -> Outcome:
         """The transaction part of `process`: a batch of one, or nothing."""
@@ -181,26 +287,42 @@ class Inbox:
         """Drop inbox records older than `age`, in batches; returns how many.
         See docs/exactly-once.md, 'The dedupe window'."""
         cutoff = (now or utcnow()) - age
+        await delete_in_batches(  # claims of events long applied (or long abandoned)
+            self._sessions, claims_table.c.event_id, claims_table.c.claimed_at < cutoff, batch
+        )
         return await delete_in_batches(
             self._sessions, inbox_table.c.event_id, inbox_table.c.processed_at < cutoff, batch
         )
 
 
-async def _state(session: AsyncSession, event: Event) -> tuple[bool, int | None]:
-    """What is committed about the event: seen before? the order's applied sequence.
-    (A seen event needs no second query: it is a duplicate whatever the order's progress.)"""
-    if await _exists(session, str(event.event_id)):
-        return True, None
-    return False, await _applied(session, str(event.order_id))
+async def _state(session: AsyncSession, event: Event) -> State:
+    """What is committed about the event. A seen event needs nothing more; the holder of
+    its place is looked up only when the order is already past it (the rare path)."""
+    seen = (await session.execute(
+        select(inbox_table.c.digest).where(inbox_table.c.event_id == str(event.event_id))
+    )).first()
+    if seen is not None:
+        return State(seen=True, seen_digest=seen.digest)
+    applied = await _applied(session, str(event.order_id))
+    holder = None
+    if applied is not None and event.sequence <= applied:
+        holder = await session.scalar(
+            select(inbox_table.c.event_id).where(
+                inbox_table.c.order_id == str(event.order_id),
+                inbox_table.c.sequence == event.sequence,
+            ).limit(1)
+        )
+    return State(seen=False, applied=applied, holder=holder)
 
 
 async def _apply_in(session: AsyncSession, event: Event, subscriptions: Subscriptions) -> Outcome:
     """Decide, effect, inbox row and progress for one event, in the caller's transaction."""
     event_id, order_id = str(event.event_id), str(event.order_id)
-    seen, applied = await _state(session, event)
-    early = decide(event, seen, applied)
+    state = await _state(session, event)
+    early = decide(event, state)
     if early is not None:
         return early
+    applied = state.applied
 
     handler = subscriptions.handler_for(event)
     if handler is not None:  # an event type nobody subscribed to: recorded, no effect
@@ -213,6 +335,7 @@ async def _apply_in(session: AsyncSession, event: Event, subscriptions: Subscrip
             order_id=order_id,
             sequence=event.sequence,
             processed_at=utcnow(),
+            digest=digest(event),
         )
     )
     if applied is None:

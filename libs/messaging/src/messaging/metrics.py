@@ -19,6 +19,11 @@ DEAD_LETTERED = Counter(
     "messages_dead_lettered", "Messages sent to the dead-letter queue",
     ["service", "event_type", "error_class"],
 )
+EVENT_ID_CLASHES = Counter(
+    "inbox_event_id_clashes",
+    "Messages whose event id was applied before with other content (skipped, logged)",
+    ["service", "event_type"],
+)
 HANDLER_SECONDS = Histogram(
     "handler_duration_seconds", "Time to process one message (handler + inbox commit)",
     ["service", "event_type"],

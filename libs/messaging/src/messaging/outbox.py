@@ -69,6 +69,11 @@ async def forget_published_older_than(
     )
 
 
+# How often the backlog gauges (outbox_pending_rows, outbox_oldest_pending_age_seconds) are
+# read from the table, whatever the relay is doing.
+LAG_REPORT_SECONDS = 1.0
+
+
 class OutboxRelay:
     """Publishes outbox rows: woken right after a commit, polling as a fallback."""
 
@@ -98,6 +103,22 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
+        """Relay until cancelled; the lag gauges are kept true alongside, every second."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._report_lag(), name=f"{self._service}-outbox-lag")
+            await self._relay()
+
+    async def _report_lag(self) -> None:
+        # On a task of its own: publishing can wait a long time for a broker that is not
+        # there (from the first second on), and the backlog gauges must not wait with it.
+        while True:
+            try:
+                await self._update_lag_metrics()
+            except Exception as exc:
+                log.warning("outbox relay: lag gauges not updated: %s", exc)
+            await asyncio.sleep(LAG_REPORT_SECONDS)
+
+    async def _relay(self) -> None:
         backoff = self._poll_interval
         while True:
             try:
@@ -108,9 +129,6 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
-                # The backlog grows while the broker is away: keep the lag gauges true.
-                with contextlib.suppress(Exception):
-                    await self._update_lag_metrics()
                 await self._wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue

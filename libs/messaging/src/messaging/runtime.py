@@ -10,14 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-import uvicorn
 from aio_pika.abc import AbstractRobustConnection
-from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts import Event
 from messaging import queue_stats, telemetry
@@ -25,7 +21,7 @@ from messaging.batching import InboxBatcher
 from messaging.broker import STOP_STEP_SECONDS, close_within, connect
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox, Outcome
-from messaging.settings import ConsumerSettings, ServiceSettings
+from messaging.settings import ConsumerSettings
 from messaging.spec import Subscriptions
 from messaging.topology import QueueTopology
 
@@ -138,6 +134,9 @@ class ConsumerRuntime:
         await self.publisher.check()
         if self._consumer is None or not self._consumer.is_consuming:
             raise ConnectionError("not consuming")
+        stalled = self._consumer.stalled_for()
+        if stalled > self._settings.consumer_stall_seconds:
+            raise ConnectionError(f"stalled: no message settled for {stalled:.0f}s")
 
     async def refresh_queue_stats(self) -> None:
         """Queue depths and consumer counts for /metrics (nothing until the consumer started)."""
@@ -194,44 +193,3 @@ async def run_periodically(
             log.exception("%s failed; will try again", what)
         await asyncio.sleep(interval)
 
-
-def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Run the HTTP server until SIGTERM / Ctrl-C; the app's lifespan does the rest.
-
-    A SIGTERM ends the process with exit 0 once the lifespan has stopped (bounded, see
-    docs/failure.md): uvicorn re-raises the signal it turned into that stop, and the
-    handler below, which uvicorn puts back before re-raising, lets it pass.
-    """
-    config = uvicorn.Config(
-        _flush_spans_at_shutdown(app), host=settings.host, port=settings.port,
-        log_config=None, access_log=False, lifespan="on",
-        timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
-    )
-    signal.signal(signal.SIGTERM, _stopped_cleanly)
-    uvicorn.Server(config).run()
-
-
-def _stopped_cleanly(_signum: int, _frame: object) -> None:
-    """The SIGTERM uvicorn re-raises after its graceful stop: the stop is done already."""
-
-
-def _flush_spans_at_shutdown(app: FastAPI) -> ASGIApp:
-    """Export the buffered spans once the app's lifespan has ended.
-
-    Not after `run()`: a second signal, or Ctrl-C (uvicorn re-raises SIGINT), ends the
-    process before any code after `run()` or an atexit hook gets to run.
-    """
-
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await app(scope, receive, send)
-            return
-
-        async def send_flushing(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
-                telemetry.shutdown_tracing(SPAN_FLUSH_SECONDS)
-            await send(message)
-
-        await app(scope, receive, send_flushing)
-
-    return wrapped

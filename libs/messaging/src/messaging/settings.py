@@ -6,6 +6,8 @@ never with a traceback half-way through handling a request.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import sys
 from typing import Annotated, Any, TypeVar
 
@@ -27,6 +29,25 @@ def _database_url(value: str) -> str:
         raise ValueError(f"is not a valid URL: {exc}") from None
     if port is not None and not 0 < port < 65536:
         raise ValueError(f"port {port} is out of range")
+    if value.startswith("sqlite") and make_url(value).database in (None, "", ":memory:"):
+        # An in-memory database would lose every record and dedupe entry at each restart.
+        raise ValueError("names no SQLite file (e.g. sqlite+aiosqlite:///var/service.db)")
+    return value
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _host(value: str) -> str:
+    """An IP address or a host name; a dotted quad that is no IPv4 address is refused."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", value) or not _HOSTNAME.match(value):
+        raise ValueError(f"{value!r} is neither an IP address nor a host name")
     return value
 
 
@@ -48,17 +69,26 @@ AmqpUrl = Annotated[str, AfterValidator(_amqp_url)]
 class ServiceSettings(BaseSettings):
     """Settings shared by all four services. Environment variable = field name upper-cased."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # allow_inf_nan=False: "inf" or "nan" for a duration or a size is a typo, not a choice.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     port: int = Field(8000, ge=1, le=65535)
     host: str = "127.0.0.1"
     database_url: str = "sqlite+aiosqlite:///var/service.db"
     rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # HTTP limits (docs/limits.md): a larger request body gets 413 before it is parsed; a
+    # client gets this long to send its request's headers, then as long again for its body;
+    # connections beyond the cap are closed at once.
+    http_max_body_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    http_body_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    http_max_connections: int = Field(512, ge=8, le=65536)
 
     # Validators by field name, so they hold for a service that overrides the default.
     _check_database_url = field_validator("database_url")(_database_url)
     _check_rabbitmq_url = field_validator("rabbitmq_url")(_amqp_url)
+    _check_host = field_validator("host")(_host)
 
 
 class ConsumerSettings(ServiceSettings):
@@ -71,6 +101,9 @@ class ConsumerSettings(ServiceSettings):
     retry_delays: Annotated[tuple[int, ...], NoDecode] = (1, 5, 30)
     # Out-of-order events wait through the same queues, with a budget of their own.
     max_deferrals: int = Field(10, ge=0, le=100)
+    # Readiness fails when messages are in flight and none has settled for this long (a
+    # consumer whose prefetch is taken by work that never ends takes no more messages).
+    consumer_stall_seconds: float = Field(60.0, gt=0, le=3600)
     # How long the inbox remembers a processed event id (the dedupe window).
     inbox_retention_hours: float = Field(24 * 7, gt=0)
 
@@ -78,8 +111,8 @@ class ConsumerSettings(ServiceSettings):
     @classmethod
     def _parse_delays(cls, value: object) -> object:
         if isinstance(value, str):
-            try:
-                value = tuple(int(part) for part in value.split(",") if part.strip())
+            try:  # every part a whole number: "1,,5" is a typo, not two delays
+                value = tuple(int(part) for part in value.split(","))
             except ValueError:
                 raise ValueError("must be comma-separated whole seconds, e.g. 1,5,30") from None
         return value

@@ -19,10 +19,18 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.propagators.textmap import (
+    CarrierT,
+    Getter,
+    Setter,
+    TextMapPropagator,
+    default_getter,
+    default_setter,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -57,6 +65,34 @@ class CorrelationIdSpanProcessor(SpanProcessor):
             span.set_attribute(ATTRIBUTE, str(cid))
 
 
+class TolerantPropagator(TextMapPropagator):
+    """The configured propagators, without their crash on a carrier they cannot read.
+
+    The aio-pika instrumentation extracts the trace context from a message's headers before
+    our consumer sees the message; a header such as `traceparent: 42` made it raise there,
+    and the delivery was never settled. A context that cannot be read is no context: the
+    message reaches the consumer, which dead-letters it as poison (messaging/headers.py).
+    """
+
+    def __init__(self, inner: TextMapPropagator):
+        self.inner = inner
+
+    def extract(self, carrier: CarrierT, context: Context | None = None,
+                getter: Getter[CarrierT] = default_getter) -> Context:
+        try:
+            return self.inner.extract(carrier, context, getter=getter)
+        except Exception:
+            return context if context is not None else Context()
+
+    def inject(self, carrier: CarrierT, context: Context | None = None,
+               setter: Setter[CarrierT] = default_setter) -> None:
+        self.inner.inject(carrier, context, setter=setter)
+
+    @property
+    def fields(self) -> set[str]:
+        return self.inner.fields
+
+
 def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerProvider:
     """Install the tracer provider and the aio-pika instrumentation for this process."""
     provider = TracerProvider(
@@ -70,6 +106,8 @@ def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerP
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    if not isinstance(propagate.get_global_textmap(), TolerantPropagator):
+        propagate.set_global_textmap(TolerantPropagator(propagate.get_global_textmap()))
     instrumentor = AioPikaInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(tracer_provider=provider)

@@ -6,10 +6,11 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Response, status
-from pydantic import BaseModel, ConfigDict, EmailStr
+from pydantic import BaseModel, ConfigDict
 
-from contracts import Amount, Currency, CustomerId
+from contracts import Amount, Currency, CustomerId, Email
 from messaging import correlation
+from messaging.http import problem
 from payment.domain import NotRefundable, Order
 from payment.handlers import (
     IdempotencyKeyReused,
@@ -25,7 +26,7 @@ class PaymentRequest(BaseModel):
 
     order_id: uuid.UUID
     customer_id: CustomerId
-    email: EmailStr
+    email: Email
     amount: Amount
     currency: Currency
 
@@ -56,7 +57,8 @@ IdempotencyKey = Annotated[
 def router(payments: PaymentService) -> APIRouter:
     api = APIRouter()
 
-    @api.post("/payments", status_code=status.HTTP_201_CREATED, response_model=PaymentView)
+    @api.post("/payments", status_code=status.HTTP_201_CREATED, response_model=PaymentView,
+              responses={409: problem("The order is already paid (by another payment)")})
     async def pay(
         body: PaymentRequest, response: Response, idempotency_key: IdempotencyKey = None
     ) -> PaymentView:
@@ -71,28 +73,43 @@ def router(payments: PaymentService) -> APIRouter:
         except OrderAlreadyPaid as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         except IdempotencyKeyReused as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+            # Shaped like every other 422: a list of problems, each naming where it is.
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [{
+                "type": "idempotency_key_reused", "loc": ["header", "Idempotency-Key"],
+                "msg": str(exc),
+            }]) from None
         if replayed:
             response.headers["Idempotent-Replayed"] = "true"
         return PaymentView.of(order)
 
-    @api.get("/payments/{payment_id}", response_model=PaymentView)
+    @api.get("/payments/{payment_id}", response_model=PaymentView,
+             responses={404: NO_SUCH_PAYMENT})
     async def get_payment(payment_id: str) -> PaymentView:
         try:
             return PaymentView.of(await payments.get(_payment_id(payment_id)))
         except PaymentNotFound:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no payment {payment_id}") from None
+            raise _not_found(payment_id) from None
 
-    @api.post("/payments/{payment_id}/refund", response_model=PaymentView)
+    @api.post("/payments/{payment_id}/refund", response_model=PaymentView,
+              responses={404: NO_SUCH_PAYMENT,
+                         409: problem("The payment is not in a state that can be refunded")})
     async def refund(payment_id: str) -> PaymentView:
         try:
             return PaymentView.of(await payments.refund(_payment_id(payment_id)))
         except PaymentNotFound:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no payment {payment_id}") from None
+            raise _not_found(payment_id) from None
         except NotRefundable as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
     return api
+
+
+NO_SUCH_PAYMENT = problem("No payment has this id")
+
+
+def _not_found(payment_id: str) -> HTTPException:
+    shown = payment_id if len(payment_id) <= 64 else payment_id[:64] + "…"  # bounded echo
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"no payment {shown}")
 
 
 def _payment_id(text: str) -> uuid.UUID:

@@ -12,9 +12,10 @@ from fastapi import FastAPI
 
 from contracts import Event
 from messaging import db, outbox, telemetry
-from messaging.http import install_common
+from messaging.http import ReadinessCheck, install_common
 from messaging.logs import setup_logging
-from messaging.runtime import BrokerLink, run_periodically, serve
+from messaging.runtime import BrokerLink, run_periodically
+from messaging.server import serve
 from messaging.settings import load_settings
 from payment import api, store
 from payment.handlers import PaymentService
@@ -65,7 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Mini EC payment", lifespan=lifespan)
     app.include_router(api.router(payments))
-    install_common(app, SERVICE, {"database": partial(db.ping, engine), "broker": broker.check})
+    checks: dict[str, ReadinessCheck] = {"database": partial(db.check_writable, engine),
+                                         "broker": broker.check}
+    install_common(app, SERVICE, checks, max_body_bytes=settings.http_max_body_bytes)
     return app
 
 

@@ -1,0 +1,171 @@
+"""The HTTP server of every service: uvicorn bound before anything starts, with bounded reads.
+
+- The listening socket is bound first: a port in use or an address that is not this host's
+  stops the process at once with one line and exit code 3, before the app starts anything
+  (a broker connection, a relay) that would keep it alive.
+- Each request gets `header_timeout` seconds for its request line and headers and then
+  `body_timeout` seconds for its body; a client slower than that is disconnected.
+- At most `max_connections` connections are open at once; one more is closed on arrival.
+
+uvicorn turns SIGTERM and Ctrl-C into a graceful shutdown of the app's lifespan; a SIGTERM
+then ends the process with exit 0 (bounded: messaging.runtime.STOP_BOUND_SECONDS).
+docs/limits.md lists the limits and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from messaging import telemetry
+from messaging.runtime import HTTP_DRAIN_SECONDS, SPAN_FLUSH_SECONDS
+from messaging.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+# Exit code of a service that cannot start: port taken, database unreachable (uvicorn's own
+# code for a failed start-up, so both causes read the same).
+CANNOT_START = 3
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    max_connections: int = 512
+
+    @classmethod
+    def of(cls, settings: ServiceSettings) -> Limits:
+        return cls(settings.http_header_timeout_seconds, settings.http_body_timeout_seconds,
+                   settings.http_max_connections)
+
+
+def bounded_protocol(limits: Limits) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a read deadline per request and a connection cap."""
+
+    class BoundedH11Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _timed_cycle: object = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn types it
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                log.warning("%d connections open: closing a new one", len(self.connections) - 1)
+                transport.abort()
+                return
+            self._arm(limits.header_timeout)
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm(limits.header_timeout)  # the first bytes of a new request
+            super().data_received(data)
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                return
+            if cycle is not self._timed_cycle:  # its headers are in: now its body
+                self._timed_cycle = cycle
+                self._arm(limits.body_timeout)
+            if not cycle.more_body:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self, seconds: float) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                log.warning("closing a connection from %s: request not read in time",
+                            self.client[0] if self.client else "?")
+                self.transport.abort()
+
+    return BoundedH11Protocol
+
+
+def uvicorn_config(
+    app: ASGIApp, host: str, port: int, limits: Limits, **options: Any
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=host, port=port, http=bounded_protocol(limits), log_config=None,
+        access_log=False, timeout_graceful_shutdown=HTTP_DRAIN_SECONDS, **options,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or exit 3 with one line saying why it cannot be had."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(CANNOT_START) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run the HTTP server until SIGTERM / Ctrl-C; the app's lifespan does the rest.
+
+    uvicorn re-raises the SIGTERM it turned into the graceful stop; the handler below,
+    which uvicorn puts back before re-raising, lets it pass, so the exit code is 0.
+    """
+    sock = bind(settings.host, settings.port)
+    config = uvicorn_config(_start_up_in_one_line(app), settings.host, settings.port,
+                            Limits.of(settings), lifespan="on")
+    signal.signal(signal.SIGTERM, _stopped_cleanly)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _stopped_cleanly(_signum: int, _frame: object) -> None:
+    """The SIGTERM uvicorn re-raises after its graceful stop: the stop is done already."""
+
+
+def _start_up_in_one_line(app: FastAPI) -> ASGIApp:
+    """The lifespan, with a failed start-up told in one line and spans flushed at shutdown.
+
+    A failed start-up (database unreachable, say) is logged by uvicorn from the message of
+    `lifespan.startup.failed`; Starlette puts the whole traceback there. The last line says
+    what went wrong; the traceback goes to DEBUG. Spans are exported once the lifespan has
+    ended, not after `run()`: on SIGTERM uvicorn re-raises the signal when it is done, which
+    ends the process before code after `run()` or an atexit hook gets to run.
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_briefly(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and message.get("message"):
+                log.debug("start-up failed:\n%s", message["message"])
+                last = message["message"].strip().splitlines()[-1]
+                message = {**message, "message": f"start-up failed: {last}"}
+            if message["type"] == "lifespan.shutdown.complete":
+                telemetry.shutdown_tracing(SPAN_FLUSH_SECONDS)
+            await send(message)
+
+        await app(scope, receive, send_briefly)
+
+    return wrapped

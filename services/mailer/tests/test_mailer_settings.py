@@ -1,0 +1,19 @@
+"""The mailer's own settings are refused at start when they are not finite numbers."""
+
+import pytest
+
+from mailer.settings import Settings as MailerSettings
+from messaging.settings import load_settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(("variable", "value"), [("SMTP_TIMEOUT", "inf"),
+                                                 ("SMTP_TIMEOUT", "-inf"), ("SMTP_TIMEOUT", "nan")])
+def test_a_service_setting_that_is_not_finite_exits_2(monkeypatch, capsys, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_:
+        load_settings(MailerSettings, "mailer")
+    assert exit_.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"mailer: invalid setting: {variable}: ")
