@@ -6,7 +6,7 @@ import pytest
 
 from contracts import OrderPaid, OrderRefunded
 from devstack import events
-from messaging.inbox import Outcome, OutOfOrder, decide
+from messaging.inbox import Outcome, OutOfOrder, State, decide
 from messaging.spec import Consumes, Subscription, Subscriptions
 
 pytestmark = pytest.mark.unit
@@ -21,18 +21,18 @@ def at(sequence: int):
     (2, False, 1, None),  # the next one: apply
     (1, True, None, Outcome.DUPLICATE),  # this event id was applied before
     (2, True, 1, Outcome.DUPLICATE),
-    (1, False, 1, Outcome.STALE),  # at the applied sequence, another event id
-    (1, False, 2, Outcome.STALE),  # below it
+    (1, False, 1, Outcome.STALE),  # at the applied sequence, no event remembered there
+    (1, False, 2, Outcome.STALE),  # below it (a held place is a Conflict: test_inbox_decide)
 ])
 def test_decide_applies_the_next_event_and_skips_what_is_done(sequence, seen, applied,
                                                                expected):
-    assert decide(at(sequence), seen, applied) is expected
+    assert decide(at(sequence), State(seen=seen, applied=applied)) is expected
 
 
 @pytest.mark.parametrize(("sequence", "applied"), [(2, None), (3, 1)])
 def test_decide_makes_an_event_wait_for_its_predecessor(sequence, applied):
     with pytest.raises(OutOfOrder, match=f"waits for #{(applied or 0) + 1}"):
-        decide(at(sequence), False, applied)
+        decide(at(sequence), State(seen=False, applied=applied))
 
 
 async def grant(event, session):
