@@ -68,9 +68,10 @@ claims_table = Table(
     Column("event_id", String(36), primary_key=True),
     Column("claimed_at", UtcDateTime, nullable=False, index=True),
 )
-# A claim older than this is taken over: its holder died mid-step (longer than any SMTP
-# exchange with its timeouts).
-CLAIM_LEASE = timedelta(seconds=120)
+# A claim older than this is taken over: its holder died mid-step. Longer than a mail's
+# SMTP exchange (SMTP_TIMEOUT, 10 s, bounds each step of it); short enough that the copies
+# of a SIGKILLed process's in-flight messages go out within a few retry delays.
+CLAIM_LEASE = timedelta(seconds=30)
 
 # The highest sequence applied per order. Kept after the inbox forgets an event id, so a
 # very late duplicate is still skipped as stale.
