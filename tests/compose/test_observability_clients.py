@@ -42,7 +42,7 @@ def test_jaeger_returns_only_the_trace_carrying_the_correlation_id():
     assert {"POST /payments", "outbox relay", "smtp send"} <= {s.name for s in spans}
     roots = [s for s in spans if not s.parent_span_id]
     assert [(r.service, r.name) for r in roots] == [("payment", "POST /payments")]
-    assert all(s.attributes["correlation_id"] == "tour-7f3c9a" for s in spans)
+    assert all(s.attributes["mini_ec.correlation_id"] == "tour-7f3c9a" for s in spans)
     assert next(s for s in spans if s.name == "smtp send").attributes["server.port"] == 1025
 
 
@@ -58,7 +58,7 @@ def test_jaeger_asks_for_the_service_a_time_window_and_the_attribute():
     assert params["query.service_name"] == "payment"
     assert params["query.start_time_min"] < params["query.start_time_max"]
     assert params["query.start_time_min"].endswith("Z")
-    assert json.loads(params["query.attributes"]) == {"correlation_id": "tour-7f3c9a"}
+    assert json.loads(params["query.attributes"]) == {"mini_ec.correlation_id": "tour-7f3c9a"}
 
 
 def test_jaeger_404_means_no_trace_yet():

@@ -27,6 +27,8 @@ from devstack.wait import eventually
 
 pytestmark = pytest.mark.e2e
 
+CID = "mini_ec.correlation_id"  # messaging.telemetry.ATTRIBUTE: what Jaeger's tag search uses
+
 KINDS = {ProtoSpan.SPAN_KIND_INTERNAL: "INTERNAL", ProtoSpan.SPAN_KIND_SERVER: "SERVER",
          ProtoSpan.SPAN_KIND_CLIENT: "CLIENT", ProtoSpan.SPAN_KIND_PRODUCER: "PRODUCER",
          ProtoSpan.SPAN_KIND_CONSUMER: "CONSUMER"}
@@ -162,7 +164,7 @@ def test_one_payment_is_one_trace_across_payment_points_mailer_and_audit(
         assert response.status_code == 201, response.text
 
         def consumers_and_mail_exported():
-            mine = [s for s in receiver.received() if s.attributes.get("correlation_id") == cid]
+            mine = [s for s in receiver.received() if s.attributes.get(CID) == cid]
             consumers = {s.service for s in mine if s.kind == "CONSUMER"}
             smtp_sent = any(s.name == "smtp send" for s in mine)
             return mine if consumers == {"points", "mailer", "audit"} and smtp_sent else None
@@ -177,7 +179,7 @@ def test_one_payment_is_one_trace_across_payment_points_mailer_and_audit(
         stack.stop()  # SIGTERM: each service flushes its last spans on the way out
 
     everything = receiver.received()
-    mine = [s for s in everything if s.attributes.get("correlation_id") == cid]
+    mine = [s for s in everything if s.attributes.get(CID) == cid]
     [trace_id] = {s.trace_id for s in mine}
     trace = [s for s in everything if s.trace_id == trace_id]
     print(f"\ntrace {trace_id} (correlation id {cid}):\n{tree(trace)}")
@@ -194,11 +196,34 @@ def test_one_payment_is_one_trace_across_payment_points_mailer_and_audit(
         "points": producer.span_id, "mailer": producer.span_id, "audit": producer.span_id}
     [relay] = [s for s in trace if s.name == "outbox relay"]
     assert producer.parent_id == relay.span_id and relay.parent_id == server.span_id
+    # Every messaging hop by the OpenTelemetry conventions for RabbitMQ.
+    event_id = relay.attributes["mini_ec.event_id"]
+    assert relay.attributes["mini_ec.order_id"] == order_id
+    hop = {"messaging.system": "rabbitmq", "messaging.message.id": event_id,
+           "messaging.message.conversation_id": cid, "mini_ec.correlation_id": cid,
+           "messaging.rabbitmq.destination.routing_key": "order.paid"}
+    assert producer.name == "publish shop.events"
+    assert (hop | {"messaging.destination.name": "shop.events",
+                   "messaging.operation.type": "send",
+                   "messaging.operation.name": "publish"}).items() <= producer.attributes.items()
+    for service, consumer in consumers.items():
+        assert consumer.name == f"process {service}.events"
+        assert (hop | {"messaging.destination.name": f"{service}.events",
+                       "messaging.operation.type": "process",
+                       "messaging.operation.name": "process",
+                       "mini_ec.event_id": event_id, "mini_ec.order_id": order_id}
+                ).items() <= consumer.attributes.items(), service
+        assert "error.type" not in consumer.attributes
+    deprecated = {"messaging.destination", "messaging.operation", "messaging.conversation_id",
+                  "messaging.temp_destination", "net.peer.name", "correlation_id", "order_id"}
+    messaging = [relay, producer, *consumers.values()]
+    assert [(s.name, k) for s in messaging for k in s.attributes if k in deprecated] == []
     [smtp_span] = [s for s in trace if s.name == "smtp send"]
     assert smtp_span.service == "mailer" and smtp_span.kind == "CLIENT"
     assert smtp_span.parent_id == consumers["mailer"].span_id
+    assert smtp_span.attributes["mini_ec.mail.message_id"].startswith("<")
     # Not only this trace: no span of any service lacks a correlation id (probes make none).
-    assert [s.name for s in everything if not s.attributes.get("correlation_id")] == []
+    assert [s.name for s in everything if not s.attributes.get(CID)] == []
 
     # audit stored the order's trace id and correlation id.
     [row] = audit_rows

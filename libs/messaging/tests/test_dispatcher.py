@@ -99,11 +99,11 @@ async def test_each_handler_call_gets_a_span_with_the_correlation_id(spans):
 
     await dispatcher.dispatch(paid)
 
-    finished = {s.attributes["handler"]: s for s in spans.get_finished_spans()}
+    finished = {s.attributes["mini_ec.handler"]: s for s in spans.get_finished_spans()}
     assert set(finished) == {"points", "mailer"}
     for span in finished.values():
-        assert span.attributes["correlation_id"] == "corr-123"
-        assert span.attributes["event_id"] == str(paid.event_id)
+        assert span.attributes["mini_ec.correlation_id"] == "corr-123"
+        assert span.attributes["mini_ec.event_id"] == str(paid.event_id)
     assert finished["points"].status.status_code is StatusCode.UNSET
     assert finished["mailer"].status.status_code is StatusCode.ERROR
     assert finished["mailer"].events[0].name == "exception"

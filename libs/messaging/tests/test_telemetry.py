@@ -29,7 +29,7 @@ from devstack.stack import free_port
 from devstack.wait import eventually
 from messaging import correlation
 from messaging.http import install_common
-from messaging.telemetry import CorrelationIdSpanProcessor
+from messaging.telemetry import ATTRIBUTE, CorrelationIdSpanProcessor
 
 
 def local_tracer() -> tuple[trace.Tracer, InMemorySpanExporter]:
@@ -52,18 +52,18 @@ def test_a_span_started_while_a_correlation_id_is_current_carries_it():
         correlation.current.reset(token)
 
     [span] = exporter.get_finished_spans()
-    assert span.attributes["correlation_id"] == "order-42"
+    assert span.attributes[ATTRIBUTE] == "order-42"
 
 
 @pytest.mark.unit
 def test_a_span_inherits_the_correlation_id_of_its_parent_when_none_is_current():
     tracer, exporter = local_tracer()
     with tracer.start_as_current_span("request") as parent:
-        parent.set_attribute("correlation_id", "set-on-the-parent")
+        parent.set_attribute(ATTRIBUTE, "set-on-the-parent")
         with tracer.start_as_current_span("child"), tracer.start_as_current_span("grandchild"):
             pass
 
-    assert {s.name: s.attributes.get("correlation_id") for s in exporter.get_finished_spans()} == {
+    assert {s.name: s.attributes.get(ATTRIBUTE) for s in exporter.get_finished_spans()} == {
         "grandchild": "set-on-the-parent", "child": "set-on-the-parent",
         "request": "set-on-the-parent"}
 
@@ -75,7 +75,7 @@ def test_a_span_with_no_correlation_anywhere_gets_no_attribute():
         pass
 
     [span] = exporter.get_finished_spans()
-    assert "correlation_id" not in span.attributes
+    assert ATTRIBUTE not in span.attributes
 
 
 def run_child(code: str, env: dict[str, str] | None = None, timeout: float = 60):

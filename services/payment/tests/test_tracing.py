@@ -17,18 +17,26 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from devstack.wait import only_this_task_left
 from messaging import db, inbox, telemetry
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox
+from messaging.instrumentation import ERROR_TYPE
 from messaging.spec import every
 from messaging.topology import QueueTopology
 from payment.main import create_app
 from payment.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+CID = telemetry.ATTRIBUTE  # mini_ec.correlation_id
+# What aio-pika's instrumentation used to set on messaging spans; none of it may come back.
+DEPRECATED = ("messaging.destination", "messaging.operation", "messaging.conversation_id",
+              "messaging.temp_destination", "messaging.message_id", "messaging.url",
+              "net.peer.name", "net.peer.port", "correlation_id", "order_id", "event_id",
+              "outbox.id")
 
 _exporter: InMemorySpanExporter | None = None
 
@@ -148,6 +156,43 @@ async def test_a_payment_is_one_trace_from_the_request_through_relay_and_publish
     assert parent_of(relay) == server.context.span_id
     assert parent_of(producer) == relay.context.span_id
     assert parent_of(consumer) == producer.context.span_id
+    event_id = relay.attributes["mini_ec.event_id"]
+    assert relay.attributes["mini_ec.order_id"] == str(points.applied[0].order_id)
+    assert relay.attributes["mini_ec.outbox.id"] >= 1
+    assert producer.name == "publish shop.events"
+    assert dict(producer.attributes) == {
+        "messaging.system": "rabbitmq",
+        "messaging.destination.name": "shop.events",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.rabbitmq.destination.routing_key": "order.paid",
+        "messaging.message.id": event_id,
+        "messaging.message.conversation_id": cid,
+        "messaging.message.body.size": producer.attributes["messaging.message.body.size"],
+        "mini_ec.correlation_id": cid,
+        "mini_ec.event_type": "OrderPaid",
+    }
+    assert consumer.name == "process points.events"
+    assert {k: v for k, v in consumer.attributes.items()
+            if k != "messaging.rabbitmq.message.delivery_tag"} == {
+        "messaging.system": "rabbitmq",
+        "messaging.destination.name": "points.events",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.rabbitmq.destination.routing_key": "order.paid",
+        "messaging.message.id": event_id,
+        "messaging.message.conversation_id": cid,
+        "messaging.message.body.size": producer.attributes["messaging.message.body.size"],
+        "mini_ec.exchange": "shop.events",
+        "mini_ec.correlation_id": cid,
+        "mini_ec.event_id": event_id,
+        "mini_ec.order_id": relay.attributes["mini_ec.order_id"],
+        "mini_ec.event_type": "OrderPaid",
+    }
+    assert consumer.attributes["messaging.rabbitmq.message.delivery_tag"] >= 1
+    assert consumer.status.status_code is StatusCode.UNSET
+    messaging = [relay, *(s for s in finished if s.kind in (SpanKind.PRODUCER, SpanKind.CONSUMER))]
+    assert [(s.name, k) for s in messaging for k in s.attributes if k in DEPRECATED] == []
     # The work each side did nests inside: the payment's SQL under the request, the
     # consumer's inbox SQL under the consumer span.
     in_request = [s for s in finished if parent_of(s) == server.context.span_id]
@@ -167,7 +212,7 @@ async def test_every_span_of_the_payment_carries_its_correlation_id(
 
     finished = spans.get_finished_spans()
     assert len(finished) > 5
-    missing = [(s.name, s.kind) for s in finished if s.attributes.get("correlation_id") != cid]
+    missing = [(s.name, s.kind) for s in finished if s.attributes.get(CID) != cid]
     assert missing == []
 
 
@@ -181,7 +226,7 @@ async def test_a_minted_correlation_id_is_on_the_spans_when_the_caller_sent_none
 
     assert minted != "not valid!"
     server = one([s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER], "SERVER")
-    assert server.attributes["correlation_id"] == minted
+    assert server.attributes[CID] == minted
 
 
 async def test_probes_and_scrapes_make_no_spans(spans, payment_client):
@@ -214,9 +259,20 @@ async def test_a_retried_message_keeps_its_trace_each_attempt_a_child_of_the_ret
 
     assert traces(finished) == {server.context.trace_id}
     assert parent_of(retry_publish) == first.context.span_id
-    assert "points.events.retry.1s" in retry_publish.name
-    assert first.events and first.events[0].name == "exception"  # the failed attempt says why
-    assert all(s.attributes.get("correlation_id") == cid for s in finished)
+    # Through the default exchange: named by the conventions, the queue is the routing key.
+    assert retry_publish.name == "publish amq.default"
+    assert retry_publish.attributes["messaging.destination.name"] == "amq.default"
+    assert retry_publish.attributes["messaging.rabbitmq.destination.routing_key"] == (
+        "points.events.retry.1s")
+    assert retry_publish.attributes["messaging.operation.type"] == "send"
+    # The failed attempt says so and why; the next one, back from the wait queue, succeeds.
+    assert first.status.status_code is StatusCode.ERROR
+    assert first.attributes[ERROR_TYPE] == "transient"
+    assert first.events and first.events[0].name == "exception"
+    assert second.name == first.name == "process points.events"
+    assert second.status.status_code is StatusCode.UNSET and ERROR_TYPE not in second.attributes
+    assert second.attributes["mini_ec.exchange"] == "amq.default"
+    assert all(s.attributes.get(CID) == cid for s in finished)
 
 
 async def eventually_spans(spans, predicate, count: int = 1, timeout: float = 20.0):

@@ -32,10 +32,11 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from opentelemetry import trace
+from opentelemetry.trace import Span
 from pamqp.common import FieldValue
 
 from contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
-from messaging import correlation, metrics
+from messaging import correlation, instrumentation, metrics
 from messaging import headers as h
 from messaging.broker import STOP_STEP_SECONDS, close_within
 from messaging.inbox import Conflict, Outcome, OutOfOrder
@@ -170,10 +171,16 @@ class EventConsumer:
                 self._in_flight.discard(task)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        # Set before the span starts: the span processor puts it on the span (and its children).
         cid = correlation.valid_or_new(message.correlation_id)
         token = correlation.current.set(cid)
-        span = trace.get_current_span()
-        span.set_attribute("correlation_id", cid)
+        try:
+            with instrumentation.processing(self.topology.name, message) as span:
+                await self._classify(message, span)
+        finally:
+            correlation.current.reset(token)
+
+    async def _classify(self, message: AbstractIncomingMessage, span: Span) -> None:
         event_type = _label(message.type)
         metrics.CONSUMED.labels(self.service, event_type).inc()
         started = time.perf_counter()
@@ -192,8 +199,8 @@ class EventConsumer:
             metrics.EVENT_LAG.labels(self.service, event_type).observe(
                 max(0.0, (utcnow() - event.occurred_at).total_seconds())
             )
-            span.set_attribute("order_id", str(event.order_id))
-            span.set_attribute("event_id", str(event.event_id))
+            instrumentation.set_event(span, order_id=event.order_id, event_id=event.event_id,
+                                      event_type=event.event_type)
             try:
                 outcome = await self._process(event)
             except OutOfOrder as exc:
@@ -206,7 +213,6 @@ class EventConsumer:
                 await self._dead_letter(message, "permanent", exc)
                 return
             except Exception as exc:
-                span.record_exception(exc)
                 await self._retry_or_dead_letter(message, exc)
                 return
             await message.ack()
@@ -226,7 +232,6 @@ class EventConsumer:
             metrics.HANDLER_SECONDS.labels(self.service, event_type).observe(
                 time.perf_counter() - started
             )
-            correlation.current.reset(token)
 
     async def _retry_or_dead_letter(
         self, message: AbstractIncomingMessage, exc: Exception
@@ -237,6 +242,7 @@ class EventConsumer:
             await self._dead_letter(message, "exhausted", exc, attempts=attempt + 1)
             return
         delay = delays[attempt]
+        instrumentation.failed(trace.get_current_span(), "transient", exc)
         log.warning("attempt %d failed (%s: %s); retrying in %ds",
                     attempt + 1, type(exc).__name__, exc, delay)
         await self._republish(message, self.topology.retry_queue(delay), {h.ATTEMPT: attempt + 1})
@@ -249,6 +255,7 @@ class EventConsumer:
             return
         delays = self.topology.retry_delays
         delay = delays[min(deferrals, len(delays) - 1)]
+        instrumentation.failed(trace.get_current_span(), "out-of-order", exc)
         log.info("deferred %ds: %s", delay, exc)
         await self._republish(
             message, self.topology.retry_queue(delay), {h.DEFERRALS: deferrals + 1}
@@ -263,6 +270,7 @@ class EventConsumer:
         attempts: int | None = None,
         keep_headers: bool = True,
     ) -> None:
+        instrumentation.failed(trace.get_current_span(), error_class, exc)
         log.error("dead-lettered (%s) %s: %s: %s",
                   error_class, message.message_id, type(exc).__name__, exc)
         await self._republish(

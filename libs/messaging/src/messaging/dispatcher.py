@@ -25,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from contracts import EVENT_TYPES, Event
-from messaging import correlation, metrics
+from messaging import correlation, metrics, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,9 @@ class Dispatcher:
         self, name: str, handler: DispatchHandler, event: Event
     ) -> HandlerFailure | None:
         attributes = {
-            "handler": name, "event_type": event.event_type, "event_id": str(event.event_id),
-            "order_id": str(event.order_id), "correlation_id": event.correlation_id,
+            telemetry.HANDLER: name, telemetry.EVENT_TYPE: event.event_type,
+            telemetry.EVENT_ID: str(event.event_id), telemetry.ORDER_ID: str(event.order_id),
+            telemetry.ATTRIBUTE: event.correlation_id,
         }
         started = time.perf_counter()
         with self._tracer.start_as_current_span(

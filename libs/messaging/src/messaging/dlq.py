@@ -39,7 +39,7 @@ from aio_pika.abc import (
 )
 
 from messaging import headers as h
-from messaging import spec
+from messaging import instrumentation, spec, telemetry
 from messaging.publisher import (
     PublishFailed,
     copy_message,
@@ -122,8 +122,10 @@ async def replay(connection: AbstractConnection, service: str,
         raise DlqError(f"work queue {topology.name} does not exist", exit_code=2)
 
     async def move(channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
+        # In the order's trace: the replay's publish is a child of the parked message's context.
         await publish_confirmed(
-            channel.default_exchange, replay_copy(message), routing_key=topology.name
+            channel.default_exchange, replay_copy(message), routing_key=topology.name,
+            parent=instrumentation.trace_context(message),
         )
 
     return await _settle(connection, dlq, event_ids, move)
@@ -349,4 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # A replay's publish span goes where the service's spans go (OTEL_EXPORTER_OTLP_ENDPOINT,
+    # OTEL_SERVICE_NAME) when that is set, inside the replayed order's trace.
+    telemetry.setup_tracing("dlq")
+    try:
+        code = main()
+    finally:
+        telemetry.shutdown_tracing()
+    sys.exit(code)

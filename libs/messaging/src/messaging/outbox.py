@@ -32,7 +32,7 @@ from sqlalchemy import Row, Select, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import utcnow
-from messaging import correlation, metrics
+from messaging import correlation, metrics, telemetry
 from messaging.db import delete_in_batches
 
 # Re-exported: the table lives in outbox_store (no transport), the relay's users find it here.
@@ -250,8 +250,11 @@ class OutboxRelay:
         token = correlation.current.set(row.correlation_id)
         with _reset_on_exit(token), tracer.start_as_current_span(
             "outbox relay", context=parent, kind=SpanKind.INTERNAL,
-            attributes={"correlation_id": row.correlation_id, "event_id": row.event_id,
-                        "order_id": row.order_id, "outbox.id": row.id},
+            attributes={
+                telemetry.ATTRIBUTE: row.correlation_id, telemetry.EVENT_ID: row.event_id,
+                telemetry.ORDER_ID: row.order_id, telemetry.OUTBOX_ID: row.id,
+                telemetry.EVENT_TYPE: row.event_type,
+            },
         ):
             message = build_message(
                 row.body.encode(),

@@ -18,14 +18,21 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
 )
 from aiormq.exceptions import DeliveryError
+from opentelemetry.context import Context
 from pamqp.commands import Basic
 from pamqp.common import FieldValue
+
+from messaging import instrumentation
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 
 
 class PublishFailed(RuntimeError):
     """The broker did not confirm a publish: nacked, returned as unroutable, or timed out."""
+
+    def __init__(self, message: str, error_type: str):
+        super().__init__(message)
+        self.error_type = error_type  # the span's error.type: nack | unroutable | timeout
 
 
 def build_message(
@@ -78,17 +85,25 @@ async def publish_confirmed(
     routing_key: str,
     *,
     timeout: float = PUBLISH_TIMEOUT_SECONDS,
+    parent: Context | None = None,
 ) -> None:
-    """Publish one message and wait for the broker's ack, or raise PublishFailed."""
-    try:
-        confirmation = await exchange.publish(
-            message, routing_key=routing_key, mandatory=True, timeout=timeout
-        )
-    except DeliveryError as exc:  # returned as unroutable (mandatory) or nacked
-        reason = getattr(exc.frame, "reply_text", None) or "nacked by the broker"
-        raise PublishFailed(f"{routing_key}: {reason}") from exc
-    except TimeoutError as exc:
-        raise PublishFailed(f"{routing_key}: no confirm within {timeout}s") from exc
-    if not isinstance(confirmation, Basic.Ack):
-        raise PublishFailed(f"{routing_key}: broker answered {confirmation!r}")
+    """Publish one message and wait for the broker's ack, or raise PublishFailed.
+
+    The one place Mini EC sends a message: a PRODUCER span `publish <exchange>` covers it and
+    its trace context goes into the headers (`parent`: another context than the current one).
+    """
+    with instrumentation.publishing(exchange.name, routing_key, message, parent=parent):
+        try:
+            confirmation = await exchange.publish(
+                message, routing_key=routing_key, mandatory=True, timeout=timeout
+            )
+        except DeliveryError as exc:  # returned as unroutable (mandatory) or nacked
+            reason = getattr(exc.frame, "reply_text", None)
+            if reason:
+                raise PublishFailed(f"{routing_key}: {reason}", "unroutable") from exc
+            raise PublishFailed(f"{routing_key}: nacked by the broker", "nack") from exc
+        except TimeoutError as exc:
+            raise PublishFailed(f"{routing_key}: no confirm within {timeout}s", "timeout") from exc
+        if not isinstance(confirmation, Basic.Ack):
+            raise PublishFailed(f"{routing_key}: broker answered {confirmation!r}", "nack")
 

@@ -4,10 +4,13 @@ Spans go to OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
 variable) is set; otherwise they are made (so trace ids reach the logs) but not exported,
 and nothing complains.
 
-Every span carries the `correlation_id` attribute, so Jaeger's tag search finds all the spans
-of one order in every service. Housekeeping that belongs to no request or message (the relay's
-polling, readiness probes, inbox trimming) runs `untraced()`: it would otherwise flood the
-backend with one root trace per poll, none of them with a correlation id.
+Every span carries the `mini_ec.correlation_id` attribute, so Jaeger's tag search finds all
+the spans of one order in every service. AMQP spans are the project's own
+(messaging/instrumentation.py), by the OpenTelemetry messaging conventions.
+
+Housekeeping that belongs to no request or message (the relay's polling, readiness probes,
+inbox trimming) runs `untraced()`: it would otherwise flood the backend with one root trace
+per poll, none of them with a correlation id.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.propagators.textmap import (
     CarrierT,
@@ -44,7 +46,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-ATTRIBUTE = "correlation_id"
+# Project attributes, namespaced so they cannot collide with the conventions' own.
+ATTRIBUTE = "mini_ec.correlation_id"
+ORDER_ID = "mini_ec.order_id"
+EVENT_ID = "mini_ec.event_id"
+EVENT_TYPE = "mini_ec.event_type"
+OUTBOX_ID = "mini_ec.outbox.id"
+EXCHANGE = "mini_ec.exchange"
+HANDLER = "mini_ec.handler"
 
 
 class CorrelationIdSpanProcessor(SpanProcessor):
@@ -68,9 +77,9 @@ class CorrelationIdSpanProcessor(SpanProcessor):
 class TolerantPropagator(TextMapPropagator):
     """The configured propagators, without their crash on a carrier they cannot read.
 
-    The aio-pika instrumentation extracts the trace context from a message's headers before
-    our consumer sees the message; a header such as `traceparent: 42` made it raise there,
-    and the delivery was never settled. A context that cannot be read is no context: the
+    The consumer extracts the trace context from a message's headers before it looks at the
+    message (messaging/instrumentation.py); a header such as `traceparent: 42` must not make
+    it raise there, or the delivery would never be settled. A context that cannot be read is no context: the
     message reaches the consumer, which dead-letters it as poison (messaging/headers.py).
     """
 
@@ -94,7 +103,7 @@ class TolerantPropagator(TextMapPropagator):
 
 
 def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerProvider:
-    """Install the tracer provider and the aio-pika instrumentation for this process."""
+    """Install the tracer provider for this process."""
     provider = TracerProvider(
         resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
     )
@@ -108,9 +117,6 @@ def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerP
     trace.set_tracer_provider(provider)
     if not isinstance(propagate.get_global_textmap(), TolerantPropagator):
         propagate.set_global_textmap(TolerantPropagator(propagate.get_global_textmap()))
-    instrumentor = AioPikaInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(tracer_provider=provider)
     return provider
 
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 import pytest
+from opentelemetry import propagate
 
 from contracts import OrderPaid, utcnow
 from messaging.consumer import EventConsumer
@@ -43,7 +44,9 @@ async def publish(connection):
         message_id = message_id or str(uuid.uuid4())
         message = build_message(body, message_id=message_id, correlation_id=correlation_id,
                                 event_type=type, timestamp=utcnow(), headers=headers)
-        await publish_confirmed(exchange, message, routing_key=routing_key)
+        # A `traceparent` given is the trace it is published in (as the relay's row context).
+        await publish_confirmed(exchange, message, routing_key=routing_key,
+                                parent=propagate.extract(headers or {}))
         return message_id
 
     yield _publish

@@ -13,6 +13,7 @@ import uuid
 
 import aio_pika
 import pytest
+from opentelemetry import propagate
 from sqlalchemy import Column, MetaData, String, Table, func, insert, select
 
 from contracts import utcnow
@@ -60,7 +61,9 @@ async def park(connection, event=None, **extra_headers) -> str:
     message = build_message(event.to_json(), message_id=str(event.event_id),
                             correlation_id=event.correlation_id, event_type=event.event_type,
                             timestamp=event.occurred_at, headers=headers)
-    await publish_confirmed(channel.default_exchange, message, routing_key=POINTS.dlq)
+    # Parked inside the trace it failed in, as the consumer's own copy is.
+    await publish_confirmed(channel.default_exchange, message, routing_key=POINTS.dlq,
+                            parent=propagate.extract({"traceparent": TRACEPARENT}))
     await channel.close()
     return str(event.event_id)
 
@@ -136,7 +139,8 @@ async def test_replay_by_event_id_sends_that_message_back_as_first_published(
     assert replayed.type == "OrderPaid"
     assert replayed.timestamp == event.occurred_at.replace(microsecond=0)
     assert replayed.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-    assert replayed.headers["traceparent"] == TRACEPARENT
+    # Still the trace it failed in (the replay's publish span, when traced, is a child in it).
+    assert replayed.headers["traceparent"].split("-")[1] == TRACEPARENT.split("-")[1]
     # A fresh start: no failure story, no retry counters, no x- headers.
     dropped = {*h.ERROR_HEADERS, h.ATTEMPT, h.DEFERRALS, "x-custom"}
     assert not dropped & set(replayed.headers)

@@ -58,7 +58,7 @@ class SmtpSender:
         with tracer.start_as_current_span(
             "smtp send", kind=SpanKind.CLIENT,
             attributes={"server.address": self.host, "server.port": self.port,
-                        "messaging.message.id": message["Message-ID"]},
+                        "mini_ec.mail.message_id": message["Message-ID"]},
         ):
             try:
                 await self._send(message)

@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from messaging.telemetry import ATTRIBUTE as CORRELATION_ATTRIBUTE
+
 
 @dataclass(frozen=True)
 class Span:
@@ -103,5 +105,6 @@ class Jaeger:
         return [s for s in spans if s.trace_id in matching]
 
     def trace_by_correlation_id(self, correlation_id: str, service: str = "payment") -> list[Span]:
-        """The spans of the traces whose spans carry `correlation_id` ([] when none yet)."""
-        return self.find_spans(service, attributes={"correlation_id": correlation_id})
+        """The spans of the traces whose spans carry `mini_ec.correlation_id` ([] when none
+        yet)."""
+        return self.find_spans(service, attributes={CORRELATION_ATTRIBUTE: correlation_id})
