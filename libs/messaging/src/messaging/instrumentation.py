@@ -27,6 +27,7 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from messaging import telemetry
 
@@ -65,9 +66,9 @@ def trace_context(message: AbstractIncomingMessage) -> Context:
         return Context()
 
 
-def _present(attributes: dict) -> dict:
+def _present(attributes: dict[str, AttributeValue | None]) -> dict[str, AttributeValue]:
     """Attributes without the unset ones (a message without an id, say)."""
-    return {k: v for k, v in attributes.items() if v not in (None, "")}
+    return {k: v for k, v in attributes.items() if v is not None and v != ""}
 
 
 @contextlib.contextmanager

@@ -154,7 +154,8 @@ class OutboxRelay:
         await self._update_lag_metrics()
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
-            raise PublishFailed(f"{len(failures)} of {taken} not confirmed: {failures[0]}")
+            raise PublishFailed(f"{len(failures)} of {taken} not confirmed: {failures[0]}",
+                                getattr(failures[0], "error_type", "not-confirmed"))
         return taken
 
     async def _publish_unclaimed(self) -> tuple[int, Sequence[BaseException | None]]:

@@ -30,7 +30,7 @@ PUBLISH_TIMEOUT_SECONDS = 10.0
 class PublishFailed(RuntimeError):
     """The broker did not confirm a publish: nacked, returned as unroutable, or timed out."""
 
-    def __init__(self, message: str, error_type: str):
+    def __init__(self, message: str, error_type: str = "not-confirmed"):
         super().__init__(message)
         self.error_type = error_type  # the span's error.type: nack | unroutable | timeout
 
