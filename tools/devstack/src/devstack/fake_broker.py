@@ -32,6 +32,10 @@ class Delivery:
     content_type: str | None = "application/json"
     content_encoding: str | None = "utf-8"
     timestamp: Any = None
+    # Where it came through: what the consumer's span reports (messaging/instrumentation.py).
+    exchange: str | None = ""
+    routing_key: str | None = None
+    delivery_tag: int | None = None
     settled: str | None = None  # "ack" | "nack-requeue" | "nack"
 
     async def ack(self) -> None:
@@ -54,6 +58,8 @@ class FakeClock:
 
 
 class _Exchange:
+    name = ""  # every publish of the consumer goes through the default exchange
+
     def __init__(self, broker: FakeBroker):
         self._broker = broker
 
@@ -130,7 +136,7 @@ class FakeBroker:
             body=message.body, headers=headers, type=message.type,
             message_id=message.message_id, correlation_id=message.correlation_id,
             content_type=message.content_type, content_encoding=message.content_encoding,
-            timestamp=message.timestamp,
+            timestamp=message.timestamp, routing_key=queue,
         )
         ttl = self.queues[queue].arguments.get("x-message-ttl")
         if ttl is not None:  # a retry queue: back to its work queue when the TTL runs out
