@@ -79,8 +79,9 @@ class TolerantPropagator(TextMapPropagator):
 
     The consumer extracts the trace context from a message's headers before it looks at the
     message (messaging/instrumentation.py); a header such as `traceparent: 42` must not make
-    it raise there, or the delivery would never be settled. A context that cannot be read is no context: the
-    message reaches the consumer, which dead-letters it as poison (messaging/headers.py).
+    it raise there, or the delivery would never be settled. A context that cannot be read is
+    no context: the message reaches the consumer, which dead-letters it as poison
+    (messaging/headers.py).
     """
 
     def __init__(self, inner: TextMapPropagator):
