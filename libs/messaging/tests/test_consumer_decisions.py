@@ -9,6 +9,7 @@ tests/failure/test_consumer_failures.py.
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 
 from devstack import events
 from devstack.fake_broker import Attempts, Delivery, FakeBroker
@@ -50,6 +51,17 @@ async def test_applied_duplicate_and_stale_are_acked_and_copied_nowhere(outcome)
     assert original.settled == "ack"
     assert process.at == [0.0]
     assert broker.published == []
+
+
+async def test_an_ignored_event_type_is_acked_counted_as_ignored_and_copied_nowhere():
+    ignored_before = REGISTRY.get_sample_value(
+        "messages_ignored_total", {"service": "work", "event_type": "OrderPaid"}) or 0
+    broker, process, original = await consume([Outcome.IGNORED])
+    assert original.settled == "ack"
+    assert broker.published == []  # neither deferred nor dead-lettered
+    assert REGISTRY.get_sample_value(
+        "messages_ignored_total", {"service": "work", "event_type": "OrderPaid"}
+    ) == ignored_before + 1
 
 
 async def test_a_transient_error_is_retried_after_each_delay_then_applied():

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 
-from contracts import utcnow
+from contracts import OrderPaid, utcnow
 from devstack import events
 from messaging import inbox
 from messaging.inbox import (
@@ -22,7 +22,7 @@ from messaging.inbox import (
     inbox_table,
     order_progress_table,
 )
-from messaging.spec import every
+from messaging.spec import Subscription, Subscriptions, every
 
 pytestmark = pytest.mark.integration
 
@@ -199,3 +199,20 @@ async def test_forgetting_works_through_any_number_of_records_in_small_batches(b
     later = utcnow() + timedelta(days=30)
     assert await box.forget_older_than(timedelta(days=7), now=later, batch=2) == 5
     assert not any([await box.seen(str(e.event_id)) for e in olds])
+
+
+async def test_an_event_type_without_a_subscription_is_ignored_and_leaves_no_trace(box, sessions):
+    """Not recorded, not ordered: an unhandled type can never be deferred or dead-lettered
+    as out of order, and never holds back or moves the order's progress."""
+    paid_only = Subscriptions([Subscription(OrderPaid, record)])
+    paid = events.order_paid()
+    refunded = events.order_refunded(paid)
+
+    assert await box.process(refunded, paid_only) is Outcome.IGNORED  # before its #1
+    assert await box.process(paid, paid_only) is Outcome.APPLIED
+    assert await box.process(refunded, paid_only) is Outcome.IGNORED
+    assert not await box.seen(str(refunded.event_id))
+    assert await box.process_batch([refunded, refunded], paid_only) == [Outcome.IGNORED] * 2
+    async with sessions() as session:
+        rows = (await session.execute(select(order_progress_table))).all()
+    assert [(r.stream, r.last_sequence) for r in rows] == [("payment", 1)]

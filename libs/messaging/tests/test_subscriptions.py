@@ -47,6 +47,60 @@ async def send(event):
     return None
 
 
+TAKES_PAYMENTS = Subscriptions([Subscription(OrderPaid, grant),
+                                Subscription(OrderRefunded, revoke)])
+
+
+def state(event, seen: bool = False, **progress: int) -> State:
+    """What is committed, per stream; `applied` is the event's own stream's."""
+    return State(seen=seen, applied=progress.get(event.stream), progress=progress)
+
+
+def test_decide_ignores_an_event_type_the_service_does_not_take_whatever_its_order():
+    refund_only = Subscriptions([Subscription(OrderRefunded, revoke)])
+    # #5 with nothing applied would be out of order, and seen would be a duplicate: the
+    # service does not take the type, so neither question is asked.
+    assert decide(at(5), state(at(5)), refund_only) is Outcome.IGNORED
+    assert decide(at(1), state(at(1), True, payment=1), refund_only) is Outcome.IGNORED
+
+
+class _Caused(OrderPaid):
+    """An event of another producer's stream, caused by payment #1 (as OrderShipped is)."""
+
+    stream = "other"
+    after = (("payment", 1),)
+
+
+def caused(sequence: int = 1) -> _Caused:
+    return _Caused(**at(sequence).model_dump())
+
+
+def test_decide_counts_each_stream_on_its_own():
+    # Payment's #1 and #2 are applied; the other stream's #1 is the next in ITS stream.
+    one, two, three = caused(1), caused(2), caused(3)
+    assert decide(one, state(one, payment=2), TAKES_PAYMENTS) is None
+    assert decide(two, state(two, payment=2, other=1), TAKES_PAYMENTS) is None
+    assert decide(one, state(one, payment=2, other=1), TAKES_PAYMENTS) is Outcome.STALE
+    with pytest.raises(OutOfOrder, match="waits for #2 of other"):
+        decide(three, state(three, payment=1, other=1), TAKES_PAYMENTS)
+    # And the other stream never holds payment's events back.
+    assert decide(at(2), state(at(2), payment=1, other=0), TAKES_PAYMENTS) is None
+
+
+def test_decide_makes_an_event_wait_for_its_cause_in_a_stream_the_service_takes():
+    one = caused(1)
+    with pytest.raises(OutOfOrder, match="waits for #1 of payment"):
+        decide(one, state(one), TAKES_PAYMENTS)
+    # Applied once the cause is, whatever came after the cause in its stream.
+    assert decide(one, state(one, payment=1), TAKES_PAYMENTS) is None
+    assert decide(one, state(one, payment=2), TAKES_PAYMENTS) is None
+
+
+def test_a_late_duplicate_of_a_caused_event_is_stale_before_its_cause_is_asked_about():
+    one = caused(1)
+    assert decide(one, state(one, other=1), TAKES_PAYMENTS) is Outcome.STALE
+
+
 def test_the_registry_gives_each_event_type_its_handler_and_step():
     registry = Subscriptions([Subscription(OrderPaid, grant, before=send),
                               Subscription(OrderRefunded, revoke)])
@@ -55,6 +109,7 @@ def test_the_registry_gives_each_event_type_its_handler_and_step():
     assert (registry.handler_for(paid), registry.before_for(paid)) == (grant, send)
     assert (registry.handler_for(refunded), registry.before_for(refunded)) == (revoke, None)
     assert registry.event_types == ("OrderPaid", "OrderRefunded")
+    assert registry.streams == {"payment"}
 
 
 def test_an_event_type_nobody_subscribed_to_has_no_handler():
@@ -69,11 +124,11 @@ def test_two_subscriptions_for_one_event_type_are_refused():
 
 
 def test_a_subscription_to_a_class_outside_the_contract_is_refused():
-    class OrderShipped(OrderPaid):
+    class OrderCancelled(OrderPaid):
         pass
 
     with pytest.raises(ValueError, match="not an event type of the contract"):
-        Subscription(OrderShipped, grant)
+        Subscription(OrderCancelled, grant)
 
 
 @pytest.mark.parametrize(("bindings", "event_type", "routed"), [

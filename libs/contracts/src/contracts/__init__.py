@@ -11,7 +11,7 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import email_validator
 from pydantic import (
@@ -80,6 +80,14 @@ class PaymentData(_Strict):
 
 
 class _Envelope(_Strict):
+    # Ordering (docs/ordering.md): `sequence` counts one order's events from one producer,
+    # its `stream` ("payment": paid = 1, refunded = 2). `after`
+    # lists positions in other streams of the same order that an event of this type is
+    # caused by, so a consumer that takes events of that stream applies them first.
+    # Part of the contract, not of the body: the envelope is the same for every type.
+    stream: ClassVar[str]
+    after: ClassVar[tuple[tuple[str, int], ...]] = ()
+
     event_id: uuid.UUID
     version: Literal[1] = 1
     occurred_at: datetime
@@ -109,11 +117,13 @@ class _Envelope(_Strict):
 
 
 class OrderPaid(_Envelope):
+    stream: ClassVar[str] = "payment"
     event_type: Literal["OrderPaid"] = "OrderPaid"
     data: PaymentData
 
 
 class OrderRefunded(_Envelope):
+    stream: ClassVar[str] = "payment"
     event_type: Literal["OrderRefunded"] = "OrderRefunded"
     data: PaymentData
     # A refund follows the payment it refunds: it can never be an order's first event.

@@ -6,7 +6,7 @@
     handler raised anything else (transient) -> <queue>.retry.<N>s, then <queue>.dlq when
                                                 the configured delays are used up
     event before its predecessor             -> waits in the same retry queues (own budget)
-    applied / duplicate / stale              -> ack
+    applied / duplicate / stale / ignored    -> ack (ignored: a type it has no handler for)
 
 The copy to a retry or dead-letter queue is confirmed by the broker before the original
 is acked, so a crash in between yields a duplicate (the inbox absorbs it), never a loss.
@@ -223,6 +223,9 @@ class EventConsumer:
                 log.warning("event id clash: %s %s was applied before with other content; "
                             "this one is skipped (message %s)", event_type, event.event_id,
                             message.message_id)
+            elif outcome is Outcome.IGNORED:  # a type this service does not handle
+                metrics.IGNORED.labels(self.service, event_type).inc()
+                log.info("ignored %s %s: not handled here", event_type, event.event_id)
             elif outcome is not Outcome.APPLIED:
                 metrics.DUPLICATES.labels(self.service, event_type).inc()
                 log.info("skipped %s %s: %s", event_type, event.event_id, outcome.value)

@@ -1,8 +1,9 @@
-"""The consumer side of exactly-once effects: inbox (dedupe) and per-order sequence.
+"""The consumer side of exactly-once effects: inbox (dedupe) and per-order, per-stream order.
 
 `Inbox.process` runs a handler inside one database transaction that also records the
-event id and the order's applied sequence. Either the effect and its record commit
-together, or neither does, so a redelivered event is recognised and changes nothing.
+event id and the order's applied sequence in the event's stream. Either the effect and its
+record commit together, or neither does, so a redelivered event is recognised and changes
+nothing. The rule (`decide`) is in docs/ordering.md.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import contextvars
 import enum
 import hashlib
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
@@ -33,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts import Event, utcnow
+from contracts import EVENT_TYPES, Event, utcnow
 from messaging.db import UtcDateTime, delete_in_batches
 from messaging.spec import Subscriptions
 
@@ -73,30 +74,44 @@ claims_table = Table(
 # of a SIGKILLed process's in-flight messages go out within a few retry delays.
 CLAIM_LEASE = timedelta(seconds=30)
 
-# The highest sequence applied per order. Kept after the inbox forgets an event id, so a
-# very late duplicate is still skipped as stale.
+# The highest sequence applied per order and stream (each producer's own sequence; the
+# contract says which stream an event type is in). Kept after the inbox forgets an event id,
+# so a very late duplicate is still skipped as stale. (It replaced `order_progress`, one row
+# per order, when a second producer came: a database from before keeps that table unused.)
 order_progress_table = Table(
-    "order_progress",
+    "stream_progress",
     metadata,
     Column("order_id", String(36), primary_key=True),
+    Column("stream", String(32), primary_key=True),
     Column("last_sequence", Integer, nullable=False),
 )
+
+# The event types of each stream: an event's place (order, stream, sequence) in the inbox.
+_STREAM_TYPES: dict[str, tuple[str, ...]] = {
+    stream: tuple(name for name, t in EVENT_TYPES.items() if t.stream == stream)
+    for stream in {t.stream for t in EVENT_TYPES.values()}
+}
 
 
 class Outcome(enum.StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"  # this event id was processed before
     CLASH = "clash"  # this event id was processed before, with other content: skipped, told
-    STALE = "stale"  # an event at or below the order's applied sequence
+    STALE = "stale"  # an event at or below its stream's applied sequence
+    IGNORED = "ignored"  # an event type the service has no subscription for: acked, not kept
 
 
 class OutOfOrder(Exception):
-    """The event's predecessor has not been applied yet: try again later."""
+    """An event it depends on has not been applied yet: try again later. By default its
+    predecessor in its own stream (#applied + 1); or `waits_for` of another `stream`."""
 
-    def __init__(self, event: Event, applied: int):
+    def __init__(self, event: Event, applied: int, stream: str | None = None,
+                 waits_for: int | None = None):
+        stream = stream or event.stream
+        waits_for = waits_for if waits_for is not None else applied + 1
         super().__init__(
             f"{event.event_type} #{event.sequence} of order {event.order_id} waits for "
-            f"#{applied + 1} (applied so far: {applied})"
+            f"#{waits_for} of {stream} (applied so far: {applied})"
         )
 
 
@@ -128,18 +143,34 @@ class State:
 
     seen: bool  # its event id is in the inbox
     seen_digest: str | None = None  # the content it had then (None: not recorded)
-    applied: int | None = None  # the order's applied sequence (None: nothing yet)
+    applied: int | None = None  # the order's applied sequence in the event's stream
     holder: str | None = None  # the event id in the inbox at the event's place, if any
+    # The order's applied sequence in every stream (the event's causes are looked up here).
+    progress: Mapping[str, int] = field(default_factory=dict)
 
 
 def digest(event: Event) -> str:
     return hashlib.sha256(event.to_json()).hexdigest()
 
 
-def decide(event: Event, state: State) -> Outcome | None:
+def decide(event: Event, state: State,
+           subscriptions: Subscriptions | None = None) -> Outcome | None:
     """The one rule for an event, given what is committed: None = apply it now; an Outcome =
-    skip it; raises OutOfOrder (its predecessor is not applied yet) or Conflict (another
-    event holds its place). Pure, so it is tested without a database."""
+    skip it; raises OutOfOrder (its predecessor, or a cause, is not applied yet) or Conflict
+    (another event holds its place). Pure, so it is tested without a database.
+    docs/ordering.md:
+
+      not subscribed                                  -> IGNORED (before any order check)
+      its id seen                                     -> DUPLICATE (CLASH: other content)
+      sequence <= its stream's applied sequence       -> STALE (Conflict: another holds it)
+      sequence > applied + 1                          -> OutOfOrder (its predecessor)
+      a cause (`after`) in a stream this service takes
+        is not applied yet                            -> OutOfOrder (its cause)
+
+    `subscriptions` None: a service that takes the event and the streams of its causes.
+    """
+    if subscriptions is not None and subscriptions.handler_for(event) is None:
+        return Outcome.IGNORED
     if state.seen:
         if state.seen_digest is not None and state.seen_digest != digest(event):
             return Outcome.CLASH
@@ -152,6 +183,12 @@ def decide(event: Event, state: State) -> Outcome | None:
         return Outcome.STALE
     if event.sequence != (state.applied or 0) + 1:
         raise OutOfOrder(event, state.applied or 0)
+    for stream, position in event.after:
+        # A service that takes no event of the cause's stream has nothing to wait for.
+        done = state.progress.get(stream, 0)
+        takes = subscriptions is None or stream in subscriptions.streams
+        if takes and done < position:
+            raise OutOfOrder(event, done, stream, position)
     return None
 
 
@@ -187,12 +224,14 @@ class Inbox:
     async def prepare(self, event: Event, subscriptions: Subscriptions) -> Outcome | None:
         """The part of `process` before its transaction: for an event with a `before` step,
         decide on what is committed (an outcome to skip it; OutOfOrder raised), then run it."""
+        if subscriptions.handler_for(event) is None:
+            return decide(event, State(seen=False), subscriptions)  # ignored, nothing read
         before = subscriptions.before_for(event)
         if before is None:
             return None
         async with self._sessions() as session:
             state = await _state(session, event)
-        early = decide(event, state)
+        early = decide(event, state, subscriptions)
         if early is not None:
             return early
         await self._claim(event)
@@ -304,30 +343,34 @@ async def _state(session: AsyncSession, event: Event) -> State:
     )).first()
     if seen is not None:
         return State(seen=True, seen_digest=seen.digest)
-    applied = await _applied(session, str(event.order_id))
+    progress = await _progress(session, str(event.order_id))
+    applied = progress.get(event.stream)
     holder = None
     if applied is not None and event.sequence <= applied:
         holder = await session.scalar(
             select(inbox_table.c.event_id).where(
                 inbox_table.c.order_id == str(event.order_id),
                 inbox_table.c.sequence == event.sequence,
+                # Its place is in its own stream: OrderShipped #1 is not OrderPaid's place.
+                inbox_table.c.event_type.in_(_STREAM_TYPES[event.stream]),
             ).limit(1)
         )
-    return State(seen=False, applied=applied, holder=holder)
+    return State(seen=False, applied=applied, holder=holder, progress=progress)
 
 
 async def _apply_in(session: AsyncSession, event: Event, subscriptions: Subscriptions) -> Outcome:
     """Decide, effect, inbox row and progress for one event, in the caller's transaction."""
     event_id, order_id = str(event.event_id), str(event.order_id)
+    handler = subscriptions.handler_for(event)
+    if handler is None:  # an event type nobody subscribed to: ignored, nothing read or kept
+        return decide(event, State(seen=False), subscriptions) or Outcome.IGNORED
     state = await _state(session, event)
-    early = decide(event, state)
+    early = decide(event, state, subscriptions)
     if early is not None:
         return early
     applied = state.applied
 
-    handler = subscriptions.handler_for(event)
-    if handler is not None:  # an event type nobody subscribed to: recorded, no effect
-        await handler(event, session)
+    await handler(event, session)
 
     await session.execute(
         insert(inbox_table).values(
@@ -340,15 +383,18 @@ async def _apply_in(session: AsyncSession, event: Event, subscriptions: Subscrip
         )
     )
     if applied is None:
+        # A competing consumer inserting the same (order, stream) first: IntegrityError.
         await session.execute(
-            insert(order_progress_table).values(order_id=order_id, last_sequence=event.sequence)
+            insert(order_progress_table).values(
+                order_id=order_id, stream=event.stream, last_sequence=event.sequence)
         )
     else:
-        # Conditional on what we read: two events of one order with the same sequence
+        # Conditional on what we read: two events of one stream with the same sequence
         # (or two consumers racing) cannot both move it. The loser rolls back.
         moved = cast("CursorResult[Any]", await session.execute(
             update(order_progress_table)
             .where(order_progress_table.c.order_id == order_id,
+                   order_progress_table.c.stream == event.stream,
                    order_progress_table.c.last_sequence == applied)
             .values(last_sequence=event.sequence)
         ))
@@ -357,12 +403,14 @@ async def _apply_in(session: AsyncSession, event: Event, subscriptions: Subscrip
     return Outcome.APPLIED
 
 
-async def _applied(session: AsyncSession, order_id: str) -> int | None:
-    return await session.scalar(
-        select(order_progress_table.c.last_sequence).where(
+async def _progress(session: AsyncSession, order_id: str) -> dict[str, int]:
+    """The order's applied sequence per stream, in one query."""
+    rows = await session.execute(
+        select(order_progress_table.c.stream, order_progress_table.c.last_sequence).where(
             order_progress_table.c.order_id == order_id
         )
     )
+    return {stream: last for stream, last in rows.tuples()}
 
 
 async def _exists(session: AsyncSession, event_id: str) -> bool:

@@ -12,6 +12,10 @@ ACKED = Counter(
 DUPLICATES = Counter(
     "messages_duplicates", "Messages skipped as duplicates or stale", ["service", "event_type"]
 )
+IGNORED = Counter(
+    "messages_ignored", "Messages acked unapplied: an event type the service does not handle",
+    ["service", "event_type"],
+)
 RETRIED = Counter(
     "messages_retried", "Messages sent to a retry wait queue", ["service", "event_type", "reason"]
 )

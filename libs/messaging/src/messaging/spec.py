@@ -72,6 +72,7 @@ class Subscriptions:
             if sub.event_type in self._by_type:
                 raise ValueError(f"two subscriptions for {sub.event_type}")
             self._by_type[sub.event_type] = sub
+        self._streams = frozenset(sub.event.stream for sub in self._by_type.values())
 
     @classmethod
     def every(cls, handler: Handler, before: SideEffect | None = None) -> Subscriptions:
@@ -82,8 +83,14 @@ class Subscriptions:
     def event_types(self) -> tuple[str, ...]:
         return tuple(self._by_type)
 
+    @property
+    def streams(self) -> frozenset[str]:
+        """The streams (producers' sequences, contracts) of the event types taken here: an
+        event caused by one of them waits for its cause (docs/ordering.md)."""
+        return self._streams
+
     def handler_for(self, event: Event) -> Handler | None:
-        """None: nobody subscribed to this type; the event is recorded and changes nothing."""
+        """None: nobody subscribed to this type; the event is acked as ignored."""
         sub = self._by_type.get(event.event_type)
         return sub.handler if sub is not None else None
 
@@ -105,7 +112,7 @@ class Consumes:
     """The queue a consuming service owns, what it binds, and what it does with each event.
 
     `subscriptions` builds the handlers from the service's settings (an SMTP sender, say).
-    An event type without a subscription is recorded and changes nothing.
+    An event type without a subscription is acknowledged and counted as ignored.
     """
 
     queue: str
