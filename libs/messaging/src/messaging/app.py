@@ -8,7 +8,7 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from messaging import db, inbox, spec, telemetry
+from messaging import db, inbox, outbox, spec, telemetry
 from messaging.http import ReadinessCheck, install_common
 from messaging.logs import setup_logging
 from messaging.runtime import ConsumerRuntime
@@ -17,19 +17,25 @@ from messaging.settings import ConsumerSettings, load_settings
 
 
 def consumer_app(service: spec.ServiceSpec, settings: ConsumerSettings) -> FastAPI:
-    """Engine -> inbox + consumer of the spec's queue -> read API, health, metrics."""
+    """Engine -> inbox + consumer of the spec's queue (+ outbox relay if the spec produces
+    events) -> read API, health, metrics."""
     if service.consumes is None:
         raise ValueError(f"{service.name} consumes no events")
     engine = db.create_engine(settings.database_url)
     sessions = db.session_factory(engine)
     subscriptions = service.consumes.registry(settings)
-    runtime = ConsumerRuntime(service.name, settings, inbox.Inbox(sessions), subscriptions)
+    # A consumer that produces events stages them in its own outbox, in the inbox
+    # transaction of the event that caused them; its runtime relays them.
+    publishes = bool(service.produces)
+    runtime = ConsumerRuntime(service.name, settings, inbox.Inbox(sessions), subscriptions,
+                              outbox_sessions=sessions if publishes else None)
+    tables = (service.tables, inbox.metadata, *((outbox.metadata,) if publishes else ()))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         telemetry.instrument_engine(engine)
         with telemetry.untraced():  # start-up is not part of any trace
-            await db.create_schema(engine, service.tables, inbox.metadata)
+            await db.create_schema(engine, *tables)
         await runtime.start()
         yield
         await runtime.stop()

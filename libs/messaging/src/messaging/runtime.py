@@ -12,16 +12,18 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 
 from aio_pika.abc import AbstractRobustConnection
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import Event
-from messaging import queue_stats, telemetry
+from messaging import outbox, queue_stats, telemetry
 from messaging.batching import InboxBatcher
 from messaging.broker import STOP_STEP_SECONDS, close_within, connect
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox, Outcome
-from messaging.settings import ConsumerSettings
+from messaging.settings import ConsumerSettings, OutboxSettings
 from messaging.spec import Subscriptions
 from messaging.topology import QueueTopology
 
@@ -86,7 +88,14 @@ class BrokerLink:
 
 
 class ConsumerRuntime:
-    """The consuming half of a service: broker link, consumer, inbox upkeep."""
+    """The consuming half of a service: broker link, consumer, inbox upkeep; and for a
+    consumer that publishes (its handlers write outbox rows in the inbox transaction), the
+    outbox relay and its upkeep, as a producing service runs them.
+
+    `outbox_sessions`: the database of that outbox (the service's own); None = publishes
+    nothing. The relay publishes on the publishing connection, with confirms, and is woken
+    after every applied message, so an event a handler staged goes out without a poll.
+    """
 
     def __init__(
         self,
@@ -94,6 +103,7 @@ class ConsumerRuntime:
         settings: ConsumerSettings,
         inbox: Inbox,
         subscriptions: Subscriptions,
+        outbox_sessions: async_sessionmaker[AsyncSession] | None = None,
     ):
         self.service = service
         self.broker = BrokerLink(settings.rabbitmq_url, service)
@@ -106,9 +116,22 @@ class ConsumerRuntime:
         self._batcher = InboxBatcher(inbox, subscriptions, max_batch=settings.batch_size)
         self._consumer: EventConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._outbox_sessions = outbox_sessions
+        self._outbox_settings: OutboxSettings | None = None
+        self.relay: outbox.OutboxRelay | None = None
+        if outbox_sessions is not None:
+            self._outbox_settings = _outbox_settings(service, settings)
+            self.relay = outbox.OutboxRelay(
+                outbox_sessions, self.publisher.connection, service=service,
+                batch_size=self._outbox_settings.outbox_batch_size,
+                poll_interval=self._outbox_settings.outbox_poll_seconds,
+            )
 
     async def process(self, event: Event) -> Outcome:
-        return await self._batcher.process(event)
+        outcome = await self._batcher.process(event)
+        if outcome is Outcome.APPLIED and self.relay is not None:
+            self.relay.notify()  # committed: whatever the handler staged can go out now
+        return outcome
 
     async def start(self) -> None:
         self._tasks = [
@@ -116,6 +139,20 @@ class ConsumerRuntime:
             asyncio.create_task(run_periodically(self._trim_inbox, "inbox upkeep"),
                                 name=f"{self.service}-inbox-upkeep"),
         ]
+        if self.relay is not None:
+            assert self._outbox_sessions is not None and self._outbox_settings is not None
+            retention = timedelta(hours=self._outbox_settings.outbox_retention_hours)
+            self._tasks += [
+                asyncio.create_task(self.relay.run(), name=f"{self.service}-outbox-relay"),
+                asyncio.create_task(
+                    run_periodically(
+                        partial(outbox.forget_published_older_than, self._outbox_sessions,
+                                retention),
+                        "outbox upkeep",
+                    ),
+                    name=f"{self.service}-outbox-upkeep",
+                ),
+            ]
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -178,6 +215,14 @@ class ConsumerRuntime:
         removed = await self._inbox.forget_older_than(retention)
         if removed:
             log.info("inbox: forgot %d event ids older than %s", removed, retention)
+
+
+def _outbox_settings(service: str, settings: object) -> OutboxSettings:
+    """The settings of a consumer that publishes: they must include OutboxSettings."""
+    if isinstance(settings, OutboxSettings):
+        return settings
+    raise TypeError(f"{service} publishes through an outbox: its settings must include "
+                    "OutboxSettings")
 
 
 async def run_periodically(

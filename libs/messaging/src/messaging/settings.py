@@ -91,6 +91,19 @@ class ServiceSettings(BaseSettings):
     _check_host = field_validator("host")(_host)
 
 
+class OutboxSettings(BaseSettings):
+    """Settings of a service that publishes events through its outbox (a producer; a consumer
+    whose spec `produces` events). A mixin: `class Settings(ConsumerSettings, OutboxSettings)`."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # Fallback poll of the outbox; the relay is woken right after each commit anyway.
+    outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
+    outbox_batch_size: int = Field(200, ge=1, le=5000)
+    # How long published outbox rows are kept (to look at) before they are deleted.
+    outbox_retention_hours: float = Field(24 * 7, gt=0)
+
+
 class ConsumerSettings(ServiceSettings):
     """Settings of a service that consumes events from its own queue."""
 
