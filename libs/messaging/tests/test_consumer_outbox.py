@@ -19,7 +19,7 @@ from devstack import events
 from devstack.wait import eventually_async
 from messaging import db, inbox, outbox
 from messaging.inbox import Inbox
-from messaging.outbox_store import add_to_outbox
+from messaging.outbox_store import add_to_outbox, committed, staged_events
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.runtime import ConsumerRuntime
 from messaging.settings import ConsumerSettings, OutboxSettings
@@ -175,3 +175,23 @@ async def _ready(runtime) -> bool:
 async def _marked(sessions) -> bool:
     total, sent = await published_rows(sessions)
     return sent == 1
+
+
+async def test_staged_events_are_collected_and_only_committed_ones_are_kept(world):
+    """What the synchronous mode hands on: the events a handler staged, minus those whose
+    transaction rolled back."""
+    sessions, _connection, _listener = world
+    kept, rolled_back = derived(events.order_paid()), derived(events.order_paid())
+    with staged_events() as staged:
+        async with sessions() as session, session.begin():
+            await add_to_outbox(session, kept)
+        with pytest.raises(RuntimeError):
+            async with sessions() as session, session.begin():
+                await add_to_outbox(session, rolled_back)
+                raise RuntimeError("the handler failed after staging")
+    assert staged == [kept, rolled_back]
+    assert await committed(sessions, staged + [kept]) == [kept]
+    # Outside the block nothing is collected.
+    async with sessions() as session, session.begin():
+        await add_to_outbox(session, derived(events.order_paid()))
+    assert staged == [kept, rolled_back]

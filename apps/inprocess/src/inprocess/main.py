@@ -10,6 +10,8 @@ unchanged; what changes is how an event reaches the handlers:
                    -> events_committed -> Dispatcher.dispatch
                         -> each consuming service whose bindings route the event:
                            Inbox.process(event, its subscriptions' handler, before=...)
+                   -> the events those handlers committed to their own outboxes
+                      (shipping's OrderShipped), dispatched the same way, round by round
                    -> 201
 
 A failing handler does not undo the payment (it is committed first); the failure is logged,
@@ -29,12 +31,12 @@ from functools import partial
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 from sqlalchemy import MetaData
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import payment.api
 from contracts import EVENT_TYPES, Event
 from inprocess.settings import SERVICES, Settings
-from messaging import db, inbox, outbox, spec, telemetry
+from messaging import db, inbox, outbox, outbox_store, spec, telemetry
 from messaging.dispatcher import Dispatcher, HandlerFailure
 from messaging.http import install_common
 from messaging.logs import setup_logging
@@ -50,6 +52,23 @@ FAILURES_HEADER = "X-Handler-Failures"
 _request_failures: ContextVar[list[HandlerFailure] | None] = ContextVar(
     "handler_failures", default=None
 )
+
+
+# The events the consumers' handlers committed to their outboxes during one dispatch round.
+_handed_on: ContextVar[list[Event] | None] = ContextVar("handed_on", default=None)
+
+
+async def _handing_on(
+    process: Callable[[Event], Awaitable[inbox.Outcome]],
+    sessions: async_sessionmaker[AsyncSession], event: Event,
+) -> inbox.Outcome:
+    """`process`, and the events its handler committed to the outbox kept for the next round."""
+    with outbox_store.staged_events() as staged:
+        outcome = await process(event)
+    queue = _handed_on.get()
+    if outcome is inbox.Outcome.APPLIED and staged and queue is not None:
+        queue.extend(await outbox_store.committed(sessions, staged))
+    return outcome
 
 
 class InProcessShop:
@@ -74,11 +93,15 @@ class InProcessShop:
             name = service.name
             # The same registry the service's RabbitMQ consumer applies events with.
             subscriptions = service.consumes.registry(consumer_settings[name])
-            self.dispatcher.subscribe(
-                name, partial(inbox.Inbox(sessions[name]).process, subscriptions=subscriptions),
-                [t for t in EVENT_TYPES if service.consumes.receives(t)],
-            )
+            handle = partial(inbox.Inbox(sessions[name]).process, subscriptions=subscriptions)
             self._schemas[name] = (service.tables, inbox.metadata)
+            if service.produces:
+                # A consumer that publishes: what it stages in its outbox is dispatched
+                # next, in the same request (its rows, as payment's, stay unrelayed).
+                handle = partial(_handing_on, handle, sessions[name])
+                self._schemas[name] += (outbox.metadata,)
+            self.dispatcher.subscribe(
+                name, handle, [t for t in EVENT_TYPES if service.consumes.receives(t)])
             router = service.router(sessions[name]) if service.router else None
             self.apps[name] = _read_app(name, router, self.engines[name])
 
@@ -86,11 +109,21 @@ class InProcessShop:
         self.apps[PAYMENT.name] = _payment_app(payments, self.engines[PAYMENT.name])
 
     async def _dispatch(self, events: list[Event]) -> None:
-        """Runs right after payment's commit, inside the request: the handlers' work."""
-        failures = await self.dispatcher.dispatch_all(events)
-        reported = _request_failures.get()
-        if reported is not None:
-            reported.extend(failures)
+        """Runs right after payment's commit, inside the request: the handlers' work, then
+        the work of the events the handlers published (OrderPaid -> OrderShipped -> its
+        handlers), round after round, until no handler publishes anything more."""
+        pending = list(events)
+        while pending:
+            published: list[Event] = []
+            token = _handed_on.set(published)
+            try:
+                failures = await self.dispatcher.dispatch_all(pending)
+            finally:
+                _handed_on.reset(token)
+            reported = _request_failures.get()
+            if reported is not None:
+                reported.extend(failures)
+            pending = published
 
     async def start(self) -> None:
         for name, engine in self.engines.items():

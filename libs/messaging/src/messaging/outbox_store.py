@@ -4,10 +4,13 @@ transport imported (the relay that publishes the rows is messaging/outbox.py).""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from opentelemetry import propagate
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import Event, utcnow
 from messaging.db import UtcDateTime
@@ -34,8 +37,42 @@ outbox_table = Table(
 )
 
 
+# The events staged in the current context, while `staged_events()` collects them.
+_staging: ContextVar[list[Event] | None] = ContextVar("outbox_staging", default=None)
+
+
+@contextmanager
+def staged_events() -> Iterator[list[Event]]:
+    """Collect the events `add_to_outbox` stages inside the block (also in tasks started
+    there). For the synchronous mode, which hands a consumer's events on in-process; what
+    was staged in a transaction that rolled back is in the list too: see `committed`."""
+    collected: list[Event] = []
+    token = _staging.set(collected)
+    try:
+        yield collected
+    finally:
+        _staging.reset(token)
+
+
+async def committed(sessions: async_sessionmaker[AsyncSession],
+                    events: Sequence[Event]) -> list[Event]:
+    """Those of `events` whose outbox row is committed, once each, in the given order."""
+    ids = {str(e.event_id) for e in events}
+    if not ids:
+        return []
+    async with sessions() as session:
+        found = set((await session.execute(
+            select(outbox_table.c.event_id).where(outbox_table.c.event_id.in_(ids))
+        )).scalars())
+    unique = {str(e.event_id): e for e in events if str(e.event_id) in found}
+    return list(unique.values())
+
+
 async def add_to_outbox(session: AsyncSession, event: Event) -> None:
     """Stage `event` for publishing, in the caller's transaction, with the current trace."""
+    collecting = _staging.get()
+    if collecting is not None:
+        collecting.append(event)
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     await session.execute(
