@@ -46,7 +46,7 @@ from messaging.publisher import (
     publish_confirmed,
 )
 from messaging.telemetry import untraced
-from messaging.topology import declare_exchange
+from messaging.topology import EXCHANGE, ensure_exchange
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -241,8 +241,12 @@ class OutboxRelay:
 
     async def _exchange(self) -> aio_pika.abc.AbstractExchange:
         if self._channel is None or self._channel.is_closed:
-            self._channel = await open_confirm_channel(await self._connect())
-        return await declare_exchange(self._channel)
+            connection = await self._connect()
+            # Checked passively, declared only if missing: a consumer that publishes through
+            # its outbox has no right to configure the exchange (deploy/rabbitmq).
+            await ensure_exchange(connection)
+            self._channel = await open_confirm_channel(connection)
+        return await self._channel.get_exchange(EXCHANGE, ensure=False)
 
     async def _publish_row(self, exchange: aio_pika.abc.AbstractExchange, row: Row[Any]) -> None:
         parent = propagate.extract(json.loads(row.trace_context or "{}"))
