@@ -8,6 +8,7 @@ from contracts import (
     MAX_BODY_BYTES,
     OrderPaid,
     OrderRefunded,
+    OrderShipped,
     PoisonMessage,
     parse_event,
     routing_key_for,
@@ -48,13 +49,38 @@ def test_order_refunded_parses_into_its_own_type():
                       OrderRefunded)
 
 
+def test_order_shipped_parses_with_its_shipment_data():
+    shipment = {"shipment_id": str(uuid.uuid4()), "customer_id": "alice",
+                "email": "alice@example.com", "carrier": "Mini Post",
+                "tracking_number": "MP123456789"}
+    event = parse_event(encode(envelope(event_type="OrderShipped", data=shipment)))
+    assert isinstance(event, OrderShipped)
+    assert event.data.tracking_number == "MP123456789"
+    assert event.routing_key == "order.shipped"
+
+
+def test_order_shipped_with_payment_data_is_poison():
+    with pytest.raises(PoisonMessage, match="OrderShipped does not match the contract"):
+        parse_event(encode(envelope(event_type="OrderShipped")))
+
+
+def test_each_event_type_names_its_stream_and_what_causes_it():
+    """The ordering part of the contract (docs/ordering.md): payment's events are one
+    stream; OrderShipped is shipping's, caused by payment's #1 (OrderPaid)."""
+    assert (OrderPaid.stream, OrderRefunded.stream, OrderShipped.stream) == (
+        "payment", "payment", "shipment")
+    assert OrderPaid.after == OrderRefunded.after == ()
+    assert OrderShipped.after == (("payment", 1),)
+
+
 def test_an_event_survives_a_round_trip_through_json():
     event = parse_event(encode(envelope()))
     assert parse_event(event.to_json()) == event
 
 
 @pytest.mark.parametrize(
-    ("event_type", "key"), [("OrderPaid", "order.paid"), ("OrderRefunded", "order.refunded")]
+    ("event_type", "key"), [("OrderPaid", "order.paid"), ("OrderRefunded", "order.refunded"),
+                            ("OrderShipped", "order.shipped")]
 )
 def test_routing_key_is_the_event_type_in_dotted_lower_case(event_type, key):
     assert routing_key_for(event_type) == key
@@ -66,7 +92,7 @@ def test_routing_key_is_the_event_type_in_dotted_lower_case(event_type, key):
         (b"not json", "not UTF-8 JSON"),
         (b"\xff\xfe", "not UTF-8 JSON"),
         (b"[1, 2]", "JSON list, not an object"),
-        (encode(envelope(event_type="OrderShipped")), "unknown event_type 'OrderShipped'"),
+        (encode(envelope(event_type="OrderCancelled")), "unknown event_type 'OrderCancelled'"),
         (encode(envelope(version=2)), "unknown version 2"),
         (encode(envelope(surprise="field")), "surprise"),
         (encode(envelope(sequence=0)), "sequence"),

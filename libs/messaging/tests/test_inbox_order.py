@@ -216,3 +216,48 @@ async def test_an_event_type_without_a_subscription_is_ignored_and_leaves_no_tra
     async with sessions() as session:
         rows = (await session.execute(select(order_progress_table))).all()
     assert [(r.stream, r.last_sequence) for r in rows] == [("payment", 1)]
+
+
+async def test_with_two_producers_late_duplicates_past_the_retention_are_still_stale(
+    box, sessions
+):
+    """Payment's stream and shipping's are kept apart: after the inbox forgot all three
+    ids, each comes back stale against its own stream, none applied again."""
+    paid = events.order_paid()
+    shipped, refunded = events.order_shipped(paid), events.order_refunded(paid)
+    for event in (paid, refunded, shipped):  # the refund before the shipment: independent
+        assert await box.process(event, every(record)) is Outcome.APPLIED
+    later = utcnow() + timedelta(days=30)
+    assert await box.forget_older_than(timedelta(days=7), now=later) == 3
+
+    for event in (shipped, paid, refunded):
+        assert await box.process(event, every(record)) is Outcome.STALE
+    assert len(await effects_of(sessions, paid.order_id)) == 3
+    async with sessions() as session:
+        rows = (await session.execute(select(order_progress_table))).all()
+    assert sorted((r.stream, r.last_sequence) for r in rows) == [("payment", 2), ("shipment", 1)]
+
+
+async def test_a_shipment_before_its_payment_waits_and_a_refund_does_not_wait_for_it(box):
+    paid = events.order_paid()
+    shipped, refunded = events.order_shipped(paid), events.order_refunded(paid)
+    with pytest.raises(OutOfOrder, match="waits for #1 of payment"):
+        await box.process(shipped, every(record))
+    assert await box.process(paid, every(record)) is Outcome.APPLIED
+    assert await box.process(refunded, every(record)) is Outcome.APPLIED  # shipment pending
+    assert await box.process(shipped, every(record)) is Outcome.APPLIED
+
+
+async def test_a_forgotten_payment_copy_is_stale_not_a_conflict_with_the_shipment_at_its_number(
+    box,
+):
+    """OrderPaid and OrderShipped are both #1 of the order, in two streams: a late copy of
+    the OrderPaid (its id forgotten) meets the OrderShipped's inbox row at #1, which holds a
+    place in the shipment stream, not in payment's: stale, not a conflict."""
+    paid = events.order_paid()
+    shipped = events.order_shipped(paid)
+    await box.process(paid, every(record))
+    later = utcnow() + timedelta(days=30)
+    assert await box.forget_older_than(timedelta(days=7), now=later) == 1  # the paid row
+    assert await box.process(shipped, every(record)) is Outcome.APPLIED
+    assert await box.process(paid, every(record)) is Outcome.STALE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from contracts import OrderPaid, OrderRefunded
+from contracts import OrderPaid, OrderRefunded, OrderShipped
 from devstack import events
 from messaging.inbox import Outcome, OutOfOrder, State, decide
 from messaging.spec import Consumes, Subscription, Subscriptions
@@ -94,6 +94,29 @@ def test_decide_makes_an_event_wait_for_its_cause_in_a_stream_the_service_takes(
     # Applied once the cause is, whatever came after the cause in its stream.
     assert decide(one, state(one, payment=1), TAKES_PAYMENTS) is None
     assert decide(one, state(one, payment=2), TAKES_PAYMENTS) is None
+
+
+def test_decide_does_not_wait_for_a_cause_the_service_never_receives():
+    # A service that takes no event of the payment stream: nothing there to wait for.
+    shipped_only = Subscriptions([Subscription(OrderShipped, grant)])
+    shipped = events.order_shipped(at(1))
+    assert decide(shipped, state(shipped), shipped_only) is None
+
+
+def test_the_contracts_order_shipped_waits_for_order_paid_not_for_the_refund():
+    mails = Subscriptions([Subscription(OrderPaid, grant), Subscription(OrderRefunded, grant),
+                           Subscription(OrderShipped, grant)])
+    shipped = events.order_shipped(at(1))
+    with pytest.raises(OutOfOrder, match="OrderShipped #1 .* waits for #1 of payment"):
+        decide(shipped, state(shipped), mails)
+    assert decide(shipped, state(shipped, payment=1), mails) is None  # paid, not refunded
+    assert decide(shipped, state(shipped, payment=2), mails) is None  # paid and refunded
+    # The refund does not wait for the shipment either: either order works.
+    refunded = events.order_refunded(at(1))
+    assert decide(refunded, state(refunded, payment=1), mails) is None
+    assert decide(refunded, state(refunded, payment=1, shipment=1), mails) is None
+    # Points takes no OrderShipped: ignored whatever is applied.
+    assert decide(shipped, state(shipped), TAKES_PAYMENTS) is Outcome.IGNORED
 
 
 def test_a_late_duplicate_of_a_caused_event_is_stale_before_its_cause_is_asked_about():

@@ -79,9 +79,19 @@ class PaymentData(_Strict):
     currency: Currency
 
 
+class ShipmentData(_Strict):
+    """The shipment of a paid order: the `data` of OrderShipped (v1)."""
+
+    shipment_id: uuid.UUID
+    customer_id: CustomerId
+    email: Email
+    carrier: str = Field(min_length=1, max_length=64)
+    tracking_number: str = Field(min_length=1, max_length=64)
+
+
 class _Envelope(_Strict):
     # Ordering (docs/ordering.md): `sequence` counts one order's events from one producer,
-    # its `stream` ("payment": paid = 1, refunded = 2). `after`
+    # its `stream` ("payment": paid = 1, refunded = 2; "shipment": shipped = 1). `after`
     # lists positions in other streams of the same order that an event of this type is
     # caused by, so a consumer that takes events of that stream applies them first.
     # Part of the contract, not of the body: the envelope is the same for every type.
@@ -130,8 +140,20 @@ class OrderRefunded(_Envelope):
     sequence: int = Field(ge=2)
 
 
-Event = OrderPaid | OrderRefunded
-EVENT_TYPES: dict[str, type[Event]] = {"OrderPaid": OrderPaid, "OrderRefunded": OrderRefunded}
+class OrderShipped(_Envelope):
+    """Published by shipping when it ships a paid order: caused by OrderPaid (#1 of the
+    payment stream), independent of OrderRefunded."""
+
+    stream: ClassVar[str] = "shipment"
+    after: ClassVar[tuple[tuple[str, int], ...]] = (("payment", 1),)
+    event_type: Literal["OrderShipped"] = "OrderShipped"
+    data: ShipmentData
+
+
+Event = OrderPaid | OrderRefunded | OrderShipped
+EVENT_TYPES: dict[str, type[Event]] = {
+    "OrderPaid": OrderPaid, "OrderRefunded": OrderRefunded, "OrderShipped": OrderShipped,
+}
 
 
 def routing_key_for(event_type: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from contracts import OrderPaid, OrderRefunded, PaymentData, utcnow
+from contracts import OrderPaid, OrderRefunded, OrderShipped, PaymentData, ShipmentData, utcnow
 
 
 def order_paid(*, order_id: uuid.UUID | None = None, customer_id: str = "alice",
@@ -23,4 +23,15 @@ def order_refunded(paid: OrderPaid) -> OrderRefunded:
         event_id=uuid.uuid4(), occurred_at=utcnow(), correlation_id=paid.correlation_id,
         order_id=paid.order_id, sequence=2,
         data=paid.data,
+    )
+
+
+def order_shipped(paid: OrderPaid) -> OrderShipped:
+    """What shipping publishes for `paid`: the first event of the order's shipment stream."""
+    return OrderShipped(
+        event_id=uuid.uuid4(), occurred_at=utcnow(), correlation_id=paid.correlation_id,
+        order_id=paid.order_id, sequence=1,
+        data=ShipmentData(shipment_id=uuid.uuid4(), customer_id=paid.data.customer_id,
+                          email=paid.data.email, carrier="Mini Post",
+                          tracking_number=f"MP{paid.order_id.hex[:12].upper()}"),
     )
