@@ -16,7 +16,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts import Event, OrderPaid, OrderRefunded, utcnow
+from contracts import Event, OrderPaid, OrderRefunded, OrderShipped, utcnow
 from mailer import store
 
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -36,19 +36,31 @@ def subject_for(event: Event) -> str:
             return "Thank you for your order"
         case OrderRefunded():
             return "Your refund"
+        case OrderShipped():
+            return "Your order has shipped"
+    raise TypeError(f"no mail for {event.event_type}")
+
+
+def body_for(event: Event) -> str:
+    match event:
+        case OrderPaid():
+            amount = f"{event.data.amount} {event.data.currency} (minor units)"
+            return (f"Hello {event.data.customer_id},\n\nwe received your payment of {amount} "
+                    f"for order {event.order_id}.\n\nThank you for shopping with Mini EC.\n")
+        case OrderRefunded():
+            amount = f"{event.data.amount} {event.data.currency} (minor units)"
+            return (f"Hello {event.data.customer_id},\n\nyour payment of {amount} for order "
+                    f"{event.order_id} has been refunded.\n")
+        case OrderShipped():
+            return (f"Hello {event.data.customer_id},\n\nyour order {event.order_id} is on its "
+                    f"way with {event.data.carrier}.\nTracking number: "
+                    f"{event.data.tracking_number}\n")
     raise TypeError(f"no mail for {event.event_type}")
 
 
 def compose(event: Event, mail_from: str) -> EmailMessage:
-    amount = f"{event.data.amount} {event.data.currency} (minor units)"
     subject = subject_for(event)
-    match event:
-        case OrderPaid():
-            body = (f"Hello {event.data.customer_id},\n\nwe received your payment of {amount} "
-                    f"for order {event.order_id}.\n\nThank you for shopping with Mini EC.\n")
-        case OrderRefunded():
-            body = (f"Hello {event.data.customer_id},\n\nyour payment of {amount} for order "
-                    f"{event.order_id} has been refunded.\n")
+    body = body_for(event)
     message = EmailMessage()
     message["From"] = mail_from
     message["To"] = event.data.email

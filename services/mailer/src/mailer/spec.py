@@ -2,7 +2,7 @@
 
 from functools import partial
 
-from contracts import OrderPaid, OrderRefunded
+from contracts import OrderPaid, OrderRefunded, OrderShipped
 from mailer import api, handlers, store
 from mailer.settings import Settings
 from mailer.smtp import SmtpSender
@@ -16,6 +16,9 @@ def subscriptions(settings: Settings) -> list[Subscription]:
     return [
         Subscription(OrderPaid, handlers.record_mail, before=send),
         Subscription(OrderRefunded, handlers.record_mail, before=send),
+        # Waits for the order's OrderPaid (contracts: caused by it), so "Your order has
+        # shipped" never goes out before "Thank you for your order" (docs/ordering.md).
+        Subscription(OrderShipped, handlers.record_mail, before=send),
     ]
 
 

@@ -60,6 +60,14 @@ def mails_received(directory: Path) -> list[tuple[float, email.message.EmailMess
     ]
 
 
+def arrivals(directory: Path) -> list[email.message.EmailMessage]:
+    """The mails in the order the server accepted them (each file is written once, on
+    arrival: its modification time, in nanoseconds)."""
+    paths = sorted(directory.glob("*.eml"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+            for p in paths]
+
+
 def start(directory: Path, host: str = "127.0.0.1", port: int = 1025,
           delay_seconds: float = 0.0) -> tuple[Controller, SaveToDirectory]:
     handler = SaveToDirectory(directory, delay_seconds)

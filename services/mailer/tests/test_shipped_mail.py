@@ -1,0 +1,73 @@
+"""The shipped mail: its content, and that it never goes out before the order's thank-you
+mail, whatever order the two events arrive in (real SMTP server, real SQLite inbox)."""
+
+from __future__ import annotations
+
+import pytest
+
+from devstack import events, smtp_sink
+from devstack.stack import free_port
+from mailer import store
+from mailer.settings import Settings
+from mailer.spec import SPEC
+from messaging import db, inbox
+from messaging.inbox import Inbox, Outcome, OutOfOrder
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def mailer(tmp_path):
+    """(inbox, subscriptions, mail directory) of a mailer on a real SMTP sink."""
+    controller, _ = smtp_sink.start(tmp_path / "mail", port=free_port())
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/mailer.db")
+    await db.create_schema(engine, store.metadata, inbox.metadata)
+    settings = Settings(smtp_host="127.0.0.1", smtp_port=controller.port)
+    assert SPEC.consumes is not None
+    yield Inbox(db.session_factory(engine)), SPEC.consumes.registry(settings), tmp_path / "mail"
+    await engine.dispose()
+    controller.stop()
+
+
+async def test_the_shipped_mail_carries_its_own_message_id_the_correlation_and_tracking(
+    mailer,
+):
+    box, subscriptions, mail_dir = mailer
+    paid = events.order_paid()
+    shipped = events.order_shipped(paid)
+    assert await box.process(paid, subscriptions) is Outcome.APPLIED
+    assert await box.process(shipped, subscriptions) is Outcome.APPLIED
+
+    [mail] = [m for m in smtp_sink.mails_in(mail_dir)
+              if m["Subject"] == "Your order has shipped"]
+    assert mail["Message-ID"] == f"<{shipped.event_id}@mini-ec>"
+    assert mail["X-Correlation-ID"] == paid.correlation_id
+    assert mail["To"] == paid.data.email
+    assert shipped.data.tracking_number in mail.get_content()
+
+
+async def test_a_shipped_event_before_its_payment_waits_and_sends_nothing(mailer):
+    box, subscriptions, mail_dir = mailer
+    paid = events.order_paid()
+    shipped = events.order_shipped(paid)
+
+    with pytest.raises(OutOfOrder, match="waits for #1 of payment"):
+        await box.process(shipped, subscriptions)
+    assert smtp_sink.mails_in(mail_dir) == []  # checked before the SMTP step
+
+    assert await box.process(paid, subscriptions) is Outcome.APPLIED
+    assert await box.process(shipped, subscriptions) is Outcome.APPLIED
+    assert await box.process(shipped, subscriptions) is Outcome.DUPLICATE
+    subjects = [m["Subject"] for m in smtp_sink.arrivals(mail_dir)]
+    assert subjects == ["Thank you for your order", "Your order has shipped"]
+
+
+async def test_a_refund_and_a_shipment_apply_in_either_order(mailer):
+    box, subscriptions, mail_dir = mailer
+    for refund_first in (True, False):
+        paid = events.order_paid()
+        later = [events.order_refunded(paid), events.order_shipped(paid)]
+        assert await box.process(paid, subscriptions) is Outcome.APPLIED
+        for event in (later if refund_first else later[::-1]):
+            assert await box.process(event, subscriptions) is Outcome.APPLIED
+    assert len(smtp_sink.mails_in(mail_dir)) == 6
