@@ -1,0 +1,29 @@
+"""What shipping is, for the library, the tools and the tests (see messaging/spec.py)."""
+
+from functools import partial
+
+from contracts import OrderPaid, OrderRefunded
+from messaging.spec import Consumes, ServiceSpec, Subscription
+from shipping import api, handlers, store
+from shipping.settings import Settings
+
+
+def subscriptions(settings: Settings) -> list[Subscription]:
+    return [
+        Subscription(OrderPaid, partial(handlers.ship, carrier=settings.carrier)),
+        Subscription(OrderRefunded, handlers.request_return),
+    ]
+
+
+SPEC = ServiceSpec(
+    name="shipping",
+    settings=Settings,
+    tables=store.metadata,
+    router=api.router,
+    routes=("GET /shipments",),
+    # Staged in its own outbox in the inbox transaction of the OrderPaid; relayed by its
+    # runtime with publisher confirms (messaging/runtime.py).
+    produces=("OrderShipped",),
+    consumes=Consumes(queue="shipping.events", bindings=("order.paid", "order.refunded"),
+                      subscriptions=subscriptions),
+)
