@@ -1,6 +1,6 @@
 """The shop in either mode, behind one interface, so the same behaviour tests run against both.
 
-    async: the four services as processes, events through RabbitMQ (the root `stack` fixture)
+    async: the services as processes, events through RabbitMQ (the root `stack` fixture)
     sync:  `python -m inprocess`, the same handlers called inside the payment request
 
 Each mode runs with its own SMTP sink; `Shop` gives the base URL of each service and reads
@@ -57,9 +57,14 @@ class Shop:
         return httpx.get(f"{self.url('audit')}/events", params={"order_id": order_id},
                          timeout=TIMEOUT).json()
 
+    def shipments(self, order_id: str) -> list[dict]:
+        return httpx.get(f"{self.url('shipping')}/shipments", params={"order_id": order_id},
+                         timeout=TIMEOUT).json()
+
     def delivered(self, to: str) -> list:
-        """Mails the SMTP server really received for `to` (not what the mailer says it sent)."""
-        return [m for m in smtp_sink.mails_in(self.mail_dir) if m["To"] == to]
+        """Mails the SMTP server really received for `to` (not what the mailer says it
+        sent), in the order it accepted them."""
+        return [m for m in smtp_sink.arrivals(self.mail_dir) if m["To"] == to]
 
 
 @pytest.fixture(scope="module")

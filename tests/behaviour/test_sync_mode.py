@@ -42,23 +42,38 @@ def mail_server_down(sync_shop):
 def test_every_effect_is_there_as_soon_as_the_payment_answers(sync_shop):
     paid = sync_shop.pay(amount=1250).json()
 
-    # No polling: the handlers ran inside the request.
+    # No polling: the handlers ran inside the request, and so did the handlers of the
+    # OrderShipped that shipping's handler published: both mails are out at the 201.
     [entry] = sync_shop.points(paid["customer_id"])["entries"]
-    [mail] = sync_shop.mails(paid["order_id"])
-    [record] = sync_shop.audit(paid["order_id"])
-    assert entry["event_id"] == mail["event_id"] == record["event_id"]
-    assert len(sync_shop.delivered(paid["email"])) == 1
+    thanks, shipped = sync_shop.mails(paid["order_id"])
+    records = {r["event_type"]: r for r in sync_shop.audit(paid["order_id"])}
+    assert entry["event_id"] == thanks["event_id"] == records["OrderPaid"]["event_id"]
+    assert shipped["event_id"] == records["OrderShipped"]["event_id"]
+    [shipment] = sync_shop.shipments(paid["order_id"])
+    assert shipment["status"] == "shipped"
+    assert [m["Subject"] for m in sync_shop.delivered(paid["email"])] == [
+        "Thank you for your order", "Your order has shipped"]
 
 
 def test_the_handlers_run_in_the_trace_of_the_payment_request(sync_shop):
     paid = sync_shop.pay().json()
 
-    [record] = sync_shop.audit(paid["order_id"])
-    dispatch_logs = [json.loads(line) for line in sync_shop.log_path.read_text().splitlines()
-                     if record["event_id"] in line and "dispatch:" in line]
-    assert {entry["message"].split()[1] for entry in dispatch_logs} == {"points", "mailer",
-                                                                       "audit"}
-    assert {entry["trace_id"] for entry in dispatch_logs} == {record["trace_id"]}
+    records = {r["event_type"]: r for r in sync_shop.audit(paid["order_id"])}
+    lines = sync_shop.log_path.read_text().splitlines()
+
+    def dispatched_to(event_id: str) -> list[dict]:
+        return [json.loads(line) for line in lines if event_id in line and "dispatch:" in line]
+
+    # OrderPaid to every consumer bound to it, then the OrderShipped shipping published to
+    # everyone bound to that (points acks it as ignored), all in the request's trace.
+    paid_logs = dispatched_to(records["OrderPaid"]["event_id"])
+    shipped_logs = dispatched_to(records["OrderShipped"]["event_id"])
+    assert {entry["message"].split()[1] for entry in paid_logs} == {"points", "mailer",
+                                                                   "audit", "shipping"}
+    assert {entry["message"].split()[1] for entry in shipped_logs} == {"points", "mailer",
+                                                                      "audit"}
+    dispatch_logs = paid_logs + shipped_logs
+    assert {entry["trace_id"] for entry in dispatch_logs} == {records["OrderPaid"]["trace_id"]}
     assert {entry["correlation_id"] for entry in dispatch_logs} == {paid["correlation_id"]}
 
 
@@ -75,7 +90,9 @@ def test_a_failing_handler_leaves_the_payment_standing_and_is_reported(sync_shop
     assert got.json()["status"] == "paid"
     # The other handlers did their work; the mail is neither sent nor recorded as sent.
     [entry] = sync_shop.points(paid["customer_id"])["entries"]
-    assert [r["event_type"] for r in sync_shop.audit(paid["order_id"])] == ["OrderPaid"]
+    assert sorted(r["event_type"] for r in sync_shop.audit(paid["order_id"])) == [
+        "OrderPaid", "OrderShipped"]
+    # Neither mail: the shipped one waits for the thank-you one (OutOfOrder), never overtakes.
     assert sync_shop.mails(paid["order_id"]) == []
     assert sync_shop.delivered(paid["email"]) == []
     # Reported: counted, and logged with the error and the request's correlation id.
@@ -109,6 +126,6 @@ def test_after_a_lost_mail_the_refund_mail_is_held_back_rather_than_sent_out_of_
     assert response.status_code == 200
     assert response.headers[FAILURES_HEADER] == "mailer"
     assert sync_shop.points(paid["customer_id"])["balance"] == 0
-    assert len(sync_shop.audit(paid["order_id"])) == 2
+    assert len(sync_shop.audit(paid["order_id"])) == 3  # paid, shipped, refunded
     assert sync_shop.mails(paid["order_id"]) == []
     assert sync_shop.delivered(paid["email"]) == []

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack import smtp_sink
 from devstack.smtp_sink import mails_in
 from devstack.stack import SERVICES, Stack, free_port
 from devstack.syncmode import SyncShop
@@ -59,24 +60,34 @@ def test_the_async_stack_delivers_what_failed_in_sync_mode_and_repeats_nothing(
     finally:
         sync.stop()
     assert FAILED not in ok.headers and lost.headers[FAILED] == "mailer"
-    assert [m["To"] for m in smtp_mails(tmp_path)] == ["ok@example.com"]
+    # ok: thank-you and shipped; lost: neither (its shipped mail waits for its thank-you).
+    assert [m["To"] for m in smtp_mails(tmp_path)] == ["ok@example.com"] * 2
 
     stack = Stack(rabbitmq_url=amqp_url, database_urls=databases, smtp_port=smtp.port,
                   ports={s: free_port() for s in SERVICES}, log_dir=tmp_path)
     # Consumers first: their queues must exist before the relay publishes the backlog (in a
     # deployment the broker definitions declare them; this vhost is brand new).
+    # Shipping is a relay too: it starts after the queues of what it publishes exist, and
+    # publishes its two unrelayed OrderShipped rows before payment's OrderPaid rows go out:
+    # the mailer holds the lost order's shipped mail back until its thank-you mail is out.
     stack.start("points", "mailer", "audit")
     try:
         stack.wait_ready("points", "mailer", "audit", timeout=40)
+        stack.start("shipping")
+        stack.wait_ready("shipping", timeout=40)
         stack.start("payment")
-        eventually(lambda: [m["To"] for m in smtp_mails(tmp_path)].count("lost@example.com"),
-                   timeout=40, message="the mail lost in sync mode")
-        # Each consumer saw both events again and skipped what the sync mode had applied.
-        for service, skipped in (("points", 2), ("audit", 2), ("mailer", 1)):
+        eventually(lambda: [m["To"] for m in smtp_mails(tmp_path)].count("lost@example.com")
+                   == 2, timeout=60, message="the two mails lost in sync mode")
+        # Each consumer saw every event again and skipped what the sync mode had applied
+        # (points ignores the two OrderShipped: no handler, not a duplicate).
+        for service, skipped in (("points", 2), ("audit", 4), ("mailer", 2), ("shipping", 2)):
             eventually(lambda s=service, n=skipped: duplicates_skipped(stack.url(s), s) == n,
                        timeout=40, message=f"{service} skipping what was applied")
-        assert sorted(m["To"] for m in smtp_mails(tmp_path)) == ["lost@example.com",
-                                                                  "ok@example.com"]
+        assert sorted(m["To"] for m in smtp_mails(tmp_path)) == ["lost@example.com"] * 2 + [
+            "ok@example.com"] * 2
+        lost_mails = [m["Subject"] for m in smtp_sink.arrivals(tmp_path / "mail")
+                      if m["To"] == "lost@example.com"]
+        assert lost_mails == ["Thank you for your order", "Your order has shipped"]
         points = httpx.get(f"{stack.url('points')}/customers/movers/points", timeout=10).json()
         assert points["balance"] == 20
     finally:

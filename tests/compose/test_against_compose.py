@@ -31,6 +31,7 @@ PAYMENT_URL = os.environ["PAYMENT_URL"]
 POINTS_URL = os.environ["POINTS_URL"]
 MAILER_URL = os.environ["MAILER_URL"]
 AUDIT_URL = os.environ["AUDIT_URL"]
+SHIPPING_URL = os.environ["SHIPPING_URL"]
 JAEGER_URL = os.environ["JAEGER_URL"]
 MAILPIT_URL = os.environ["MAILPIT_URL"]
 MANAGEMENT_URL = os.environ["RABBITMQ_MANAGEMENT_URL"]
@@ -70,32 +71,37 @@ def _management(path: str):
     return response.json()
 
 
-def test_points_and_audit_record_the_payment(paid):
+def test_points_shipping_and_audit_record_the_payment_and_its_shipment(paid):
     customer, order_id = paid["customer_id"], paid["order_id"]
     balance = eventually(
         lambda: _get(f"{POINTS_URL}/customers/{customer}/points")["balance"],
         timeout=SLOW, message="points granted",
     )
     assert balance == 12
-    audit = eventually(lambda: _get(f"{AUDIT_URL}/events?order_id={order_id}"),
-                       timeout=SLOW, message="audited")
-    assert [(e["event_type"], e["correlation_id"]) for e in audit] == [
-        ("OrderPaid", paid["correlation_id"])
+    [shipment] = eventually(lambda: _get(f"{SHIPPING_URL}/shipments?order_id={order_id}"),
+                            timeout=SLOW, message="shipped")
+    assert shipment["status"] == "shipped"
+    audit = eventually(
+        lambda: a if len(a := _get(f"{AUDIT_URL}/events?order_id={order_id}")) == 2 else None,
+        timeout=SLOW, message="both events audited")
+    assert sorted((e["event_type"], e["correlation_id"]) for e in audit) == [
+        ("OrderPaid", paid["correlation_id"]), ("OrderShipped", paid["correlation_id"])
     ]
 
 
 def test_the_thank_you_mail_is_in_mailpit_with_the_correlation_id(paid):
     mailpit = Mailpit(MAILPIT_URL)
     try:
-        mails = eventually(lambda: mailpit.mails_to(paid["email"]), timeout=SLOW,
-                           message="mail in Mailpit")
-        assert len(mails) == 1
-        headers = {k.lower(): v for k, v in mailpit.headers(mails[0].id).items()}
-        assert headers["x-correlation-id"] == [paid["correlation_id"]]
+        mails = eventually(lambda: m if len(m := mailpit.mails_to(paid["email"])) == 2 else None,
+                           timeout=SLOW, message="the thank-you and the shipped mail in Mailpit")
+        for mail in mails:
+            headers = {k.lower(): v for k, v in mailpit.headers(mail.id).items()}
+            assert headers["x-correlation-id"] == [paid["correlation_id"]]
     finally:
         mailpit.close()
     sent = _get(f"{MAILER_URL}/mails?order_id={paid['order_id']}")
-    assert [m["to"] for m in sent] == [paid["email"]]
+    assert [(m["to"], m["subject"]) for m in sent] == [
+        (paid["email"], "Thank you for your order"), (paid["email"], "Your order has shipped")]
 
 
 def test_the_payment_is_one_trace_in_jaeger_from_the_request_to_every_consumer(paid):
@@ -104,9 +110,8 @@ def test_the_payment_is_one_trace_in_jaeger_from_the_request_to_every_consumer(p
     def whole_trace():
         spans = jaeger.trace_by_correlation_id(paid["correlation_id"])
         services = {s.service for s in spans}
-        complete = {"payment", "points", "mailer", "audit"} <= services and any(
-            s.name == "smtp send" for s in spans
-        )
+        complete = {"payment", "points", "mailer", "audit", "shipping"} <= services and len(
+            [s for s in spans if s.name == "smtp send"]) == 2
         return spans if complete else None
 
     try:
@@ -126,7 +131,7 @@ def test_the_payment_is_one_trace_in_jaeger_from_the_request_to_every_consumer(p
 
 
 def test_the_broker_runs_the_definitions_topology_with_consumers_and_no_guest(paid):
-    work_queues = [f"{service}.events" for service in ("points", "mailer", "audit")]
+    work_queues = [f"{service}.events" for service in ("points", "mailer", "audit", "shipping")]
 
     def queues_once_consumed() -> dict | None:
         # The management API's counts lag the broker by seconds (measured 6.6 s behind a
@@ -142,5 +147,5 @@ def test_the_broker_runs_the_definitions_topology_with_consumers_and_no_guest(pa
         assert expected <= set(queues), work
         assert all(queues[name]["type"] == "quorum" for name in expected)
     users = {u["name"] for u in _management("/api/users")}
-    assert {"admin", "payment", "points", "mailer", "audit"} <= users
+    assert {"admin", "payment", "points", "mailer", "audit", "shipping"} <= users
     assert "guest" not in users

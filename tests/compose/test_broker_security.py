@@ -18,6 +18,9 @@ import httpx
 import pytest
 from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity
 
+from devstack import events
+from messaging import db, outbox
+from messaging.outbox_store import add_to_outbox
 from messaging.topology import QueueTopology
 
 pytestmark = pytest.mark.integration
@@ -124,9 +127,54 @@ async def test_every_user_logs_in_with_its_password_and_no_other(broker):
 async def test_payment_publishes_to_shop_events_and_every_consumer_queue_receives_it(broker):
     body = f'{{"probe": "{uuid.uuid4()}"}}'.encode()
     await _publish(broker["payment"], "shop.events", "order.paid", body)
-    for service in ("points", "mailer", "audit"):
+    for service in ("points", "mailer", "audit", "shipping"):
         message = await _get(broker[service], f"{service}.events")
         assert message.body == body
+
+
+async def test_shipping_relays_order_shipped_as_itself_and_its_consumers_receive_it(
+    broker, tmp_path
+):
+    """The consumer that publishes: its outbox relay, logged in as `shipping` (no right to
+    configure the exchange), publishes with confirms; mailer, audit and points receive it,
+    shipping itself does not (its bindings are order.paid and order.refunded)."""
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/shipping.db")
+    await db.create_schema(engine, outbox.metadata)
+    sessions = db.session_factory(engine)
+    shipped = events.order_shipped(events.order_paid())
+    async with sessions() as session, session.begin():
+        await add_to_outbox(session, shipped)
+    connection = await aio_pika.connect_robust(broker["shipping"])
+    try:
+        relay = outbox.OutboxRelay(sessions, lambda: _same(connection), service="shipping")
+        assert await relay.publish_pending() == 1
+    finally:
+        await connection.close()
+        await engine.dispose()
+    for service in ("points", "mailer", "audit"):
+        assert (await _get(broker[service], f"{service}.events")).message_id == str(
+            shipped.event_id)
+    async with await aio_pika.connect(broker["admin"]) as admin:
+        channel = await admin.channel()
+        queue = await channel.get_queue("shipping.events", ensure=True)
+        assert await queue.get(fail=False) is None
+
+
+async def _same(
+    connection: aio_pika.abc.AbstractRobustConnection,
+) -> aio_pika.abc.AbstractRobustConnection:
+    return connection
+
+
+async def test_shipping_may_publish_to_shop_events_but_not_configure_it(broker):
+    body = f'{{"probe": "{uuid.uuid4()}"}}'.encode()
+    await _publish(broker["shipping"], "shop.events", "order.shipped", body)
+    for service in ("points", "mailer", "audit"):  # taken out again: the queues stay empty
+        assert (await _get(broker[service], f"{service}.events")).body == body
+    async with await aio_pika.connect(broker["shipping"]) as connection:
+        channel = await connection.channel()
+        with pytest.raises(ChannelAccessRefused):
+            await channel.declare_exchange("shop.events", aio_pika.ExchangeType.TOPIC, durable=True)
 
 
 async def test_payment_cannot_consume_or_declare(broker):
@@ -143,14 +191,15 @@ async def test_payment_cannot_publish_anywhere_else(broker):
         await _publish(broker["payment"], "", "points.events")
 
 
-@pytest.mark.parametrize("service", ["points", "mailer", "audit"])
+@pytest.mark.parametrize("service", ["points", "mailer", "audit"])  # they produce nothing
 async def test_a_consumer_cannot_publish_to_shop_events(broker, service):
     with pytest.raises(ChannelAccessRefused):
         await _publish(broker[service], "shop.events", "order.paid")
 
 
 @pytest.mark.parametrize(
-    ("service", "other"), [("points", "mailer"), ("mailer", "audit"), ("audit", "points")]
+    ("service", "other"), [("points", "mailer"), ("mailer", "audit"), ("audit", "points"),
+                           ("shipping", "mailer"), ("points", "shipping")]
 )
 async def test_a_consumer_cannot_read_another_services_queues(broker, service, other):
     with pytest.raises(ChannelAccessRefused):
@@ -201,7 +250,7 @@ async def test_the_topology_is_in_place_before_any_service_starts(broker):
     """Definitions create the queues: an unknown one is a 404, not silently created."""
     async with await aio_pika.connect(broker["admin"]) as connection:
         channel = await connection.channel()
-        for service in ("points", "mailer", "audit"):
+        for service in ("points", "mailer", "audit", "shipping"):
             await channel.get_queue(f"{service}.events", ensure=True)
         with pytest.raises(ChannelNotFoundEntity):
             await channel.get_queue("nobody.events", ensure=True)
@@ -218,7 +267,7 @@ def test_only_the_admin_user_reaches_the_management_api(broker):
         return response.status_code
 
     assert login("admin") == 200
-    for service in ("payment", "points", "mailer", "audit"):
+    for service in ("payment", "points", "mailer", "audit", "shipping"):
         assert login(service) == 401, service
 
 

@@ -106,7 +106,10 @@ def test_a_consumer_may_only_touch_its_own_queues(service):
     for queue in others:
         for kind in ("configure", "write", "read"):
             assert not _allowed(service, kind, queue), (kind, queue)
-    assert not _allowed(service, "write", "shop.events")
+    # Only a consumer that publishes (its spec produces events: shipping) writes to the
+    # exchange; none may configure it.
+    assert _allowed(service, "write", "shop.events") is bool(spec.named(service).produces)
+    assert not _allowed(service, "write", "shop.events.x")
     assert not _allowed(service, "configure", "shop.events")
     assert _allowed(service, "read", "shop.events")  # to bind its queue
     assert _allowed(service, "write", "amq.default")  # to re-publish to its retry queues / DLQ

@@ -1,4 +1,5 @@
-"""End to end over the real stack: payment -> RabbitMQ -> points, mailer, audit, as processes."""
+"""End to end over the real stack: payment -> RabbitMQ -> points, mailer, audit, shipping
+-> (OrderShipped, from shipping's outbox) -> mailer, audit; every service a process."""
 
 import uuid
 
@@ -32,30 +33,47 @@ def audit(stack, order_id) -> list:
     return response.json()
 
 
-def all_three_done(stack, payment) -> bool:
+def shipments(stack, order_id) -> list:
+    response = httpx.get(f"{stack.url('shipping')}/shipments", params={"order_id": order_id},
+                         timeout=10)
+    return response.json()
+
+
+def all_done(stack, payment) -> bool:
+    """Points, the shipment, both mails and both audit records of a payment."""
     return bool(ledger(stack, payment["customer_id"])["entries"]
-                and mails(stack, payment["order_id"]) and audit(stack, payment["order_id"]))
+                and shipments(stack, payment["order_id"])
+                and len(mails(stack, payment["order_id"])) == 2
+                and len(audit(stack, payment["order_id"])) == 2)
 
 
-def test_each_payment_yields_one_ledger_entry_one_mail_and_one_audit_record(stack):
+def test_each_payment_yields_one_ledger_entry_one_shipment_two_mails_and_two_audit_records(
+    stack,
+):
     payments = [pay(stack).json() for _ in range(5)]
     for p in payments:
-        eventually(lambda p=p: all_three_done(stack, p), timeout=20, message="all three effects")
+        eventually(lambda p=p: all_done(stack, p), timeout=30, message="all effects")
 
     for p in payments:
         points = ledger(stack, p["customer_id"])
         assert points["balance"] == 12
         assert [e["order_id"] for e in points["entries"]] == [p["order_id"]]
-        [mail] = mails(stack, p["order_id"])
-        assert mail["to"] == "buyer@example.com"
-        [record] = audit(stack, p["order_id"])
-        assert (record["event_type"], record["sequence"]) == ("OrderPaid", 1)
-        assert record["correlation_id"] == p["correlation_id"]
-        assert record["event_id"] == mail["event_id"] == points["entries"][0]["event_id"]
+        [shipment] = shipments(stack, p["order_id"])
+        assert shipment["status"] == "shipped"
+        thanks, shipped = mails(stack, p["order_id"])
+        assert (thanks["subject"], shipped["subject"]) == ("Thank you for your order",
+                                                          "Your order has shipped")
+        assert thanks["to"] == shipped["to"] == "buyer@example.com"
+        records = {r["event_type"]: r for r in audit(stack, p["order_id"])}
+        assert sorted(records) == ["OrderPaid", "OrderShipped"]
+        assert {r["correlation_id"] for r in records.values()} == {p["correlation_id"]}
+        assert records["OrderPaid"]["event_id"] == thanks["event_id"] == (
+            points["entries"][0]["event_id"])
+        assert records["OrderShipped"]["event_id"] == shipped["event_id"]
     sent = {m["Message-ID"]: m for m in mails_in(stack.mail_dir)}
     for p in payments:
-        [mail] = mails(stack, p["order_id"])
-        assert sent[mail["message_id"]]["X-Correlation-ID"] == p["correlation_id"]
+        for mail in mails(stack, p["order_id"]):
+            assert sent[mail["message_id"]]["X-Correlation-ID"] == p["correlation_id"]
 
 
 def test_a_payment_answers_201_with_the_payment_and_its_correlation_id(stack):
@@ -85,7 +103,7 @@ def test_a_given_correlation_id_is_kept_and_a_bad_one_replaced(stack):
 def test_a_repeated_post_with_the_same_idempotency_key_creates_nothing_new(stack):
     order_id, key = uuid.uuid4(), f"key-{uuid.uuid4()}"
     first = pay(stack, order_id=order_id, key=key, customer_id="idem")
-    eventually(lambda: all_three_done(stack, first.json()), timeout=20, message="effects")
+    eventually(lambda: all_done(stack, first.json()), timeout=30, message="effects")
     balance_before = ledger(stack, "idem")["balance"]
 
     second = pay(stack, order_id=order_id, key=key, customer_id="idem")
@@ -94,10 +112,11 @@ def test_a_repeated_post_with_the_same_idempotency_key_creates_nothing_new(stack
     assert second.json()["payment_id"] == first.json()["payment_id"]
     # A later payment is the fence: once it is through, a stray duplicate would be too.
     fence = pay(stack).json()
-    eventually(lambda: all_three_done(stack, fence), timeout=20, message="fence processed")
+    eventually(lambda: all_done(stack, fence), timeout=30, message="fence processed")
     assert ledger(stack, "idem")["balance"] == balance_before
-    assert len(mails(stack, str(order_id))) == 1
-    assert len(audit(stack, str(order_id))) == 1
+    assert len(mails(stack, str(order_id))) == 2
+    assert len(audit(stack, str(order_id))) == 2
+    assert len(shipments(stack, str(order_id))) == 1
 
 
 def test_the_same_key_with_another_body_is_refused_with_422(stack):
@@ -165,6 +184,6 @@ def test_each_consumer_acks_and_publishes_on_separate_connections(stack):
             listed = api.get(f"/api/vhosts/{quote(stack.vhost, safe='')}/connections").json()
         return {(c.get("client_properties") or {}).get("connection_name") for c in listed}
 
-    wanted = {"payment", *(f"{s}{suffix}" for s in ("points", "mailer", "audit")
+    wanted = {"payment", *(f"{s}{suffix}" for s in ("points", "mailer", "audit", "shipping")
                            for suffix in ("", "-publish"))}
     eventually(lambda: wanted <= names(), timeout=20, message="the connections by name")

@@ -1,7 +1,11 @@
-"""One payment, one trace, across four processes; the same ids in every service's logs.
+"""One payment, one trace, across five processes; the same ids in every service's logs.
+
+The trace continues through the second producer: shipping's CONSUMER span of the OrderPaid
+-> its outbox row -> its relay -> its publish of OrderShipped -> the CONSUMER spans of the
+services bound to order.shipped.
 
 The test runs its own OTLP/HTTP receiver (decoding with opentelemetry-proto) and points the
-four services at it, exactly as they would be pointed at Jaeger's port 4318.
+services at it, exactly as they would be pointed at Jaeger's port 4318.
 """
 
 from __future__ import annotations
@@ -146,7 +150,7 @@ def log_lines(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_one_payment_is_one_trace_across_payment_points_mailer_and_audit(
+def test_one_payment_is_one_trace_across_payment_points_mailer_audit_and_shipping(
     tmp_path, amqp_url, smtp, receiver
 ):
     stack = start_stack(
@@ -163,17 +167,20 @@ def test_one_payment_is_one_trace_across_payment_points_mailer_and_audit(
         )
         assert response.status_code == 201, response.text
 
-        def consumers_and_mail_exported():
+        def consumers_and_mails_exported():
             mine = [s for s in receiver.received() if s.attributes.get(CID) == cid]
-            consumers = {s.service for s in mine if s.kind == "CONSUMER"}
-            smtp_sent = any(s.name == "smtp send" for s in mine)
-            return mine if consumers == {"points", "mailer", "audit"} and smtp_sent else None
+            consumers = [s for s in mine if s.kind == "CONSUMER"]
+            smtp_sent = [s for s in mine if s.name == "smtp send"]
+            # OrderPaid: points, mailer, audit, shipping; OrderShipped: points, mailer, audit.
+            return mine if len(consumers) == 7 and len(smtp_sent) == 2 else None
 
-        eventually(consumers_and_mail_exported, timeout=60, message="all consumer spans exported")
+        eventually(consumers_and_mails_exported, timeout=60,
+                   message="all consumer spans exported")
         audit_rows = eventually(
-            lambda: httpx.get(f"{stack.url('audit')}/events",
-                              params={"order_id": order_id}, timeout=5).json(),
-            timeout=30, message="audit row",
+            lambda: rows if len(rows := httpx.get(
+                f"{stack.url('audit')}/events", params={"order_id": order_id},
+                timeout=5).json()) == 2 else None,
+            timeout=30, message="both audit rows",
         )
     finally:
         stack.stop()  # SIGTERM: each service flushes its last spans on the way out
@@ -187,55 +194,74 @@ def test_one_payment_is_one_trace_across_payment_points_mailer_and_audit(
     # Exactly one trace, and every span in it carries the correlation id.
     assert trace == mine
     [server] = [s for s in trace if s.kind == "SERVER"]
-    [producer] = [s for s in trace if s.kind == "PRODUCER"]
-    consumers = {s.service: s for s in trace if s.kind == "CONSUMER"}
     assert (server.service, server.name, server.parent_id) == ("payment", "POST /payments", None)
-    assert producer.service == "payment"
-    assert len(consumers) == 3 and len([s for s in trace if s.kind == "CONSUMER"]) == 3
-    assert {name: s.parent_id for name, s in consumers.items()} == {
-        "points": producer.span_id, "mailer": producer.span_id, "audit": producer.span_id}
-    [relay] = [s for s in trace if s.name == "outbox relay"]
-    assert producer.parent_id == relay.span_id and relay.parent_id == server.span_id
-    # Every messaging hop by the OpenTelemetry conventions for RabbitMQ.
-    event_id = relay.attributes["mini_ec.event_id"]
-    assert relay.attributes["mini_ec.order_id"] == order_id
-    hop = {"messaging.system": "rabbitmq", "messaging.message.id": event_id,
-           "messaging.message.conversation_id": cid, "mini_ec.correlation_id": cid,
-           "messaging.rabbitmq.destination.routing_key": "order.paid"}
-    assert producer.name == "publish shop.events"
-    assert (hop | {"messaging.destination.name": "shop.events",
-                   "messaging.operation.type": "send",
-                   "messaging.operation.name": "publish"}).items() <= producer.attributes.items()
-    for service, consumer in consumers.items():
-        assert consumer.name == f"process {service}.events"
-        assert (hop | {"messaging.destination.name": f"{service}.events",
-                       "messaging.operation.type": "process",
-                       "messaging.operation.name": "process",
-                       "mini_ec.event_id": event_id, "mini_ec.order_id": order_id}
-                ).items() <= consumer.attributes.items(), service
-        assert "error.type" not in consumer.attributes
+    producers = {s.service: s for s in trace if s.kind == "PRODUCER"}
+    relays = {s.service: s for s in trace if s.name == "outbox relay"}
+    assert sorted(producers) == sorted(relays) == ["payment", "shipping"]
+    assert len([s for s in trace if s.kind == "PRODUCER"]) == 2
+    assert len([s for s in trace if s.kind == "CONSUMER"]) == 7
+
+    def consumers_of(producer: Span) -> dict[str, Span]:
+        return {s.service: s for s in trace
+                if s.kind == "CONSUMER" and s.parent_id == producer.span_id}
+
+    # payment: HTTP -> its relay -> its publish -> every consumer bound to order.paid.
+    of_paid = consumers_of(producers["payment"])
+    assert sorted(of_paid) == ["audit", "mailer", "points", "shipping"]
+    assert relays["payment"].parent_id == server.span_id
+    assert producers["payment"].parent_id == relays["payment"].span_id
+    # shipping: its CONSUMER span of the OrderPaid -> its relay (the outbox row carries that
+    # span's context) -> its publish -> every consumer bound to order.shipped.
+    of_shipped = consumers_of(producers["shipping"])
+    assert sorted(of_shipped) == ["audit", "mailer", "points"]
+    assert relays["shipping"].parent_id == of_paid["shipping"].span_id
+    assert producers["shipping"].parent_id == relays["shipping"].span_id
+
+    # Every messaging hop by the OpenTelemetry conventions for RabbitMQ, on both hops.
+    for producer_name, routing_key, consumers in (("payment", "order.paid", of_paid),
+                                                  ("shipping", "order.shipped", of_shipped)):
+        relay, producer = relays[producer_name], producers[producer_name]
+        event_id = relay.attributes["mini_ec.event_id"]
+        assert relay.attributes["mini_ec.order_id"] == order_id
+        hop = {"messaging.system": "rabbitmq", "messaging.message.id": event_id,
+               "messaging.message.conversation_id": cid, "mini_ec.correlation_id": cid,
+               "messaging.rabbitmq.destination.routing_key": routing_key}
+        assert producer.name == "publish shop.events"
+        assert (hop | {"messaging.destination.name": "shop.events",
+                       "messaging.operation.type": "send",
+                       "messaging.operation.name": "publish"}).items() <= (
+            producer.attributes.items()), producer_name
+        for service, consumer in consumers.items():
+            assert consumer.name == f"process {service}.events"
+            assert (hop | {"messaging.destination.name": f"{service}.events",
+                           "messaging.operation.type": "process",
+                           "messaging.operation.name": "process",
+                           "mini_ec.event_id": event_id, "mini_ec.order_id": order_id}
+                    ).items() <= consumer.attributes.items(), (producer_name, service)
+            assert "error.type" not in consumer.attributes
     deprecated = {"messaging.destination", "messaging.operation", "messaging.conversation_id",
                   "messaging.temp_destination", "net.peer.name", "correlation_id", "order_id"}
-    messaging = [relay, producer, *consumers.values()]
+    messaging = [*relays.values(), *producers.values(), *of_paid.values(), *of_shipped.values()]
     assert [(s.name, k) for s in messaging for k in s.attributes if k in deprecated] == []
-    [smtp_span] = [s for s in trace if s.name == "smtp send"]
-    assert smtp_span.service == "mailer" and smtp_span.kind == "CLIENT"
-    assert smtp_span.parent_id == consumers["mailer"].span_id
-    assert smtp_span.attributes["mini_ec.mail.message_id"].startswith("<")
+    smtp_spans = sorted((s for s in trace if s.name == "smtp send"), key=lambda s: s.start)
+    assert [(s.service, s.kind) for s in smtp_spans] == [("mailer", "CLIENT")] * 2
+    assert [s.parent_id for s in smtp_spans] == [of_paid["mailer"].span_id,
+                                                 of_shipped["mailer"].span_id]
+    assert all(s.attributes["mini_ec.mail.message_id"].startswith("<") for s in smtp_spans)
     # Not only this trace: no span of any service lacks a correlation id (probes make none).
     assert [s.name for s in everything if not s.attributes.get(CID)] == []
 
-    # audit stored the order's trace id and correlation id.
-    [row] = audit_rows
-    assert (row["trace_id"], row["correlation_id"]) == (trace_id, cid)
+    # audit stored the order's trace id and correlation id, for both events.
+    assert sorted(row["event_type"] for row in audit_rows) == ["OrderPaid", "OrderShipped"]
+    assert {(row["trace_id"], row["correlation_id"]) for row in audit_rows} == {(trace_id, cid)}
 
-    # The mail carries the correlation id.
-    [mail] = mails_in(tmp_path / "mail")
-    assert mail["X-Correlation-ID"] == cid
+    # Both mails carry the correlation id.
+    mails = mails_in(tmp_path / "mail")
+    assert len(mails) == 2 and {mail["X-Correlation-ID"] for mail in mails} == {cid}
 
     # Every line each service wrote is one JSON object; each service logged this payment
     # with the same correlation id and trace id.
-    for service in ("payment", "points", "mailer", "audit"):
+    for service in ("payment", "points", "mailer", "audit", "shipping"):
         lines = log_lines(tmp_path / f"{service}.log")
         assert all({"time", "level", "service", "message", "trace_id", "span_id",
                     "correlation_id"} <= line.keys() for line in lines)
