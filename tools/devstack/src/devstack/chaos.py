@@ -9,8 +9,10 @@ Loopback only: the local RabbitMQ (a throwaway vhost), SQLite files under a temp
 directory, an in-process SMTP sink. Restarting the broker uses `rabbitmqctl stop_app` /
 `start_app`, which drops every connection on the node: don't run it while others test.
 
-Categories, per service, over the events the payment service committed (its outbox):
-  expected    events that should have an effect (every committed OrderPaid / OrderRefunded)
+Categories, per service, over the events the producers committed (payment's outbox, and
+shipping's: a consumer that publishes OrderShipped for every paid order):
+  expected    events that should have an effect (every committed event of a type the
+              service handles and its bindings route to it)
   lost        expected events with no effect
   duplicated  expected events with more than one effect
   unexpected  effects of events nobody committed, or with the wrong content
@@ -20,6 +22,8 @@ SIGKILL in between sends it again with the same Message-ID. Such resends are rep
 fault, not as duplicated effects, up to what the fault can explain: the messages in flight
 (the prefetch) at a mailer kill; none at a broker restart or a node's death (a dropped
 connection never makes the mailer send again). Beyond that they count as duplicated.
+Across producers: "mails out of causal order" counts the orders whose "Your order has
+shipped" reached the SMTP server before their "Thank you for your order" (must be 0).
 """
 
 from __future__ import annotations
@@ -66,12 +70,19 @@ EFFECTS = {
 }
 _BY_INBOX = ("inbox", "SELECT event_id, order_id FROM inbox",
              lambda w, g: g[0] == w["order_id"])
+# The services that publish, each from its own outbox (payment; shipping, a consumer).
+PRODUCERS = tuple(s.name for s in spec.installed() if s.produces)
 
 
-def _routed(name: str, expected: dict[str, dict]) -> dict[str, dict]:
-    """The expected events the consumer's bindings route to its queue."""
-    consumes = spec.named(name).consumes
-    return {e: w for e, w in expected.items() if consumes and consumes.receives(w["type"])}
+def _handled(name: str, expected: dict[str, dict]) -> dict[str, dict]:
+    """The expected events the consumer's bindings route to its queue and it has a handler
+    for (points acks OrderShipped as ignored: no effect expected)."""
+    service = spec.named(name)
+    if service.consumes is None:
+        return {}
+    takes = set(service.consumes.registry(service.settings()).event_types)
+    return {e: w for e, w in expected.items()
+            if service.consumes.receives(w["type"]) and w["type"] in takes}
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,7 @@ class Report:
     counts: dict[str, Counts] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)  # those that can make mails resend
     resends: Resends = field(default_factory=Resends)
+    mails_out_of_order: int = 0
     kills: Counter = field(default_factory=Counter)
     broker_restarts: int = 0
     payments: int = 0
@@ -179,7 +191,7 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return all(c.ok for c in self.counts.values())
+        return all(c.ok for c in self.counts.values()) and self.mails_out_of_order == 0
 
     def table(self) -> str:
         lines = [
@@ -202,8 +214,10 @@ class Report:
             "the mailer was SIGKILLed goes out again with its Message-ID, at most the "
             f"{IN_FLIGHT} (prefetch) in flight; a dropped connection resends none. Per fault:",
             *self.resends.lines(),
+            f"mails out of causal order (an order's shipped mail before its thank-you mail): "
+            f"{self.mails_out_of_order}",
             f"result: {'PASS' if self.passed else 'FAIL'} "
-            "(lost, duplicated and unexpected must all be zero)",
+            "(lost, duplicated, unexpected and mails out of causal order must all be zero)",
         ]
         return "\n".join(lines)
 
@@ -323,38 +337,90 @@ async def _pg_rows(database_url: str, sql: str) -> list[tuple]:
 
 
 def expected_events(stack: Stack, orders: dict[str, dict]) -> dict[str, dict]:
-    """event_id -> what it should do, from the payment outbox, for orders the client saw."""
+    """event_id -> what it should do, from every producer's outbox, for orders the client saw."""
     events = {}
-    for event_id, event_type, order_id, body in _rows(
-        stack.database_urls["payment"], "SELECT event_id, event_type, order_id, body FROM outbox"
-    ):
-        order = orders.get(order_id)
-        if order is None:
-            continue
-        payload = json.loads(body)
-        points = order["amount"] // 100
-        events[event_id] = {
-            "type": event_type, "order_id": order_id, "sequence": payload["sequence"],
-            "delta": points if event_type == "OrderPaid" else -points,
-        }
+    for producer in PRODUCERS:
+        for event_id, event_type, order_id, body in _rows(
+            stack.database_urls[producer],
+            "SELECT event_id, event_type, order_id, body FROM outbox",
+        ):
+            order = orders.get(order_id)
+            if order is None:
+                continue
+            payload = json.loads(body)
+            points = order["amount"] // 100
+            events[event_id] = {
+                "type": event_type, "order_id": order_id, "sequence": payload["sequence"],
+                "delta": points if event_type == "OrderPaid" else -points,
+            }
     return events
 
 
-def producer_counts(stack: Stack, orders: dict[str, dict]) -> Counts:
-    """Each payment / refund the client got an answer for has exactly one outbox row."""
-    wanted = Counter()
+def wanted_events(orders: dict[str, dict]) -> dict[str, Counter]:
+    """What each producer must have committed, once each: (order_id, event type) -> 1.
+    payment: a payment and a refund per order the client got answers for; shipping: one
+    OrderShipped per paid order."""
+    wanted: dict[str, Counter] = {"payment": Counter(), "shipping": Counter()}
     for order_id, order in orders.items():
-        wanted[(order_id, "OrderPaid")] = 1
+        wanted["payment"][(order_id, "OrderPaid")] = 1
+        wanted["shipping"][(order_id, "OrderShipped")] = 1
         if order["refunded"]:
-            wanted[(order_id, "OrderRefunded")] = 1
-    rows = Counter((o, t) for o, t in _rows(stack.database_urls["payment"],
-                                            "SELECT order_id, event_type FROM outbox"))
+            wanted["payment"][(order_id, "OrderRefunded")] = 1
+    return {p: w for p, w in wanted.items() if p in PRODUCERS}
+
+
+def outbox_counts(wanted: Counter, rows: Counter) -> Counts:
+    """Each wanted (order, type) has exactly one outbox row; any other row is unexpected."""
     return Counts(
         expected=len(wanted),
         lost=sum(1 for k in wanted if rows[k] == 0),
         duplicated=sum(1 for k in wanted if rows[k] > 1),
-        unexpected=sum(1 for k in rows if k not in wanted),
+        unexpected=sum(n for k, n in rows.items() if k not in wanted),
     )
+
+
+def producer_counts(stack: Stack, orders: dict[str, dict]) -> dict[str, Counts]:
+    """Per producer: its outbox against what it must have committed."""
+    counts = {}
+    for producer, wanted in wanted_events(orders).items():
+        rows = Counter((o, t) for o, t in _rows(stack.database_urls[producer],
+                                                "SELECT order_id, event_type FROM outbox"))
+        counts[f"{producer} (outbox)"] = outbox_counts(wanted, rows)
+    return counts
+
+
+def shipment_counts(stack: Stack, orders: dict[str, dict]) -> Counts:
+    """One shipment per paid order, `return_requested` once refunded, `shipped` otherwise."""
+    rows = _group(_rows(stack.database_urls["shipping"],
+                        "SELECT order_id, status FROM shipments"))
+    counts = Counts(expected=len(orders))
+    for order_id, order in orders.items():
+        got = rows.get(order_id, [])
+        want = "return_requested" if order["refunded"] else "shipped"
+        if not got:
+            counts.lost += 1
+        elif len(got) > 1:
+            counts.duplicated += 1
+        elif got[0][0] != want:
+            counts.unexpected += 1
+    counts.unexpected += sum(len(v) for k, v in rows.items() if k not in orders)
+    return counts
+
+
+def mails_out_of_causal_order(message_ids: list[str], expected: dict[str, dict]) -> int:
+    """Orders whose first shipped mail came before their first thank-you mail (or without
+    one). `message_ids`: the mails' Message-IDs in the order the SMTP server accepted them."""
+    thanked: set[str] = set()
+    wrong: set[str] = set()
+    for mid in message_ids:
+        event = expected.get(mid.strip("<>").removesuffix("@mini-ec"))
+        if event is None:
+            continue
+        if event["type"] == "OrderPaid":
+            thanked.add(event["order_id"])
+        elif event["type"] == "OrderShipped" and event["order_id"] not in thanked:
+            wrong.add(event["order_id"])
+    return len(wrong)
 
 
 def _categorise(expected: dict[str, dict], effects: dict[str, list], fits) -> Counts:
@@ -383,7 +449,7 @@ def consumer_counts(stack: Stack, expected: dict[str, dict]) -> dict[str, Counts
     for name in CONSUMERS:
         table, sql, fits = EFFECTS.get(name, _BY_INBOX)
         effects = _group(_rows(stack.database_urls[name], sql))
-        counts[f"{name} ({table})"] = _categorise(_routed(name, expected), effects, fits)
+        counts[f"{name} ({table})"] = _categorise(_handled(name, expected), effects, fits)
     return counts
 
 
@@ -393,7 +459,7 @@ def smtp_counts(mail_dir: Path, expected: dict[str, dict], faults: list[Fault]
     receipts: dict[str, list[float]] = {}
     for at, mail in smtp_sink.mails_received(mail_dir):
         receipts.setdefault(str(mail["Message-ID"]), []).append(at)
-    wanted = {f"<{event_id}@mini-ec>" for event_id in expected}
+    wanted = {f"<{event_id}@mini-ec>" for event_id in _handled("mailer", expected)}
     resends = attribute_resends({m: t for m, t in receipts.items() if m in wanted}, faults)
     counts = Counts(
         expected=len(wanted),
@@ -406,13 +472,12 @@ def smtp_counts(mail_dir: Path, expected: dict[str, dict], faults: list[Fault]
 
 def _all_applied(stack: Stack, mail_dir: Path, expected: dict[str, dict]) -> bool:
     urls = stack.database_urls
-    ids = set(expected)
     for name in CONSUMERS:
         _, sql, _ = EFFECTS.get(name, _BY_INBOX)
-        if not set(_routed(name, expected)) <= {r[0] for r in _rows(urls[name], sql)}:
+        if not set(_handled(name, expected)) <= {r[0] for r in _rows(urls[name], sql)}:
             return False
     got = {str(m["Message-ID"]) for m in smtp_sink.mails_in(mail_dir)}
-    return {f"<{e}@mini-ec>" for e in ids} <= got
+    return {f"<{e}@mini-ec>" for e in _handled("mailer", expected)} <= got
 
 
 def _queues_empty(vhost: str) -> bool:
@@ -473,18 +538,26 @@ def _run_under_faults(stack: Stack, vhost: str, config: ChaosConfig, rng: random
         if proc is None or proc.poll() is not None:
             stack.start(name)
     stack.wait_ready(timeout=60)
-    expected = expected_events(stack, orders)
     settle_started = time.monotonic()
     deadline = settle_started + config.settle_timeout
-    while time.monotonic() < deadline:
-        if _all_applied(stack, workdir / "mail", expected) and _queues_empty(vhost):
+    while True:
+        # Read again each time: shipping's OrderShipped rows appear while it catches up.
+        expected = expected_events(stack, orders)
+        if (_all_applied(stack, workdir / "mail", expected) and _queues_empty(vhost)
+                and sum(map(len, wanted_events(orders).values())) <= len(expected)):
             report.settled = True
+            break
+        if time.monotonic() >= deadline:
             break
         time.sleep(1)
     report.settle_seconds = time.monotonic() - settle_started
 
-    report.counts["payment (outbox)"] = producer_counts(stack, orders)
+    report.counts.update(producer_counts(stack, orders))
     report.counts.update(consumer_counts(stack, expected))
+    if "shipping" in CONSUMERS:
+        report.counts["shipping (shipments)"] = shipment_counts(stack, orders)
+    arrived = [str(m["Message-ID"]) for m in smtp_sink.arrivals(workdir / "mail")]
+    report.mails_out_of_order = mails_out_of_causal_order(arrived, expected)
     smtp, report.resends = smtp_counts(workdir / "mail", expected, report.faults)
     report.counts["smtp sink (Message-ID)"] = smtp
     report.dead_lettered = {name: throwaway.queue_depth(vhost, f"{q}.dlq")

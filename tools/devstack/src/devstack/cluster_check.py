@@ -325,18 +325,24 @@ def _load_under_faults(stack, second, broker, result: Result, rng, seconds: floa
 
 def _settle(stack: Stack, workdir: Path, result: Result, out, timeout: float = 120.0) -> None:
     report = result.chaos
-    stack.wait_ready("points", "mailer", "audit", timeout=60)
-    expected = chaos.expected_events(stack, result.orders)
+    stack.wait_ready(*chaos.CONSUMERS, timeout=60)
     began = time.monotonic()
-    while time.monotonic() < began + timeout:
-        if chaos._all_applied(stack, workdir / "mail", expected):
+    wanted = sum(map(len, chaos.wanted_events(result.orders).values()))
+    while True:
+        # Read again each time: shipping's OrderShipped rows appear while it catches up.
+        expected = chaos.expected_events(stack, result.orders)
+        if len(expected) >= wanted and chaos._all_applied(stack, workdir / "mail", expected):
             report.settled = True
+            break
+        if time.monotonic() >= began + timeout:
             break
         time.sleep(1)
     report.settle_seconds = time.monotonic() - began
     print(f"cluster: settled in {report.settle_seconds:.0f}s", file=out, flush=True)
-    report.counts["payment (outbox)"] = chaos.producer_counts(stack, result.orders)
+    report.counts.update(chaos.producer_counts(stack, result.orders))
     report.counts.update(chaos.consumer_counts(stack, expected))
+    arrived = [str(m["Message-ID"]) for m in smtp_sink.arrivals(workdir / "mail")]
+    report.mails_out_of_order = chaos.mails_out_of_causal_order(arrived, expected)
     # Mails in flight at the mailer's kill may go out again; none at the node's death.
     smtp, report.resends = chaos.smtp_counts(workdir / "mail", expected, report.faults)
     report.counts["smtp sink (Message-ID)"] = smtp
