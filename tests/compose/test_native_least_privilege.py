@@ -1,9 +1,10 @@
 """The whole native stack under the broker security of deploy/rabbitmq/definitions.json.
 
 The definitions (users, permissions, topology) are applied to a throwaway vhost with uniquely
-prefixed users, exactly as `apply_definitions.py` does for a developer; then the four services
+prefixed users, exactly as `apply_definitions.py` does for a developer; then the five services
 start as local processes, each connecting as its *own* user (no guest), and a payment flows
-through points, mailer and audit. The mail server refuses on purpose, so the mailer has to
+through points, mailer, audit and shipping (and shipping's OrderShipped back through mailer
+and audit). The mail server refuses on purpose, so the mailer has to
 work its retry queue and its dead-letter queue with nothing but its own permissions.
 """
 
@@ -83,7 +84,8 @@ def secured(tmp_path_factory, apply_definitions):
             ports={s: free_port() for s in SERVICES},
             log_dir=tmp,
             # One wait queue (of the definitions' 1s/5s/30s): attempt, retry once, then DLQ.
-            extra_env={"LOG_LEVEL": "INFO", "RETRY_DELAYS": "1"},
+            # A shipped mail waits (1 s at a time) for its thank-you mail: room for a replay.
+            extra_env={"LOG_LEVEL": "INFO", "RETRY_DELAYS": "1", "MAX_DEFERRALS": "100"},
         )
         stack.start()
         stack.wait_ready(timeout=SLOW)
@@ -117,6 +119,12 @@ def _get_json(url: str):
 
 def _mails_for(stack, order_id: str) -> list:
     return _get_json(f"{stack.url('mailer')}/mails?order_id={order_id}")
+
+
+def _mails(stack, order_id: str, count: int) -> list | None:
+    """The order's mails once there are `count` of them (the thank-you and the shipped)."""
+    mails = _mails_for(stack, order_id)
+    return mails if len(mails) == count else None
 
 
 def _metric(stack, service: str, name: str, **labels: str) -> float:
@@ -156,7 +164,7 @@ def test_each_service_is_connected_as_its_own_user(secured):
     assert "guest" not in users
 
 
-def test_a_payment_reaches_points_mail_and_audit_under_least_privilege(secured):
+def test_a_payment_reaches_points_mail_audit_and_shipping_under_least_privilege(secured):
     customer = f"lp-{uuid.uuid4().hex[:8]}"
     payment = _pay(secured, customer)
     order_id = payment["order_id"]
@@ -166,15 +174,21 @@ def test_a_payment_reaches_points_mail_and_audit_under_least_privilege(secured):
         timeout=SLOW, message="points granted",
     )
     assert points == 12
-    mails = eventually(lambda: _mails_for(secured, order_id), timeout=SLOW, message="mail sent")
-    assert [m["to"] for m in mails] == [f"{customer}@example.com"]
+    # Both mails: the second from the OrderShipped that shipping relayed as its own user.
+    mails = eventually(lambda: _mails(secured, order_id, 2), timeout=SLOW, message="two mails")
+    assert [(m["to"], m["subject"]) for m in mails] == [
+        (f"{customer}@example.com", "Thank you for your order"),
+        (f"{customer}@example.com", "Your order has shipped")]
     audit = eventually(
-        lambda: _get_json(f"{secured.url('audit')}/events?order_id={order_id}"),
+        lambda: a if len(a := _get_json(
+            f"{secured.url('audit')}/events?order_id={order_id}")) == 2 else None,
         timeout=SLOW, message="audited",
     )
-    assert [(e["event_type"], e["correlation_id"]) for e in audit] == [
-        ("OrderPaid", payment["correlation_id"])
+    assert sorted((e["event_type"], e["correlation_id"]) for e in audit) == [
+        ("OrderPaid", payment["correlation_id"]), ("OrderShipped", payment["correlation_id"])
     ]
+    [shipment] = _get_json(f"{secured.url('shipping')}/shipments?order_id={order_id}")
+    assert shipment["status"] == "shipped"
 
 
 def test_the_mailer_retries_through_its_own_wait_queue_as_its_own_user(secured):
@@ -182,8 +196,9 @@ def test_the_mailer_retries_through_its_own_wait_queue_as_its_own_user(secured):
     secured.sink.refusals = 1  # the first attempt fails, the retry gets through
     order_id = _pay(secured, f"lp-{uuid.uuid4().hex[:8]}")["order_id"]
 
-    mails = eventually(lambda: _mails_for(secured, order_id), timeout=SLOW, message="mail sent")
-    assert len(mails) == 1
+    # The shipped mail waits for the thank-you one (out of order, not a transient failure).
+    mails = eventually(lambda: _mails(secured, order_id, 2), timeout=SLOW, message="two mails")
+    assert [m["subject"] for m in mails] == ["Thank you for your order", "Your order has shipped"]
     assert _metric(secured, "mailer", "messages_retried", reason="transient") == retried_before + 1
     assert _queue_depth(secured, "mailer.events.dlq") == 0
 
@@ -212,8 +227,9 @@ def test_the_mailer_dead_letters_as_its_own_user_and_the_dlq_tool_replays_as_it(
 
     replayed = _dlq_tool(secured, "replay", "mailer", "--all")
     assert replayed.returncode == 0, replayed.stderr
-    mails = eventually(lambda: _mails_for(secured, order_id), timeout=SLOW, message="replayed")
-    assert len(mails) == 1
+    # The shipped mail was waiting for the thank-you mail all along; it follows the replay.
+    mails = eventually(lambda: _mails(secured, order_id, 2), timeout=SLOW, message="replayed")
+    assert [m["subject"] for m in mails] == ["Thank you for your order", "Your order has shipped"]
     assert _queue_depth(secured, "mailer.events.dlq") == 0
 
 

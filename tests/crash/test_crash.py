@@ -16,6 +16,9 @@ from devstack.wait import eventually
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 SIGKILLED = -signal.SIGKILL
+# Payment's windows and the mailer's shutdown, with one event per payment: shipping (and its
+# OrderShipped) stays off here; its own windows are in test_shipping_crash.py.
+STARTED = ("payment", "points", "mailer", "audit")
 
 
 def new_customer() -> str:
@@ -28,7 +31,7 @@ def test_consumer_killed_after_its_commit_but_before_the_ack_applies_the_event_o
     s = crash_stack
     s.start("payment", "mailer", "audit")
     s.start_crashing("points", "after-commit")
-    s.stack.wait_ready(timeout=60)
+    s.stack.wait_ready(*STARTED, timeout=60)
     customer = new_customer()
 
     order_id = s.pay(customer, amount=1200)
@@ -55,7 +58,7 @@ def test_relay_killed_after_publishing_but_before_marking_sent_publishes_again_w
     s = crash_stack
     s.start("points", "mailer", "audit")
     s.start_crashing("payment", "after-publish")
-    s.stack.wait_ready(timeout=60)
+    s.stack.wait_ready(*STARTED, timeout=60)
     customer, order_id = new_customer(), str(uuid.uuid4())
 
     # The kill may beat the HTTP response; the commit came before the publish anyway.
@@ -102,7 +105,7 @@ def test_payment_killed_after_its_commit_but_before_publishing_publishes_on_rest
 
     payment.env["RABBITMQ_URL"] = good_url
     s.start("payment")
-    s.stack.wait_ready(timeout=60)
+    s.stack.wait_ready(*STARTED, timeout=60)
     eventually(lambda: s.points(customer)["balance"] == 12, timeout=60,
                message="points granted after the restart")
     eventually(lambda: len(s.mails(order_id)) == 1, timeout=60, message="mail sent")
@@ -117,8 +120,8 @@ def test_sigterm_stops_consuming_finishes_or_releases_in_flight_work_and_loses_n
     flight when mailer is told to stop: that work is released, the rest never taken."""
     s = crash_stack
     smtp.delay_seconds = 12
-    s.start()
-    s.stack.wait_ready(timeout=60)
+    s.start(*STARTED)
+    s.stack.wait_ready(*STARTED, timeout=60)
     customer = new_customer()
     orders = [s.pay(customer, amount=100) for _ in range(40)]  # more than the prefetch
 
