@@ -1,6 +1,6 @@
 """Hostile and careless messages against the real consumers (issue 17, findings 1, 2, 3, 9).
 
-The four services run as processes on one throwaway vhost (the module's stack). Each test
+The services run as processes on one throwaway vhost (the module's stack). Each test
 publishes its hostile messages straight into `shop.events`, as a careless producer or an
 attacker with publish rights would, then asserts where every message ends (work queue,
 DLQ, with which error class) and that a valid payment published behind them is applied
@@ -22,13 +22,13 @@ from contracts import OrderPaid, OrderRefunded, PaymentData, utcnow
 from devstack import events, throwaway
 from devstack.smtp_sink import mails_in
 from devstack.wait import eventually
-from messaging import telemetry
+from messaging import spec, telemetry
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.topology import EXCHANGE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-CONSUMERS = ("points", "mailer", "audit")
+CONSUMERS = tuple(s.name for s in spec.consumers())  # shipping too
 PREFETCH = 32  # the default: more hostile messages than this once stalled a consumer
 
 
@@ -111,8 +111,12 @@ def applied_everywhere(stack, paid: OrderPaid) -> bool:
                        timeout=5).json()
     mails = httpx.get(f"{stack.url('mailer')}/mails", params={"order_id": order}, timeout=5)
     audit = httpx.get(f"{stack.url('audit')}/events", params={"order_id": order}, timeout=5)
+    shipments = httpx.get(f"{stack.url('shipping')}/shipments", params={"order_id": order},
+                          timeout=5)
+    # The thank-you and the shipped mail; OrderPaid and OrderShipped audited; one shipment.
     return (any(e["order_id"] == order for e in ledger["entries"])
-            and len(mails.json()) == 1 and len(audit.json()) == 1)
+            and len(mails.json()) == 2 and len(audit.json()) == 2
+            and len(shipments.json()) == 1)
 
 
 def assert_valid_payment_behind_is_applied(stack, within: float = 10) -> OrderPaid:
@@ -134,6 +138,15 @@ def metric(stack, service: str, name: str, **labels: str) -> float:
 
 def mails_of(stack, order_id) -> list:
     return [m for m in mails_in(stack.mail_dir) if str(order_id) in m.get_content()]
+
+
+def subjects_of(stack, order_id) -> list[str]:
+    """The subjects of the order's mails the SMTP server got, sorted: one thank-you and one
+    shipped mail when nothing went wrong."""
+    return sorted(str(m["Subject"]) for m in mails_of(stack, order_id))
+
+
+ONE_EACH = ["Thank you for your order", "Your order has shipped"]
 
 
 # Finding 3: headers that made the retry/DLQ copy fail stalled the consumer.
@@ -198,8 +211,7 @@ def test_a_refund_as_first_event_is_poison_and_the_real_payment_is_still_applied
     publish(stack, (paid, {}))
     eventually(lambda: applied_everywhere(stack, paid), 10, interval=0.2,
                message="the genuine OrderPaid #1 applied")
-    [mail] = mails_of(stack, paid.order_id)
-    assert mail["Subject"] == "Thank you for your order"
+    assert subjects_of(stack, paid.order_id) == ONE_EACH
 def test_two_different_events_claiming_one_place_in_an_order_are_a_conflict(stack):
     first = events.order_paid(customer_id=f"k{uuid.uuid4().hex[:8]}")
     rival = first.model_copy(update={
@@ -220,7 +232,7 @@ def test_two_different_events_claiming_one_place_in_an_order_are_a_conflict(stac
         assert str(first.event_id) in headers["error-message"]
         assert metric(stack, service, "messages_dead_lettered_total",
                       error_class="conflict") == before[service] + 1
-    assert len(mails_of(stack, first.order_id)) == 1
+    assert subjects_of(stack, first.order_id) == ONE_EACH  # the rival's mailed nothing
     ledger = httpx.get(f"{stack.url('points')}/customers/{first.data.customer_id}/points",
                        timeout=5).json()
     assert len(ledger["entries"]) == 1  # the rival granted nothing
@@ -239,7 +251,7 @@ def test_the_same_event_id_with_other_content_is_logged_and_counted(stack):
                message="the clash counted by every consumer")
     log = stack.log_tail("points", 200)
     assert re.search(rf"event id clash.*{paid.event_id}", log), log
-    assert len(mails_of(stack, paid.order_id)) == 1
+    assert subjects_of(stack, paid.order_id) == ONE_EACH
 
 
 # Finding 1: two copies in flight made two mails.
@@ -259,9 +271,9 @@ def test_copies_of_one_event_in_flight_at_once_send_one_mail(stack, copies):
                            ("mailer.events", "mailer.events.retry.1s",
                             "mailer.events.retry.5s")), 30, interval=0.2,
                message="no copy waiting in a retry queue")
-    assert len(mails_of(stack, paid.order_id)) == 1
+    assert subjects_of(stack, paid.order_id) == ONE_EACH
     assert len(httpx.get(f"{stack.url('mailer')}/mails", params={"order_id": str(paid.order_id)},
-                         timeout=5).json()) == 1
+                         timeout=5).json()) == 2
 
 
 def test_copies_spread_over_two_mailer_instances_send_one_mail(tmp_path):
