@@ -164,3 +164,11 @@ def test_a_subscription_to_a_class_outside_the_contract_is_refused():
 def test_bindings_route_event_types_as_the_topic_exchange_does(bindings, event_type, routed):
     consumes = Consumes(queue="q", bindings=bindings, subscriptions=lambda _s: [])
     assert consumes.receives(event_type) is routed
+
+
+def test_an_event_whose_own_copy_took_its_place_between_the_reads_is_a_duplicate():
+    """Two copies at once on PostgreSQL: this one read "not seen", then the other committed,
+    then this one read the progress and the place: held by this very event id."""
+    paid = at(1)
+    assert decide(paid, State(seen=False, applied=1, holder=str(paid.event_id))) is (
+        Outcome.DUPLICATE)

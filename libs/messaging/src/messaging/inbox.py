@@ -176,6 +176,10 @@ def decide(event: Event, state: State,
             return Outcome.CLASH
         return Outcome.DUPLICATE
     if state.applied is not None and event.sequence <= state.applied:
+        if state.holder == str(event.event_id):
+            # This very event, committed by a competing copy between our reads (its id was
+            # not there yet, its place was): a duplicate, not a conflict with itself.
+            return Outcome.DUPLICATE
         if state.holder is not None:
             raise Conflict(event, state.holder)
         # Nobody we remember holds the place: a copy of an event the inbox has forgotten
