@@ -26,7 +26,7 @@ def test_under_kills_and_a_broker_restart_nothing_is_lost_duplicated_or_unexpect
     report = chaos.run(SHORT, tmp_path)
     with capsys.disabled():
         print("\n" + report.table())
-    assert report.kills == {"points": 1, "mailer": 1, "audit": 1}
+    assert report.kills == {"points": 1, "mailer": 1, "audit": 1, "shipping": 1}
     assert report.broker_restarts == 1
     assert report.settled
     for service, counts in report.counts.items():
