@@ -142,10 +142,17 @@ _PROBE_WRITE = text(
 )
 
 
+_SCHEMA_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('mini_ec.create_schema'))")
+
+
 async def create_schema(engine: AsyncEngine, *metadatas: MetaData) -> None:
     """Create missing tables, and the nullable columns and indexes a table made by an
     earlier release lacks. The schema only grows; see docs/decisions.md, "Schema"."""
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Instances starting together would race on CREATE TABLE (a unique violation
+            # in pg_type); the lock, held to commit, lets one create and the rest see it.
+            await conn.execute(_SCHEMA_LOCK)
         for metadata in (*metadatas, _probe_metadata):
             await conn.run_sync(metadata.create_all)
             await conn.run_sync(_add_missing, metadata)
