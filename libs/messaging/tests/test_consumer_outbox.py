@@ -156,8 +156,11 @@ async def test_a_handler_that_fails_after_staging_leaves_no_row_and_its_retry_pu
 
 def test_a_runtime_that_publishes_needs_outbox_settings():
     with pytest.raises(TypeError, match="OutboxSettings"):
-        ConsumerRuntime(SERVICE, ConsumerSettings(), Inbox(None), every(_nothing),  # type: ignore[arg-type]
-                        outbox_sessions=object())  # type: ignore[arg-type]
+        # Deliberately ill-typed: an inbox with no store, outbox sessions but no settings.
+        ConsumerRuntime(SERVICE, ConsumerSettings(),
+                        Inbox(None),  # type: ignore[arg-type]  # never reached
+                        every(_nothing),
+                        outbox_sessions=object())  # type: ignore[arg-type]  # the point of the test
 
 
 async def _nothing(event, session):

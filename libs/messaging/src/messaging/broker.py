@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
 from aio_pika.connection import make_url
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ async def _connect_once(url: str, name: str) -> AbstractRobustConnection:
     return connection
 
 
-async def close_within(closable: object, what: str, seconds: float = STOP_STEP_SECONDS) -> None:
+async def close_within(closable: AbstractChannel | AbstractConnection, what: str,
+                       seconds: float = STOP_STEP_SECONDS) -> None:
     """Close a channel or connection, waiting at most `seconds` for the broker's answer.
 
     Never raises: this runs on the way out. If the broker does not answer, the socket goes
@@ -65,7 +66,7 @@ async def close_within(closable: object, what: str, seconds: float = STOP_STEP_S
     """
     try:
         async with asyncio.timeout(seconds):
-            await closable.close()  # type: ignore[attr-defined]
+            await closable.close()
     except TimeoutError:
         log.warning("%s: the broker did not answer the close within %.0fs; left behind",
                     what, seconds)

@@ -11,6 +11,7 @@ from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from messaging import metrics
+from messaging.broker import close_within
 from messaging.topology import QueueTopology
 
 
@@ -34,4 +35,5 @@ async def refresh(connection: AbstractConnection, service: str, topology: QueueT
             metrics.QUEUE_CONSUMERS.labels(service, name, role).set(result.consumer_count or 0)
     finally:
         if channel is not None and not channel.is_closed:
-            await channel.close()
+            # Bounded: a scrape must not hang on a broker that stopped answering.
+            await close_within(channel, "queue-stats channel")
