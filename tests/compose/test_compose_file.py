@@ -17,6 +17,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests" / "compose" / "fixtures" / "compose-spec.json"
+SERVICE_DOCKERFILE = ROOT / "deploy" / "service.Dockerfile"
 # From the specs: the compose file must run every service on its own default port.
 APP_SERVICES = spec.names()
 CONSUMERS = tuple(s.name for s in spec.consumers())
@@ -86,9 +87,11 @@ def test_images_are_pinned_to_a_version(compose):
 
 def test_python_image_is_the_same_everywhere(compose):
     images = {compose["services"]["rabbitmq-definitions"]["image"]}
+    dockerfile = SERVICE_DOCKERFILE.read_text(encoding="utf-8")
+    (default,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
     for service in APP_SERVICES:
-        dockerfile = (ROOT / "services" / service / "Dockerfile").read_text(encoding="utf-8")
-        images |= set(re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M))
+        build_args = compose["services"][service]["build"].get("args", {})
+        images.add(build_args.get("PYTHON_IMAGE", default))
     assert len(images) == 1, images
 
 
@@ -152,22 +155,23 @@ def test_a_missing_variable_is_caught(compose_tools, env_file):
         compose_tools.load_compose(env)
 
 
-def _dockerfile_env(service: str) -> set[str]:
-    """Variables the runtime stage of the Dockerfile sets for the service (ENV after last FROM)."""
-    text = (ROOT / "services" / service / "Dockerfile").read_text(encoding="utf-8")
+def _dockerfile_env() -> set[str]:
+    """Variables the runtime stage of the service Dockerfile sets (ENV after last FROM), the
+    same for every service. SERVICE names the module its CMD runs; no Settings reads it."""
+    text = SERVICE_DOCKERFILE.read_text(encoding="utf-8")
     runtime = text.rsplit("\nFROM ", 1)[1].replace("\\\n", " ")
     names = set()
     for line in runtime.splitlines():
         if line.startswith("ENV "):
             names |= set(re.findall(r"(\w+)=", line))
-    return names - {"PATH", "PYTHONUNBUFFERED"}
+    return names - {"PATH", "PYTHONUNBUFFERED", "SERVICE"}
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_every_variable_given_is_a_setting_and_every_required_setting_is_given(compose, service):
     settings = importlib.import_module(f"{service}.settings").Settings
     fields = {name.upper(): field for name, field in settings.model_fields.items()}
-    given = set(_environment(compose["services"][service])) | _dockerfile_env(service)
+    given = set(_environment(compose["services"][service])) | _dockerfile_env()
 
     unknown = {var for var in given if var not in fields and not SDK_VARIABLES.match(var)}
     assert unknown == set(), f"{service} does not read {sorted(unknown)}"
