@@ -161,6 +161,7 @@ def test_one_payment_is_one_trace_across_payment_points_mailer_audit_and_shippin
     stack = start_stack(
         tmp_path, amqp_url, smtp.port,
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="200",
+        OTEL_SQL_SPANS="on",  # off by default natively; this test shows the whole tree
     )
     try:
         cid = f"e2e-trace-{uuid.uuid4().hex[:12]}"
@@ -272,6 +273,15 @@ def test_one_payment_is_one_trace_across_payment_points_mailer_audit_and_shippin
     assert [s.parent_id for s in smtp_spans] == [of_paid["mailer"].span_id,
                                                  of_shipped["mailer"].span_id]
     assert all(s.attributes["mini_ec.mail.message_id"].startswith("<") for s in smtp_spans)
+    # OTEL_SQL_SPANS=on: each service's statements are spans inside the order's trace, the
+    # payment's under its request, each consumer's under one of its CONSUMER spans.
+    statements = [s for s in trace if s.attributes.get("db.statement")]
+    consumer_ids = {s.span_id for s in trace if s.kind == "CONSUMER"}
+    assert {s.service for s in statements} == {
+        "payment", "points", "mailer", "audit", "shipping"}
+    assert any(s.parent_id == server.span_id for s in statements if s.service == "payment")
+    for service in ("points", "mailer", "audit", "shipping"):
+        assert any(s.parent_id in consumer_ids for s in statements if s.service == service)
     # Not only this trace: no span of any service lacks a correlation id (probes make none).
     assert [s.name for s in everything if not s.attributes.get(CID)] == []
 

@@ -45,3 +45,18 @@ def test_a_bad_setting_stops_the_process_at_start_with_one_line():
         "inprocess: invalid setting: AUDIT_DATABASE_URL: must start with one of "
         "sqlite+aiosqlite://, postgresql+asyncpg://"
     ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("EVENT_LOOP", "trio", "EVENT_LOOP: Input should be 'uvloop' or 'asyncio'"),
+    ("OTEL_SQL_SPANS", "true", "OTEL_SQL_SPANS: Input should be 'on' or 'off'"),
+])
+def test_a_bad_process_setting_stops_the_process_at_start_naming_it(variable, value, says):
+    result = subprocess.run(
+        [sys.executable, "-m", "inprocess"], capture_output=True, text=True, timeout=60,
+        env={variable: value, "PATH": "/usr/bin:/bin"},
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"inprocess: invalid setting: {says}"]

@@ -34,6 +34,9 @@ pytestmark = pytest.mark.unit
         ("HOST", "bad host", "HOST: 'bad host' is neither"),
         ("HTTP_MAX_BODY_BYTES", "10", "HTTP_MAX_BODY_BYTES: Input should be greater than"),
         ("HTTP_HEADER_TIMEOUT_SECONDS", "inf", "HTTP_HEADER_TIMEOUT_SECONDS: Input should be"),
+        ("EVENT_LOOP", "trio", "EVENT_LOOP: Input should be 'uvloop' or 'asyncio'"),
+        ("OTEL_SQL_SPANS", "yes", "OTEL_SQL_SPANS: Input should be 'on' or 'off'"),
+        ("OTEL_SQL_SPANS", "", "OTEL_SQL_SPANS: Input should be 'on' or 'off'"),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line_naming_it(monkeypatch, capsys, variable, value, says):

@@ -7,6 +7,7 @@ vhost; spans are captured in memory. The cross-process version is tests/e2e_trac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 
@@ -62,8 +63,20 @@ def spans() -> InMemorySpanExporter:
 
 @pytest.fixture
 async def payment_client(tmp_path, amqp_url):
+    async with _payment_client(tmp_path, amqp_url, sql_spans="on") as client:
+        yield client
+
+
+@pytest.fixture
+async def payment_client_without_sql_spans(tmp_path, amqp_url):
+    async with _payment_client(tmp_path, amqp_url, sql_spans="off") as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def _payment_client(tmp_path, amqp_url, sql_spans: str):
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/payment.db",
-                        rabbitmq_url=amqp_url)
+                        rabbitmq_url=amqp_url, otel_sql_spans=sql_spans)
     app = create_app(settings)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://payment"
@@ -200,6 +213,27 @@ async def test_a_payment_is_one_trace_from_the_request_through_relay_and_publish
     assert any(s.attributes.get("db.statement", "").startswith("INSERT") for s in in_request)
     assert any(s.attributes.get("db.statement", "").startswith("INSERT") for s in in_consumer)
     assert traces(finished) == {server.context.trace_id}
+
+
+async def test_without_sql_spans_a_payment_is_still_one_trace_with_its_correlation_id(
+    spans, payment_client_without_sql_spans
+):
+    cid = f"trace-test-{uuid.uuid4().hex[:8]}"
+    response = await payment_client_without_sql_spans.post(
+        "/payments", json=pay_body(), headers={"X-Correlation-ID": cid})
+    assert response.status_code == 201
+    await eventually_spans(spans, lambda s: s.kind == SpanKind.PRODUCER and s.end_time)
+
+    finished = spans.get_finished_spans()
+    server = one([s for s in finished if s.kind == SpanKind.SERVER], "SERVER span")
+    relay = one([s for s in finished if s.name == "outbox relay"], "relay span")
+    producer = one([s for s in finished if s.kind == SpanKind.PRODUCER], "PRODUCER span")
+    assert parent_of(relay) == server.context.span_id
+    assert parent_of(producer) == relay.context.span_id
+    assert traces(finished) == {server.context.trace_id}
+    assert all(s.attributes.get(CID) == cid for s in finished)
+    # OTEL_SQL_SPANS=off: none of the payment's statements is a span.
+    assert [s.name for s in finished if "db.statement" in s.attributes] == []
 
 
 async def test_every_span_of_the_payment_carries_its_correlation_id(

@@ -40,7 +40,7 @@ from messaging import db, inbox, outbox, outbox_store, spec, telemetry
 from messaging.dispatcher import Dispatcher, HandlerFailure
 from messaging.http import install_common
 from messaging.logs import setup_logging
-from messaging.server import Limits, uvicorn_config
+from messaging.server import Limits, loop_factory, uvicorn_config
 from messaging.settings import ServiceSettings, load_settings
 from payment.handlers import PaymentService
 from payment.spec import SPEC as PAYMENT
@@ -127,7 +127,8 @@ class InProcessShop:
 
     async def start(self) -> None:
         for name, engine in self.engines.items():
-            telemetry.instrument_engine(engine)
+            if self.settings.sql_spans:
+                telemetry.instrument_engine(engine)
             await db.create_schema(engine, *self._schemas[name])
 
     async def close(self) -> None:
@@ -208,4 +209,5 @@ def main() -> None:
     }
     setup_logging("inprocess", settings.log_level)
     telemetry.setup_tracing("inprocess")
-    asyncio.run(run(InProcessShop(settings, consumer_settings)))
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        runner.run(run(InProcessShop(settings, consumer_settings)))

@@ -9,15 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field, ValidationInfo, create_model, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from messaging import spec
-from messaging.settings import DatabaseUrl
+from messaging.settings import DatabaseUrl, ProcessSettings
 
 SERVICES = spec.names()
 
 
-class _Settings(BaseSettings):
+class _Settings(ProcessSettings):  # EVENT_LOOP, OTEL_SQL_SPANS as every service has them
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     host: str = "127.0.0.1"

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import email_validator
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -166,7 +167,9 @@ def parse_event(body: bytes) -> Event:
     if len(body) > MAX_BODY_BYTES:
         raise PoisonMessage(f"body is {len(body)} bytes, larger than {MAX_BODY_BYTES}")
     try:
-        raw: Any = json.loads(body)
+        # orjson: a fifth of the CPU of json.loads per body, and strictly UTF-8 (json.loads
+        # would also guess UTF-16 and UTF-32); its errors are json.JSONDecodeError too.
+        raw: Any = orjson.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PoisonMessage(f"body is not UTF-8 JSON: {exc}") from None
     if not isinstance(raw, dict):

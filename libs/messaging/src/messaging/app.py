@@ -33,7 +33,8 @@ def consumer_app(service: spec.ServiceSpec, settings: ConsumerSettings) -> FastA
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        telemetry.instrument_engine(engine)
+        if settings.sql_spans:
+            telemetry.instrument_engine(engine)
         with telemetry.untraced():  # start-up is not part of any trace
             await db.create_schema(engine, *tables)
         await runtime.start()

@@ -7,6 +7,9 @@
   `body_timeout` seconds for its body; a client slower than that is disconnected.
 - At most `max_connections` connections are open at once; one more is closed on arrival.
 
+The event loop is uvloop's unless `EVENT_LOOP=asyncio`; the consumer and the
+outbox relay run on the same loop as the HTTP server (the app's lifespan starts them).
+
 uvicorn turns SIGTERM and Ctrl-C into a graceful shutdown of the app's lifespan; a SIGTERM
 then ends the process with exit 0 (bounded: messaging.runtime.STOP_BOUND_SECONDS).
 docs/limits.md lists the limits and why.
@@ -19,8 +22,9 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI
@@ -101,6 +105,15 @@ def bounded_protocol(limits: Limits) -> type[H11Protocol]:
     return BoundedH11Protocol
 
 
+def loop_factory(name: Literal["uvloop", "asyncio"]) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop `EVENT_LOOP` names, for `asyncio.Runner` or uvicorn."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
 def uvicorn_config(
     app: ASGIApp, host: str, port: int, limits: Limits, **options: Any
 ) -> uvicorn.Config:
@@ -133,7 +146,8 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """
     sock = bind(settings.host, settings.port)
     config = uvicorn_config(_start_up_in_one_line(app), settings.host, settings.port,
-                            Limits.of(settings), lifespan="on")
+                            Limits.of(settings), lifespan="on",
+                            loop=settings.event_loop)  # uvicorn's names for the same two
     signal.signal(signal.SIGTERM, _stopped_cleanly)
     uvicorn.Server(config).run(sockets=[sock])
 

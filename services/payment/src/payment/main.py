@@ -40,7 +40,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        telemetry.instrument_engine(engine)
+        if settings.sql_spans:
+            telemetry.instrument_engine(engine)
         with telemetry.untraced():  # start-up is not part of any trace
             await db.create_schema(engine, store.metadata, outbox.metadata)
         # Payments are taken while the broker is down: the relay waits for the connection.
