@@ -511,32 +511,32 @@ class ProcessMonitor:
         """Busy CPU seconds not used by the monitored processes: other work skewing the run."""
         return max(0.0, self.machine_busy_s - sum(s.cpu_s for s in self.stats.values()))
 
-    def add(self, name: str, pid: int, *, since_now: bool = False) -> None:
+    def add(self, name: str, pid: int, *, since_now: bool = False, children: bool = True) -> None:
+        """``children=False``: leave out the CPU of the children it waited for (the bench's
+        own process: its children are the stack and the py-spy samplers, measured apart)."""
         proc = self._psutil.Process(pid)
         stats = ProcessStats(name, pid)
         if since_now:
             # a long-running process: count only from now on, and its RSS from now on
             t = proc.cpu_times()
-            stats.cpu_base_user_s = t.user + t.children_user
-            stats.cpu_base_system_s = t.system + t.children_system
+            stats.cpu_base_user_s = t.user + (t.children_user if children else 0.0)
+            stats.cpu_base_system_s = t.system + (t.children_system if children else 0.0)
             stats.peak_rss_bytes = proc.memory_info().rss
-            self._procs[name] = (proc, False)
-        else:
-            self._procs[name] = (proc, True)
+        self._procs[name] = (proc, not since_now, children)
         self.stats[name] = stats
         self.sample()
 
     def sample(self) -> None:
         self._machine_last = self._machine_busy()
         self._wall_last = time.monotonic()
-        for name, (proc, use_hwm) in self._procs.items():
+        for name, (proc, use_hwm, children) in self._procs.items():
             stats = self.stats[name]
             try:
                 with proc.oneshot():
                     t = proc.cpu_times()
                     # children that are threads of work (e.g. multiprocessing helpers) count too
-                    stats.cpu_user_s = t.user + t.children_user
-                    stats.cpu_system_s = t.system + t.children_system
+                    stats.cpu_user_s = t.user + (t.children_user if children else 0.0)
+                    stats.cpu_system_s = t.system + (t.children_system if children else 0.0)
                     rss = proc.memory_info().rss
                 hwm = _peak_rss_bytes(proc.pid) if use_hwm else None
                 stats.peak_rss_bytes = max(stats.peak_rss_bytes, rss, hwm or 0)
@@ -604,9 +604,11 @@ def git_commit(repo: Path) -> str | None:
         return None
 
 
-def results_stem(now: float | None = None) -> str:
-    """``20261129T120000Z``: the file name for a run's JSON and PNG (UTC, sortable)."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
+def results_stem(now: float | None = None, label: str | None = None) -> str:
+    """``20261129T120000Z`` (or ``20261129T120000Z-<label>``): the file name for a run's JSON,
+    PNG and profiles (UTC, sortable)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
+    return f"{stamp}-{label}" if label else stamp
 
 
 def _jsonable(value: Any) -> Any:

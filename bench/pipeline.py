@@ -14,7 +14,9 @@ Scenarios (``ctx.stack`` is the running ``PipelineStack``, shared in this order)
 ``saturation``         N concurrent clients POST as fast as the pipeline completes payments
                        (closed loop: they pause while more than ``max_backlog`` payments are
                        posted but not yet processed by every consumer). Rate = payments
-                       processed by all per second, steady part of the window.
+                       processed by all per second, steady part of the window. With
+                       ``--profile`` (``ctx.options["profiler"]``), py-spy samples every
+                       service over that steady part (``bench/profiling.py``).
 ``fixed_rate``         200 payments/s for 30 s, open loop (``run_at_rate``): POST latency from
                        the planned send time to the 201, and end-to-end latency from the planned
                        send time to the last of the consumers' commits.
@@ -357,9 +359,15 @@ def _database_urls(db: str, tmp: Path, prefix: str) -> tuple[dict[str, str], lis
 @contextlib.asynccontextmanager
 async def pipeline_stack(
     broker: Any, db: str = "sqlite", smtp_delay: float = 0.0, warmup_payments: int = 100,
-    extra_env: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None, services_python: str | None = None,
+    services_cwd: Path | None = None,
 ):
-    """Start the stack, warm it up (``warmup_payments`` processed end to end), yield it."""
+    """Start the stack, warm it up (``warmup_payments`` processed end to end), yield it.
+
+    ``services_python`` runs the services (default: this interpreter), from ``services_cwd``
+    (default: this repository); the SMTP sink and the load client stay on this interpreter,
+    so a before/after changes only the services.
+    """
     from devstack.stack import Stack
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-stack-"))
@@ -372,8 +380,9 @@ async def pipeline_stack(
             smtp_port=smtp.port,
             ports={s: _free_port() for s in SERVICES},
             log_dir=tmp,
-            cwd=REPO,
+            cwd=services_cwd or REPO,
             extra_env=dict(extra_env or {}),
+            python=services_python or sys.executable,
         )
         completion = Completion(urls)
         monitor = ProcessMonitor()
@@ -395,7 +404,9 @@ async def pipeline_stack(
                 monitor.add("rabbitmq (beam.smp)", broker_pid, since_now=True)
             import os
 
-            monitor.add("bench client", os.getpid(), since_now=True)
+            # without its children: the py-spy samplers of --profile are (reaped, their CPU
+            # would land here), and the SMTP sink and services are measured on their own
+            monitor.add("bench client", os.getpid(), since_now=True, children=False)
             handle.start_sampling()
             # warm-up: imports, connections, caches, the SQLite files' first pages
             await asyncio.gather(*(handle.post_payment(i) for i in range(warmup_payments)))
@@ -467,33 +478,48 @@ async def saturation(ctx: Any) -> dict[str, Any]:
     cpu_before = {s: st.monitor.stats[s].cpu_s for s in st.monitor.stats}
     samples: list[tuple[float, int]] = []
     posted_samples: list[tuple[float, int]] = []
+    # --profile: a bench.profiling.ServiceProfiler; it samples the steady window only
+    profiler = ctx.options.get("profiler")
+    profiling = False
     bar = _bar(duration, "saturation", ctx.progress)
     t0 = time.monotonic()
     tasks = [asyncio.create_task(client(k)) for k in range(clients)]
     shown = 0
-    while True:
-        now = time.monotonic() - t0
-        done_now = await st.completion.done()
-        samples.append((now, done_now - base))
-        posted_samples.append((now, st.payments_posted - posted_base))
-        series = rate_series(samples, window=2.0)
-        bar.set_postfix_str(f"{series[-1][1]:,.0f} payments/s" if series else "")
-        step = min(round(duration), int(now)) - shown
-        if step > 0:
-            bar.update(step)
-            shown += step
-        if now >= duration:
-            break
-        await asyncio.sleep(0.25)  # sampling period, not synchronisation
-    stop.set()
-    await asyncio.gather(*tasks)
-    window_end = time.monotonic() - t0
-    bar.close()
-    posted = st.payments_posted - posted_base
-    drained = await st.completion.wait_for(base + posted, timeout=180)
-    drained_at = time.monotonic() - t0
-    samples.append((drained_at, await st.completion.done() - base))
-    st.monitor.sample()
+    try:
+        while True:
+            now = time.monotonic() - t0
+            if profiler is not None and not profiling and now >= warmup:
+                profiler.start(st.pids)  # the stack's processes, every service it started
+                profiling = True
+            done_now = await st.completion.done()
+            samples.append((now, done_now - base))
+            posted_samples.append((now, st.payments_posted - posted_base))
+            series = rate_series(samples, window=2.0)
+            bar.set_postfix_str(f"{series[-1][1]:,.0f} payments/s" if series else "")
+            step = min(round(duration), int(now)) - shown
+            if step > 0:
+                bar.update(step)
+                shown += step
+            if now >= duration:
+                break
+            await asyncio.sleep(0.25)  # sampling period, not synchronisation
+        if profiling:
+            profiler.interrupt()
+        stop.set()
+        await asyncio.gather(*tasks)
+        window_end = time.monotonic() - t0
+        bar.close()
+        posted = st.payments_posted - posted_base
+        drained = await st.completion.wait_for(base + posted, timeout=180)
+        drained_at = time.monotonic() - t0
+        samples.append((drained_at, await st.completion.done() - base))
+        st.monitor.sample()
+        # after the drain: writing the flame graphs does not compete with the measurement
+        profile = await asyncio.to_thread(profiler.collect) if profiling else None
+    except BaseException:
+        if profiling:
+            profiler.abandon()
+        raise
     processed = samples[-1][1]
     rate = steady_rate([s for s in samples if s[0] <= window_end], skip_start=warmup)
     cpu = {s: st.monitor.stats[s].cpu_s - cpu_before[s] for s in cpu_before}
@@ -516,6 +542,7 @@ async def saturation(ctx: Any) -> dict[str, Any]:
         "cpu_ms_per_payment": {s: round(c * 1000 / processed, 3) for s, c in cpu.items()}
         if processed else {},
         "timeseries": rate_series(samples, window=1.0),
+        **({"profile": profile} if profile is not None else {}),
     }
 
 
@@ -636,7 +663,9 @@ async def slow_mail(ctx: Any) -> dict[str, Any]:
     samples: dict[str, list[float]] = {}
     bar = _bar(4, "slow mail", ctx.progress, unit="phase")
     async with pipeline_stack(ctx.broker, ctx.options.get("db", "sqlite"),
-                              warmup_payments=20) as st:
+                              warmup_payments=20,
+                              services_python=ctx.options.get("services_python"),
+                              services_cwd=ctx.options.get("services_cwd")) as st:
         samples["async_post_normal"] = await _sequential_posts(st.url("payment"), seconds)
         bar.update(1)
         st.smtp.restart(delay)
@@ -653,7 +682,8 @@ async def slow_mail(ctx: Any) -> dict[str, Any]:
         )
         shop = SyncShop(database_urls=sync_urls, smtp_port=smtp.port,
                         ports={s: _free_port() for s in SERVICES},
-                        log_path=tmp / "inprocess.log")
+                        log_path=tmp / "inprocess.log",
+                        python=ctx.options.get("services_python") or sys.executable)
         shop.start()
         try:
             await asyncio.to_thread(shop.wait_ready, timeout=90)

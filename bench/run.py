@@ -1,4 +1,4 @@
-"""Runner: ``python -m bench [--only NAME,...] [--duration S]``.
+"""Runner: ``python -m bench [--only NAME,...] [--duration S] [--profile] ...`` (``--help``).
 
 A scenario is a function ``scenario(ctx: BenchContext) -> dict`` (or ``async def``) registered
 in ``SCENARIOS``. Its result dict may hold, by convention:
@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import re
 import signal
 import sys
 import time
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, pipeline
+from bench import ceiling, interpreter, pipeline, profiling
 from bench.harness import (
     RESULTS_DIR,
     Broker,
@@ -135,7 +136,11 @@ async def _run_all(
                 stack_exits = await exits.enter_async_context(contextlib.AsyncExitStack())
                 try:
                     ctx.stack = await stack_exits.enter_async_context(
-                        pipeline.pipeline_stack(ctx.broker, ctx.options["db"])
+                        pipeline.pipeline_stack(
+                            ctx.broker, ctx.options["db"],
+                            services_python=ctx.options.get("services_python"),
+                            services_cwd=ctx.options.get("services_cwd"),
+                        )
                     )
                 except Exception as exc:  # noqa: BLE001 - reported like a failed scenario
                     traceback.print_exc()
@@ -230,12 +235,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--smtp-delay", type=float, default=0.2, help="slow_mail: SMTP hold per mail (s)"
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="saturation: py-spy on every service over the steady window; a flame graph "
+        "(.svg) and top functions (.txt) per service next to the results JSON",
+    )
+    p.add_argument(
+        "--profile-rate",
+        type=_positive_int,
+        default=profiling.DEFAULT_RATE,
+        help=f"--profile: samples per second (default {profiling.DEFAULT_RATE})",
+    )
+    p.add_argument(
+        "--services-python",
+        default=sys.executable,
+        help="the interpreter that runs the services, e.g. another tree's .venv/bin/python "
+        "for a same-run before/after (default: this one); the SMTP sink and the load "
+        "client stay on this one",
+    )
+    p.add_argument(
+        "--label",
+        type=_label,
+        default=None,
+        help="a name for this run (e.g. before, after): in the results file names and JSON",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--amqp-port", type=int, default=5672)
     p.add_argument("--mgmt-url", default="http://127.0.0.1:15672")
     return p.parse_args(argv)
+
+
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _label(value: str) -> str:
+    """A label goes into file names: letters, digits, '.', '_', '-'; no path, no spaces."""
+    if not _LABEL.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a label is 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: a whole number > 0")
+    return number
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:
@@ -257,11 +310,32 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    args.services_python = interpreter.absolute_python(args.services_python)
+    try:  # the entry points the stack runs: `python -m <service>`, `-m inprocess`
+        services = interpreter.describe(args.services_python, [*pipeline.SERVICES, "inprocess"])
+    except interpreter.InterpreterError as exc:
+        print(f"--services-python: {exc}", file=sys.stderr)
+        return 2
+    services["same_as_bench"] = args.services_python == sys.executable
     broker = Broker(amqp_port=args.amqp_port, mgmt_url=args.mgmt_url)
     version = broker.version()
     if version is None:
         print(f"RabbitMQ management API not reachable at {broker.mgmt_url}", file=sys.stderr)
         return 2
+    started = time.time()
+    stem = results_stem(started, args.label)
+    profiler = None
+    if args.profile:
+        py_spy = profiling.find_py_spy()
+        if py_spy is None:
+            print("profile: py-spy not found (uv sync installs it with the bench group); "
+                  "running without profiles", file=sys.stderr)
+        elif "saturation" not in names:
+            print("profile: --profile samples the saturation scenario, which is not in --only; "
+                  "no profiles", file=sys.stderr)
+        else:
+            profiler = profiling.ServiceProfiler(py_spy, args.results_dir, stem,
+                                                 args.profile_rate)
     ctx = BenchContext(
         broker=broker,
         duration=args.duration or 30.0,
@@ -274,10 +348,12 @@ def main(argv: list[str] | None = None) -> int:
             "clients": args.clients,
             "rate": args.rate,
             "smtp_delay": args.smtp_delay,
+            "profiler": profiler,
+            "services_python": args.services_python,
+            # the services run in their own tree (as `make run` there); else in this one
+            "services_cwd": Path(services["tree"]) if services["tree"] else None,
         },
     )
-    started = time.time()
-    stem = results_stem(started)
     results: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     # SIGTERM (timeout, CI) unwinds like Ctrl-C: the stack, vhost and databases are removed
@@ -291,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         # the load average at the end too: a run disturbed by other work shows in both
         "machine": machine_info() | {"loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
         "rabbitmq": version,
-        "commit": git_commit(REPO),
+        "label": args.label,
+        "commit": git_commit(REPO),  # the bench's; the services' is under "services"
+        "services": services,
         "args": {k: str(v) for k, v in vars(args).items()},
         "scenarios": results,
         "errors": errors,
@@ -318,6 +396,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"warning: during {name}, other processes used {m['other_cpu_s']:.1f} of "
                 f"{m['capacity_cpu_s']:.1f} CPU seconds; its figures are skewed by that load"
             )
+    profile = (results.get("saturation") or {}).get("profile")
+    if profile is not None:
+        line = profiling.failure_line(profile["failed"], [*profile["services"],
+                                                          *profile["failed"]])
+        if line:
+            print(line)
+        for svc, p in profile["services"].items():
+            print(f"profile: {svc}: {p['samples']} samples (py-spy {p['py_spy_cpu_s']} CPU s) → "
+                  f"{_shown(args.results_dir / p['flamegraph'])}, {p['summary']}")
     for name, err in errors.items():
         print(f"scenario {name} FAILED: {err}")
     print(f"results: {_shown(json_path)}")

@@ -56,6 +56,9 @@ class Stack:
     # named here uses `rabbitmq_url`.
     rabbitmq_urls: dict[str, str] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    # The interpreter that runs `-m <service>`: another tree's .venv python runs that tree's
+    # services (the benchmark's same-run before/after).
+    python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
         for service in spec.installed():
@@ -79,7 +82,7 @@ class Stack:
             svc = self.services[name]
             out = open(svc.log_path, "ab") if svc.log_path else None  # noqa: SIM115
             svc.process = subprocess.Popen(
-                [sys.executable, "-m", name], env=svc.env, cwd=self.cwd,
+                [self.python, "-m", name], env=svc.env, cwd=self.cwd,
                 stdout=out, stderr=subprocess.STDOUT if out else None,
             )
 

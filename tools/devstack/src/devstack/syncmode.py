@@ -24,6 +24,7 @@ class SyncShop:
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    python: str = field(default_factory=lambda: sys.executable)  # as Stack.python
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -38,7 +39,7 @@ class SyncShop:
             env[f"{name.upper()}_DATABASE_URL"] = self.database_urls[name]
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "inprocess"], env=env,
+            [self.python, "-m", "inprocess"], env=env,
             stdout=out, stderr=subprocess.STDOUT if out else None,
         )
 
