@@ -156,3 +156,68 @@ async def test_a_relay_on_sqlite_says_it_is_the_only_one(tmp_path, caplog, conne
         assert "one relay per database" in caplog.text
     finally:
         await engine.dispose()
+
+
+async def test_a_row_handed_to_one_relay_and_sent_by_anothers_poll_goes_out_once(
+    sessions, connection, tap
+):
+    mine = relay(sessions, connection, poll_interval=3600)
+    paid = events.order_paid()
+    async with sessions() as session, session.begin():
+        rows = [await add_to_outbox(session, paid)]
+        mine.reserve(rows)
+    # Another instance's poll knows nothing of this process's reservation.
+    assert await relay(sessions, connection).publish_pending() == 1
+    mine.release(rows, committed=True)
+
+    task = asyncio.create_task(mine.run())
+    try:
+        await eventually_async(lambda: _handed_all(mine), message="hand-off done")
+        received = await drain(tap, 1)
+    finally:
+        task.cancel()
+    assert [m.message_id for m in received] == [str(paid.event_id)]
+
+
+async def test_a_handed_row_waits_for_its_orders_earlier_row_held_by_another_relay(
+    sessions, connection, tap
+):
+    x_paid = events.order_paid()
+    async with sessions() as session, session.begin():
+        await add_to_outbox(session, x_paid)
+    holder = relay(sessions, connection, batch_size=1)
+    stuck, release = asyncio.Event(), asyncio.Event()
+
+    async def hang(rows):  # claimed, then stuck before publishing (a process about to die)
+        stuck.set()
+        await release.wait()
+        return [None for _ in rows]
+
+    holder._publish_rows = hang
+    holding = asyncio.create_task(holder.publish_pending())
+    await asyncio.wait_for(stuck.wait(), 10)
+
+    mine = relay(sessions, connection, poll_interval=0.2)
+    async with sessions() as session, session.begin():
+        rows = [await add_to_outbox(session, events.order_refunded(x_paid))]
+        mine.reserve(rows)
+    mine.release(rows, committed=True)
+    task = asyncio.create_task(mine.run())
+    try:
+        await eventually_async(lambda: _handed_all(mine), message="hand-off tried")
+        assert await unsent(sessions) == 2  # the refund waits for the payment
+        async with sessions() as session:
+            await session.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND state = 'idle in transaction'"))
+        received = await drain(tap, 2)
+    finally:
+        task.cancel()
+        release.set()
+        with pytest.raises(Exception):  # noqa: B017 - the driver's "connection terminated"
+            await holding
+    assert [m.type for m in received] == ["OrderPaid", "OrderRefunded"]
+
+
+async def _handed_all(r: OutboxRelay) -> bool:
+    return not r._handed and not r._reserved

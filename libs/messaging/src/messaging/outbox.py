@@ -5,6 +5,14 @@ The service writes its state change and the event row in one transaction (`add_t
 the broker's ack. A crash between the ack and the mark republishes the event: at least
 once on the wire, and the consumers' inboxes make it exactly once in effect.
 
+Two ways in. A use case that hands its rows over (`OutboxHandOff`: `reserve` before its
+commit, `release` after) has them published from memory, without reading them back, and
+marked in one statement per batch. Everything else (rows written by another process or
+instance, rows left by a crash between commit and hand-off, rows whose publish failed, rows
+staged by a consumer's handler with `notify()`) is found by the poll: on start, on
+`notify()`, after a failure and every `poll_interval`. Handed rows wait while the poll has
+something to catch up on, so an order's older unsent row still leaves first.
+
 On PostgreSQL several relays (several instances of the producing service) share one
 outbox: each claims its batch with `FOR UPDATE SKIP LOCKED` in a transaction that lasts
 until the rows are marked,
@@ -19,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import Token
 from datetime import timedelta
@@ -36,6 +45,7 @@ from messaging import correlation, metrics, telemetry
 from messaging.db import delete_in_batches
 
 # Re-exported: the table lives in outbox_store (no transport), the relay's users find it here.
+from messaging.outbox_store import OutboxRow
 from messaging.outbox_store import add_to_outbox as add_to_outbox
 from messaging.outbox_store import metadata as metadata
 from messaging.outbox_store import outbox_table as outbox_table
@@ -97,10 +107,34 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._channel: AbstractChannel | None = None
         self._shared: bool | None = None
+        # Rows a use case is committing or has committed and handed over, by id: the poll
+        # leaves them to the hand-off. `_handed`: those committed, in hand-off order.
+        self._reserved: dict[int, OutboxRow] = {}
+        self._handed: list[OutboxRow] = []
+        # False until a poll found nothing more to take, and again after a notify(), a
+        # failure or a quiet poll_interval: handed rows wait for the poll until then.
+        self._caught_up = False
 
     def notify(self) -> None:
-        """Call after committing an outbox row: the relay publishes it without waiting."""
+        """Call after committing an outbox row: the relay polls for it without waiting."""
+        self._caught_up = False
         self._wake.set()
+
+    def reserve(self, rows: Sequence[OutboxRow]) -> None:
+        """`rows` are being committed by this process: the poll leaves them to `release`."""
+        for row in rows:
+            self._reserved[row.id] = row
+
+    def release(self, rows: Sequence[OutboxRow], *, committed: bool) -> None:
+        """After the transaction of `reserve`d rows: committed, publish them now (without
+        reading them back); rolled back or unknown, forget them (the poll finds any that
+        did commit)."""
+        if committed:
+            self._handed.extend(rows)
+            self._wake.set()
+        else:
+            for row in rows:
+                self._reserved.pop(row.id, None)
 
     async def run(self) -> None:
         """Relay until cancelled; the lag gauges are kept true alongside, every second."""
@@ -120,19 +154,29 @@ class OutboxRelay:
 
     async def _relay(self) -> None:
         backoff = self._poll_interval
+        next_poll = 0.0
         while True:
             try:
-                while await self.publish_pending() == self._batch_size:
-                    pass  # a full batch: there may be more
+                # The poll every poll_interval even under a steady stream of hand-offs:
+                # rows of other instances and crashes must not wait for a quiet moment.
+                if not self._caught_up or time.monotonic() >= next_poll:
+                    self._caught_up = True  # a notify() from now on asks for another poll
+                    next_poll = time.monotonic() + self._poll_interval
+                    while (await self._poll())[0] == self._batch_size:
+                        pass  # a full batch read: there may be more
+                while self._handed and self._caught_up:
+                    await self._publish_handed()
                 backoff = self._poll_interval
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._caught_up = False  # what failed is the poll's again
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
                 await self._wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
-            await self._wait(self._poll_interval)
+            if self._caught_up:
+                await self._wait(max(next_poll - time.monotonic(), 0.0))
 
     async def _wait(self, seconds: float) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
@@ -143,35 +187,102 @@ class OutboxRelay:
         self._wake.clear()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of unsent rows; returns how many were taken.
+        """Publish one batch of unsent rows (found by reading the table); returns how many
+        were taken.
 
         Raises PublishFailed after marking what did go out, so `run` backs off.
         """
+        return (await self._poll())[1]
+
+    async def _poll(self) -> tuple[int, int]:
+        """One batch read from the table: (rows read, rows published or attempted)."""
         if await self._shared_outbox():
-            taken, results = await self._publish_claimed()
+            read, rows, results = await self._publish_claimed()
         else:
-            taken, results = await self._publish_unclaimed()
+            read, rows, results = await self._publish_unclaimed()
         await self._update_lag_metrics()
+        self._raise_unconfirmed(rows, results)
+        return read, len(rows)
+
+    @staticmethod
+    def _raise_unconfirmed(rows: Sequence[OutboxRow],
+                           results: Sequence[BaseException | None]) -> None:
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
-            raise PublishFailed(f"{len(failures)} of {taken} not confirmed: {failures[0]}",
+            raise PublishFailed(f"{len(failures)} of {len(rows)} not confirmed: {failures[0]}",
                                 getattr(failures[0], "error_type", "not-confirmed"))
-        return taken
 
-    async def _publish_unclaimed(self) -> tuple[int, Sequence[BaseException | None]]:
+    def _not_reserved(self, rows: Sequence[Row[Any]]) -> list[OutboxRow]:
+        """The rows read that no hand-off of this process is about to publish."""
+        return [_as_outbox_row(row) for row in rows if row.id not in self._reserved]
+
+    async def _publish_unclaimed(
+        self,
+    ) -> tuple[int, list[OutboxRow], Sequence[BaseException | None]]:
         """SQLite: the only relay of its database reads, publishes, then marks."""
         with untraced():  # polling: no trace per poll
             async with self._sessions() as session:
-                rows = (await session.execute(self._unsent().limit(self._batch_size))).all()
+                read = (await session.execute(self._unsent().limit(self._batch_size))).all()
+        rows = self._not_reserved(read)
         if not rows:
-            return 0, []
+            return len(read), [], []
         results = await self._publish_rows(rows)
         with untraced():
             async with self._sessions() as session, session.begin():
                 await self._record(session, rows, results)
-        return len(rows), results
+        return len(read), rows, results
 
-    async def _publish_claimed(self) -> tuple[int, Sequence[BaseException | None]]:
+    async def _publish_handed(self) -> None:
+        """Publish one batch of handed rows from memory and mark them in one statement.
+
+        On SQLite this relay is the only one: nothing is read. On PostgreSQL the rows are
+        claimed by id first (another relay's poll may hold or have sent some), and an order
+        whose earlier row is unsent outside the batch waits: those rows go back to the poll.
+        """
+        batch = sorted(self._handed[: self._batch_size], key=lambda row: row.id)
+        del self._handed[: self._batch_size]
+        try:
+            if await self._shared_outbox():
+                rows, results = await self._publish_handed_claimed(batch)
+            else:
+                rows = batch
+                results = await self._publish_rows(rows)
+                with untraced():
+                    async with self._sessions() as session, session.begin():
+                        await self._record(session, rows, results)
+        except BaseException:
+            self._caught_up = False  # not marked: the poll takes them
+            raise
+        finally:
+            for row in batch:
+                self._reserved.pop(row.id, None)
+        self._raise_unconfirmed(rows, results)
+
+    async def _publish_handed_claimed(
+        self, batch: Sequence[OutboxRow]
+    ) -> tuple[list[OutboxRow], Sequence[BaseException | None]]:
+        with untraced():
+            async with self._sessions() as session, session.begin():
+                await session.execute(_CLAIM_TIMEOUT)
+                held = set((await session.execute(
+                    select(outbox_table.c.id)
+                    .where(outbox_table.c.id.in_([row.id for row in batch]),
+                           outbox_table.c.published_at.is_(None))
+                    .with_for_update(skip_locked=True)
+                )).scalars())
+                rows = await self._first_of_each_order(
+                    session, [row for row in batch if row.id in held])
+                if len(rows) < len(batch):
+                    self._caught_up = False  # the rest: the poll's, in their order
+                if not rows:
+                    return [], []
+                results = await self._publish_rows(rows)
+                await self._record(session, rows, results)
+        return rows, results
+
+    async def _publish_claimed(
+        self,
+    ) -> tuple[int, list[OutboxRow], Sequence[BaseException | None]]:
         """PostgreSQL: claim, publish and mark in one transaction shared with no other relay.
 
         The row locks are the claim. If this process dies or its transaction is cut off
@@ -181,17 +292,16 @@ class OutboxRelay:
         """
         with untraced():
             async with self._sessions() as session, session.begin():
-                await session.execute(text(
-                    f"SET LOCAL idle_in_transaction_session_timeout = '{CLAIM_TIMEOUT_MS}ms'"))
+                await session.execute(_CLAIM_TIMEOUT)
                 claimed = (await session.execute(
                     self._unsent().limit(self._batch_size).with_for_update(skip_locked=True)
                 )).all()
-                rows = await self._first_of_each_order(session, claimed)
+                rows = await self._first_of_each_order(session, self._not_reserved(claimed))
                 if not rows:
-                    return 0, []
+                    return len(claimed), [], []
                 results = await self._publish_rows(rows)
                 await self._record(session, rows, results)
-        return len(rows), results
+        return len(claimed), rows, results
 
     async def _shared_outbox(self) -> bool:
         """PostgreSQL: relays claim rows, so several may share the outbox. SQLite: one."""
@@ -212,8 +322,8 @@ class OutboxRelay:
 
     @staticmethod
     async def _first_of_each_order(
-        session: AsyncSession, claimed: Sequence[Row[Any]]
-    ) -> list[Row[Any]]:
+        session: AsyncSession, claimed: Sequence[OutboxRow]
+    ) -> list[OutboxRow]:
         """The claimed rows no unsent row of the same order precedes outside this claim: an
         earlier event of the order is held by another relay, so this one waits for it."""
         if not claimed:
@@ -232,7 +342,7 @@ class OutboxRelay:
         return [row for row in claimed
                 if row.id < held_elsewhere.get(row.order_id, row.id + 1)]
 
-    async def _publish_rows(self, rows: Sequence[Row[Any]]) -> list[BaseException | None]:
+    async def _publish_rows(self, rows: Sequence[OutboxRow]) -> list[BaseException | None]:
         exchange = await self._exchange()
         # Publishes are pipelined: one confirm round-trip per batch, not per row.
         return await asyncio.gather(
@@ -248,7 +358,8 @@ class OutboxRelay:
             self._channel = await open_confirm_channel(connection)
         return await self._channel.get_exchange(EXCHANGE, ensure=False)
 
-    async def _publish_row(self, exchange: aio_pika.abc.AbstractExchange, row: Row[Any]) -> None:
+    async def _publish_row(self, exchange: aio_pika.abc.AbstractExchange,
+                           row: OutboxRow) -> None:
         parent = propagate.extract(json.loads(row.trace_context or "{}"))
         # This runs in the relay's own task: make the row's correlation id current for the
         # spans (publish) and log lines made under it.
@@ -276,7 +387,7 @@ class OutboxRelay:
             metrics.PUBLISHED.labels(self._service).inc()
 
     async def _record(
-        self, session: AsyncSession, rows: Sequence[Row[Any]],
+        self, session: AsyncSession, rows: Sequence[OutboxRow],
         results: Sequence[BaseException | None],
     ) -> None:
         """Mark what the broker confirmed; count the attempt on what it did not (one update
@@ -313,6 +424,18 @@ class OutboxRelay:
         metrics.OUTBOX_PENDING.labels(self._service).set(pending)
         age = (utcnow() - oldest).total_seconds() if oldest else 0.0
         metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(max(age, 0.0))
+
+
+_CLAIM_TIMEOUT = text(
+    f"SET LOCAL idle_in_transaction_session_timeout = '{CLAIM_TIMEOUT_MS}ms'")
+
+
+def _as_outbox_row(row: Row[Any]) -> OutboxRow:
+    return OutboxRow(
+        id=row.id, event_id=row.event_id, event_type=row.event_type,
+        routing_key=row.routing_key, order_id=row.order_id, correlation_id=row.correlation_id,
+        body=row.body, trace_context=row.trace_context, created_at=row.created_at,
+    )
 
 
 @contextlib.contextmanager

@@ -7,13 +7,19 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from opentelemetry import propagate
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from contracts import Event, utcnow
 from messaging.db import UtcDateTime
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
 
 metadata = MetaData()
 
@@ -68,23 +74,67 @@ async def committed(sessions: async_sessionmaker[AsyncSession],
     return list(unique.values())
 
 
-async def add_to_outbox(session: AsyncSession, event: Event) -> None:
-    """Stage `event` for publishing, in the caller's transaction, with the current trace."""
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An unsent outbox row as written: what the relay publishes (the columns it reads)."""
+
+    id: int
+    event_id: str
+    event_type: str
+    routing_key: str
+    order_id: str
+    correlation_id: str
+    body: str
+    trace_context: str
+    created_at: datetime
+
+
+class OutboxHandOff(Protocol):
+    """Takes rows a use case wrote, to publish them once committed without reading them
+    back (the relay, messaging/outbox.py). `reserve` before the commit, so the relay's poll
+    leaves them alone; `release` after it, saying whether the transaction committed (when
+    that is unknown, False: the poll then finds the rows if they are there)."""
+
+    def reserve(self, rows: Sequence[OutboxRow]) -> None: ...
+
+    def release(self, rows: Sequence[OutboxRow], *, committed: bool) -> None: ...
+
+
+class NoHandOff:
+    """Nothing in-process publishes: rows wait for a relay's poll (or stay, in the
+    synchronous mode)."""
+
+    def reserve(self, rows: Sequence[OutboxRow]) -> None:
+        return None
+
+    def release(self, rows: Sequence[OutboxRow], *, committed: bool) -> None:
+        return None
+
+
+# Built once: a constant statement is compiled once and found in the compiled cache after.
+_INSERT = insert(outbox_table)
+
+
+async def add_to_outbox(session: AsyncSession | AsyncConnection, event: Event) -> OutboxRow:
+    """Stage `event` for publishing, in the caller's transaction, with the current trace.
+    Returns the row as written (with its id), for an `OutboxHandOff` after the commit."""
     collecting = _staging.get()
     if collecting is not None:
         collecting.append(event)
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    await session.execute(
-        insert(outbox_table).values(
-            event_id=str(event.event_id),
-            event_type=event.event_type,
-            routing_key=event.routing_key,
-            order_id=str(event.order_id),
-            correlation_id=event.correlation_id,
-            body=event.to_json().decode(),
-            trace_context=json.dumps(carrier),
-            created_at=utcnow(),
-            attempts=0,
-        )
-    )
+    values: dict[str, Any] = {
+        "event_id": str(event.event_id),
+        "event_type": event.event_type,
+        "routing_key": event.routing_key,
+        "order_id": str(event.order_id),
+        "correlation_id": event.correlation_id,
+        "body": event.to_json().decode(),
+        "trace_context": json.dumps(carrier),
+        "created_at": utcnow(),
+    }
+    result = cast("CursorResult[Any]", await session.execute(_INSERT, {**values, "attempts": 0}))
+    [row_id] = result.inserted_primary_key or (None,)
+    if row_id is None:  # every dialect we run reports it (lastrowid, RETURNING)
+        raise RuntimeError("the database did not report the outbox row's id")
+    return OutboxRow(id=int(row_id), **values)

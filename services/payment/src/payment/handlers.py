@@ -1,23 +1,44 @@
 """The payment use cases. Each runs in one transaction: the order's new state and the events
-it recorded (into the outbox) commit together or not at all. No HTTP, no AMQP here."""
+it recorded (into the outbox) commit together or not at all. No HTTP, no AMQP here.
+
+Group commit: payments that arrive while another group commits share the next transaction
+(most of a payment's database CPU is the session and transaction around its two inserts).
+Each payment still has its own statements, run in its request's context (its trace, its
+correlation id), and its own answer, given only after the commit that holds its payment
+and outbox rows. A payment whose order or key is taken writes nothing (ON CONFLICT DO
+NOTHING) and is answered from what the transaction sees, earlier payments of the same group
+included; if anything else fails, the group rolls back and each payment runs alone, exactly
+as without grouping. A payment arriving alone is a group of one and runs alone. The committed
+outbox rows go to the relay in-process (`OutboxHandOff`), not read back.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import hashlib
 import json
+import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from contracts import Event, utcnow
-from messaging.outbox_store import add_to_outbox
+from messaging import telemetry
+from messaging.outbox_store import NoHandOff, OutboxHandOff, OutboxRow, add_to_outbox
 from payment import store
 from payment.domain import NotRefundable, Order
 
+log = logging.getLogger(__name__)
+
 EventsCommitted = Callable[[list[Event]], Awaitable[None]]
+
+# Payments per shared transaction, at most: enough for every concurrent request of a busy
+# instance, small enough that one group's statements hold the connection only briefly.
+MAX_GROUP = 64
 
 
 @dataclass(frozen=True)
@@ -56,52 +77,181 @@ async def _nothing(_events: list[Event]) -> None:
     return None
 
 
+@dataclass
+class _Paid:
+    """A payment's outcome, decided in a transaction: its order, whether it repeats an
+    earlier request, and what it staged (nothing for a repeat)."""
+
+    order: Order
+    replayed: bool
+    events: list[Event] = field(default_factory=list)
+    rows: list[OutboxRow] = field(default_factory=list)
+
+
+# What a payment's work in a transaction comes to: paid (or replayed), or the refusal to
+# raise in its request (OrderAlreadyPaid, IdempotencyKeyReused), having written nothing.
+_Outcome = _Paid | OrderAlreadyPaid | IdempotencyKeyReused
+
+
+@dataclass
+class _Waiting:
+    cmd: PayCommand
+    # The request's context: its SERVER span and correlation id, for the payment's work.
+    context: contextvars.Context
+    # The outcome once committed; None: pay alone (a group of one, or the group rolled back).
+    done: asyncio.Future[_Outcome | None]
+
+
 class PaymentService:
-    """Pay, refund, look up. `events_committed` runs after each commit (wakes the relay)."""
+    """Pay, refund, look up. `events_committed` runs after each commit, in the request;
+    `hand_off` gets the committed outbox rows (the relay, which publishes them)."""
 
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
         events_committed: EventsCommitted = _nothing,
+        *,
+        hand_off: OutboxHandOff | None = None,
+        max_group: int = MAX_GROUP,
     ):
         self._sessions = sessions
         self._events_committed = events_committed
+        self._hand_off = hand_off if hand_off is not None else NoHandOff()
+        self._max_group = max_group
+        self._waiting: list[_Waiting] = []
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
 
     async def pay(self, cmd: PayCommand) -> tuple[Order, bool]:
         """Returns the payment and whether it is a replay of an earlier identical request."""
-        try:
+        outcome = await self._in_group(cmd) if self._max_group > 1 else None
+        if outcome is None:
+            outcome = await self._pay_alone(cmd)
+        if not isinstance(outcome, _Paid):
+            raise outcome
+        if not outcome.replayed:
+            await self._events_committed(outcome.events)
+        return outcome.order, outcome.replayed
+
+    async def close(self) -> None:
+        """Stop the group worker. A group cut short rolls back; its requests are cancelled."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for waiting in self._waiting:
+            waiting.done.cancel()
+        self._waiting.clear()
+
+    async def _pay_alone(self, cmd: PayCommand) -> _Outcome:
+        """The payment in a transaction of its own."""
+        with self._handing_off() as rows:
             async with self._sessions() as session, session.begin():
-                earlier = await self._earlier(session, cmd)
-                if earlier is not None:
-                    return earlier, True
-                order = Order.pay(
-                    order_id=cmd.order_id, customer_id=cmd.customer_id, email=cmd.email,
-                    amount=cmd.amount, currency=cmd.currency, correlation_id=cmd.correlation_id,
-                    now=utcnow(),
-                )
-                await store.add(session, order, idempotency_key=cmd.idempotency_key,
-                                request_fingerprint=cmd.fingerprint())
-                events = await _stage_events(session, order)
-        except IntegrityError:
-            # A concurrent request won the race for this order or key; answer as it would have.
-            async with self._sessions() as session:
-                earlier = await self._earlier(session, cmd)
+                outcome = await self._pay_in(await session.connection(), cmd)
+                if isinstance(outcome, _Paid):
+                    rows.extend(outcome.rows)
+                self._hand_off.reserve(rows)
+        return outcome
+
+    async def _in_group(self, cmd: PayCommand) -> _Outcome | None:
+        waiting = _Waiting(cmd, contextvars.copy_context(),
+                           asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        self._wake.set()
+        if self._worker is None or self._worker.done():
+            # A context of its own: the worker belongs to no request and no trace.
+            self._worker = asyncio.create_task(
+                self._run(), name="payment-group-commit", context=contextvars.Context()
+            )
+        return await waiting.done
+
+    async def _run(self) -> None:
+        with telemetry.untraced():  # the group's BEGIN and COMMIT (each payment's run traced)
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._waiting:
+                    group = self._waiting[: self._max_group]
+                    del self._waiting[: self._max_group]
+                    await self._commit([w for w in group if not w.done.done()])
+
+    async def _commit(self, group: list[_Waiting]) -> None:
+        if len(group) <= 1:  # alone, by its own request: as without grouping
+            for waiting in group:
+                waiting.done.set_result(None)
+            return
+        outcomes: list[_Outcome | None] = []
+        try:
+            with self._handing_off() as rows:
+                async with self._sessions() as session, session.begin():
+                    conn = await session.connection()
+                    for waiting in group:
+                        outcome = await asyncio.create_task(
+                            self._pay_in(conn, waiting.cmd), context=waiting.context)
+                        if isinstance(outcome, _Paid):
+                            rows.extend(outcome.rows)
+                        outcomes.append(outcome)
+                    self._hand_off.reserve(rows)
+        except Exception as exc:
+            log.info("group of %d payments rolled back (%s: %s); each pays on its own",
+                     len(group), type(exc).__name__, exc)
+            outcomes = [None] * len(group)
+        except asyncio.CancelledError:  # close(): rolled back; the requests end with it
+            for waiting in group:
+                waiting.done.cancel()
+            raise
+        for waiting, decided in zip(group, outcomes, strict=True):
+            if not waiting.done.done():
+                waiting.done.set_result(decided)
+
+    @contextlib.contextmanager
+    def _handing_off(self) -> Iterator[list[OutboxRow]]:
+        """The rows the block reserves go to the relay if it ends (committed), are withdrawn
+        if it raises (rolled back, or a commit whose outcome is unknown: the poll decides)."""
+        rows: list[OutboxRow] = []
+        try:
+            yield rows
+        except BaseException:
+            self._hand_off.release(rows, committed=False)
+            raise
+        self._hand_off.release(rows, committed=True)
+
+    async def _pay_in(self, conn: AsyncConnection, cmd: PayCommand) -> _Outcome:
+        """The payment's statements in the caller's transaction."""
+        order = Order.pay(
+            order_id=cmd.order_id, customer_id=cmd.customer_id, email=cmd.email,
+            amount=cmd.amount, currency=cmd.currency, correlation_id=cmd.correlation_id,
+            now=utcnow(),
+        )
+        if not await store.add(conn, order, idempotency_key=cmd.idempotency_key,
+                               request_fingerprint=cmd.fingerprint()):
+            # Its order or key has a payment (maybe from a concurrent request, committed
+            # meanwhile): answer as that request would have been.
+            try:
+                earlier = await self._earlier(conn, cmd)
+            except (OrderAlreadyPaid, IdempotencyKeyReused) as refused:
+                return refused
             if earlier is None:
-                raise
-            return earlier, True
-        await self._events_committed(events)
-        return order, False
+                raise RuntimeError(f"payment {order.payment_id} conflicts with no payment of "
+                                   f"order {cmd.order_id} or of its key")
+            return _Paid(earlier, replayed=True)
+        events = order.pull_domain_events()
+        rows = [await add_to_outbox(conn, event) for event in events]
+        return _Paid(order, replayed=False, events=events, rows=rows)
 
     async def refund(self, payment_id: uuid.UUID) -> Order:
         try:
-            async with self._sessions() as session, session.begin():
-                order = await store.get(session, payment_id)
-                if order is None:
-                    raise PaymentNotFound(payment_id)
-                read_sequence = order.sequence
-                order.refund(now=utcnow())
-                await store.save(session, order, read_sequence=read_sequence)
-                events = await _stage_events(session, order)
+            with self._handing_off() as rows:
+                async with self._sessions() as session, session.begin():
+                    order = await store.get(session, payment_id)
+                    if order is None:
+                        raise PaymentNotFound(payment_id)
+                    read_sequence = order.sequence
+                    order.refund(now=utcnow())
+                    await store.save(session, order, read_sequence=read_sequence)
+                    events = order.pull_domain_events()
+                    rows.extend([await add_to_outbox(session, event) for event in events])
+                    self._hand_off.reserve(rows)
         except store.ConcurrentChange:
             # A concurrent refund won; answer as if ours had come second.
             current = await self.get(payment_id)
@@ -116,23 +266,16 @@ class PaymentService:
             raise PaymentNotFound(payment_id)
         return order
 
-    async def _earlier(self, session: AsyncSession, cmd: PayCommand) -> Order | None:
+    async def _earlier(self, conn: store.Executor, cmd: PayCommand) -> Order | None:
         """The payment this request repeats, if any; raises if it conflicts with one."""
         if cmd.idempotency_key is not None:
-            found = await store.get_by_idempotency_key(session, cmd.idempotency_key)
+            found = await store.get_by_idempotency_key(conn, cmd.idempotency_key)
             if found is not None:
                 order, fingerprint = found
                 if fingerprint != cmd.fingerprint():
                     raise IdempotencyKeyReused(cmd.idempotency_key)
                 return order
-        paid = await store.get_by_order(session, cmd.order_id)
+        paid = await store.get_by_order(conn, cmd.order_id)
         if paid is not None:
             raise OrderAlreadyPaid(paid)
         return None
-
-
-async def _stage_events(session: AsyncSession, order: Order) -> list[Event]:
-    events = order.pull_domain_events()
-    for event in events:
-        await add_to_outbox(session, event)
-    return events

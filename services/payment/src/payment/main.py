@@ -10,7 +10,6 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from contracts import Event
 from messaging import db, outbox, telemetry
 from messaging.http import ReadinessCheck, install_common
 from messaging.logs import setup_logging
@@ -32,11 +31,8 @@ def create_app(settings: Settings) -> FastAPI:
         sessions, broker.connection, service=SERVICE,
         batch_size=settings.outbox_batch_size, poll_interval=settings.outbox_poll_seconds,
     )
-
-    async def wake_relay(_events: list[Event]) -> None:
-        relay.notify()
-
-    payments = PaymentService(sessions, events_committed=wake_relay)
+    # The relay gets each committed outbox row in-process and publishes it without a read.
+    payments = PaymentService(sessions, hand_off=relay)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -58,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
             ),
         ]
         yield
+        await payments.close()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any, cast
 
-from sqlalchemy import Column, Integer, MetaData, Row, String, Table, insert, select, update
+from sqlalchemy import Column, Integer, MetaData, Row, String, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from contracts import utcnow
 from messaging.db import UtcDateTime
@@ -44,28 +45,42 @@ def _to_order(row: Row[Any]) -> Order:
     )
 
 
+Executor = AsyncSession | AsyncConnection  # a session, or the connection of a group commit
+
+# Built once: constant statements compile once and are found in the compiled cache after.
+# ON CONFLICT DO NOTHING (both dialects): a payment whose order or key is taken writes
+# nothing and raises nothing, so it cannot abort the transaction it shares with others.
+_ADD = {
+    "sqlite": sqlite.insert(payments).on_conflict_do_nothing(),
+    "postgresql": postgresql.insert(payments).on_conflict_do_nothing(),
+}
+
+
 async def add(
-    session: AsyncSession, order: Order, *, idempotency_key: str | None,
+    conn: Executor, order: Order, *, idempotency_key: str | None,
     request_fingerprint: str | None,
-) -> None:
+) -> bool:
+    """Insert the new payment; False (nothing written) if its order or its idempotency key
+    already has one (committed, or earlier in this transaction)."""
     now = utcnow()
-    await session.execute(
-        insert(payments).values(
-            payment_id=str(order.payment_id), order_id=str(order.order_id),
-            customer_id=order.customer_id, email=order.email, amount=order.amount,
-            currency=order.currency, status=order.status.value,
-            correlation_id=order.correlation_id, sequence=order.sequence,
-            idempotency_key=idempotency_key, request_fingerprint=request_fingerprint,
-            created_at=now, updated_at=now,
-        )
-    )
+    dialect = (conn.dialect if isinstance(conn, AsyncConnection)
+               else conn.get_bind().dialect).name
+    result = cast("CursorResult[Any]", await conn.execute(_ADD[dialect], {
+        "payment_id": str(order.payment_id), "order_id": str(order.order_id),
+        "customer_id": order.customer_id, "email": order.email, "amount": order.amount,
+        "currency": order.currency, "status": order.status.value,
+        "correlation_id": order.correlation_id, "sequence": order.sequence,
+        "idempotency_key": idempotency_key, "request_fingerprint": request_fingerprint,
+        "created_at": now, "updated_at": now,
+    }))
+    return result.rowcount == 1
 
 
 class ConcurrentChange(Exception):
     """The order changed since it was read (e.g. two refunds at once); nothing was written."""
 
 
-async def save(session: AsyncSession, order: Order, *, read_sequence: int) -> None:
+async def save(session: Executor, order: Order, *, read_sequence: int) -> None:
     """Write the order's new state, only if it is still at `read_sequence` (optimistic lock).
 
     Two concurrent refunds both read "paid"; without the condition both would commit and
@@ -81,21 +96,21 @@ async def save(session: AsyncSession, order: Order, *, read_sequence: int) -> No
         raise ConcurrentChange(f"payment {order.payment_id} changed concurrently")
 
 
-async def get(session: AsyncSession, payment_id: uuid.UUID) -> Order | None:
+async def get(session: Executor, payment_id: uuid.UUID) -> Order | None:
     row = (
         await session.execute(select(payments).where(payments.c.payment_id == str(payment_id)))
     ).first()
     return _to_order(row) if row else None
 
 
-async def get_by_order(session: AsyncSession, order_id: uuid.UUID) -> Order | None:
+async def get_by_order(session: Executor, order_id: uuid.UUID) -> Order | None:
     row = (
         await session.execute(select(payments).where(payments.c.order_id == str(order_id)))
     ).first()
     return _to_order(row) if row else None
 
 
-async def get_by_idempotency_key(session: AsyncSession, key: str) -> tuple[Order, str] | None:
+async def get_by_idempotency_key(session: Executor, key: str) -> tuple[Order, str] | None:
     """The payment first made with `key`, and the fingerprint of that first request."""
     row = (
         await session.execute(select(payments).where(payments.c.idempotency_key == key))
