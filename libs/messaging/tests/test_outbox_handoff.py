@@ -206,3 +206,20 @@ async def test_an_orders_unsent_row_found_by_the_poll_leaves_before_its_handed_s
 
 async def _none_unsent(sessions) -> bool:
     return await unsent(sessions) == []
+
+
+async def test_rows_handed_while_publishing_is_stuck_are_left_to_the_poll_beyond_a_bound(
+    sessions, connection, tap
+):
+    r = relay(sessions, connection, batch_size=2)  # not running: nothing is published
+    staged = [events.order_paid() for _ in range(2 * outbox.HANDED_MAX_BATCHES + 3)]
+    for paid in staged:
+        r.release(await commit(sessions, paid, hand_off=r), committed=True)
+
+    assert len(r._handed) == 2 * outbox.HANDED_MAX_BATCHES
+    assert len(r._reserved) == len(r._handed) and not r._caught_up
+    # The poll takes the rows it was left (not those still reserved for the hand-off).
+    while await r.publish_pending():
+        pass
+    got = await received(tap, 3)
+    assert [m.message_id for m in got] == [str(e.event_id) for e in staged[-3:]]

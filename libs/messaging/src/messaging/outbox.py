@@ -79,6 +79,9 @@ async def forget_published_older_than(
     )
 
 
+# Handed rows held in memory at most, in batches; beyond, the rows are left to the poll.
+HANDED_MAX_BATCHES = 10
+
 # How often the backlog gauges (outbox_pending_rows, outbox_oldest_pending_age_seconds) are
 # read from the table, whatever the relay is doing.
 LAG_REPORT_SECONDS = 1.0
@@ -129,12 +132,16 @@ class OutboxRelay:
         """After the transaction of `reserve`d rows: committed, publish them now (without
         reading them back); rolled back or unknown, forget them (the poll finds any that
         did commit)."""
-        if committed:
+        if committed and len(self._handed) < HANDED_MAX_BATCHES * self._batch_size:
             self._handed.extend(rows)
             self._wake.set()
-        else:
-            for row in rows:
-                self._reserved.pop(row.id, None)
+            return
+        for row in rows:
+            self._reserved.pop(row.id, None)
+        if committed:
+            # Publishing is stuck (no broker): leave the rows to the poll instead of holding
+            # them all in memory; the poll runs first, so each order's rows stay in order.
+            self._caught_up = False
 
     async def run(self) -> None:
         """Relay until cancelled; the lag gauges are kept true alongside, every second."""
@@ -212,8 +219,17 @@ class OutboxRelay:
             raise PublishFailed(f"{len(failures)} of {len(rows)} not confirmed: {failures[0]}",
                                 getattr(failures[0], "error_type", "not-confirmed"))
 
+    def _unsent_unreserved(self) -> Select[Any]:
+        """The poll's batch: the oldest unsent rows, without those reserved for a hand-off
+        (which must not fill the batch and hide the rows behind them)."""
+        query = self._unsent().limit(self._batch_size)
+        if self._reserved:
+            query = query.where(outbox_table.c.id.not_in(list(self._reserved)))
+        return query
+
     def _not_reserved(self, rows: Sequence[Row[Any]]) -> list[OutboxRow]:
-        """The rows read that no hand-off of this process is about to publish."""
+        """The rows read that no hand-off of this process is about to publish (reserved
+        while the read was under way)."""
         return [_as_outbox_row(row) for row in rows if row.id not in self._reserved]
 
     async def _publish_unclaimed(
@@ -222,7 +238,7 @@ class OutboxRelay:
         """SQLite: the only relay of its database reads, publishes, then marks."""
         with untraced():  # polling: no trace per poll
             async with self._sessions() as session:
-                read = (await session.execute(self._unsent().limit(self._batch_size))).all()
+                read = (await session.execute(self._unsent_unreserved())).all()
         rows = self._not_reserved(read)
         if not rows:
             return len(read), [], []
@@ -294,7 +310,7 @@ class OutboxRelay:
             async with self._sessions() as session, session.begin():
                 await session.execute(_CLAIM_TIMEOUT)
                 claimed = (await session.execute(
-                    self._unsent().limit(self._batch_size).with_for_update(skip_locked=True)
+                    self._unsent_unreserved().with_for_update(skip_locked=True)
                 )).all()
                 rows = await self._first_of_each_order(session, self._not_reserved(claimed))
                 if not rows:
