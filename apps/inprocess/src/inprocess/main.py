@@ -105,8 +105,8 @@ class InProcessShop:
             router = service.router(sessions[name]) if service.router else None
             self.apps[name] = _read_app(name, router, self.engines[name])
 
-        payments = PaymentService(sessions[PAYMENT.name], events_committed=self._dispatch)
-        self.apps[PAYMENT.name] = _payment_app(payments, self.engines[PAYMENT.name])
+        self._payments = PaymentService(sessions[PAYMENT.name], events_committed=self._dispatch)
+        self.apps[PAYMENT.name] = _payment_app(self._payments, self.engines[PAYMENT.name])
 
     async def _dispatch(self, events: list[Event]) -> None:
         """Runs right after payment's commit, inside the request: the handlers' work, then
@@ -132,6 +132,7 @@ class InProcessShop:
             await db.create_schema(engine, *self._schemas[name])
 
     async def close(self) -> None:
+        await self._payments.close()  # its group-commit worker
         for engine in self.engines.values():
             await engine.dispose()
 
