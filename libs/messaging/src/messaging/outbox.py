@@ -179,6 +179,9 @@ class OutboxRelay:
             except Exception as exc:
                 self._caught_up = False  # what failed is the poll's again
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                # A hand-off that came while this round ran was taken by it (or is the
+                # poll's now): only a later one may cut the backoff short.
+                self._wake.clear()
                 await self._wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
