@@ -10,20 +10,20 @@ that gap the event is redelivered and the mail goes out again, with the same Mes
 
 from __future__ import annotations
 
-from email.message import EmailMessage
-from email.utils import formatdate
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event, OrderPaid, OrderRefunded, OrderShipped, utcnow
 from mailer import store
+from mailer.message import Mail, MailTemplate, UnsafeMail
+from messaging.consumer import PermanentError
 
 CORRELATION_HEADER = "X-Correlation-ID"
 
 
 class MailSender(Protocol):
-    async def send(self, message: EmailMessage) -> None: ...
+    async def send(self, mail: Mail) -> None: ...
 
 
 def message_id_for(event: Event) -> str:
@@ -58,23 +58,24 @@ def body_for(event: Event) -> str:
     raise TypeError(f"no mail for {event.event_type}")
 
 
-def compose(event: Event, mail_from: str) -> EmailMessage:
-    subject = subject_for(event)
-    body = body_for(event)
-    message = EmailMessage()
-    message["From"] = mail_from
-    message["To"] = event.data.email
-    message["Subject"] = subject
-    message["Date"] = formatdate(event.occurred_at.timestamp(), usegmt=True)
-    message["Message-ID"] = message_id_for(event)
-    message[CORRELATION_HEADER] = event.correlation_id
-    message.set_content(body)
-    return message
+def compose(event: Event, template: MailTemplate) -> Mail:
+    return template.build(
+        to=event.data.email,
+        subject=subject_for(event),
+        message_id=message_id_for(event),
+        date=event.occurred_at.timestamp(),
+        headers={CORRELATION_HEADER: event.correlation_id},
+        body=body_for(event),
+    )
 
 
-async def send_mail(event: Event, *, sender: MailSender, mail_from: str) -> None:
+async def send_mail(event: Event, *, sender: MailSender, template: MailTemplate) -> None:
     """Hand the mail to the SMTP server. Runs before the inbox transaction (mailer/spec.py)."""
-    await sender.send(compose(event, mail_from))
+    try:
+        mail = compose(event, template)
+    except UnsafeMail as exc:  # the same event can never make a safe mail
+        raise PermanentError(str(exc)) from exc
+    await sender.send(mail)
 
 
 async def record_mail(event: Event, session: AsyncSession) -> None:

@@ -2,6 +2,7 @@ from email.utils import parseaddr
 
 from pydantic import Field, field_validator
 
+from mailer.message import MailTemplate
 from messaging.settings import ConsumerSettings
 
 
@@ -18,4 +19,5 @@ class Settings(ConsumerSettings):
     def _an_address(cls, value: str) -> str:
         if "@" not in parseaddr(value)[1]:
             raise ValueError("must be a mail address, e.g. 'Mini EC <shop@example.com>'")
+        MailTemplate(value)  # refuses, at start, what could not head a mail (a line break)
         return value

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from email.message import EmailMessage
 
 import aiosmtplib
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from mailer.message import Mail
 from messaging.consumer import PermanentError
 
 tracer = trace.get_tracer(__name__)
@@ -27,7 +27,7 @@ class SmtpSender:
         # TCP connect, greeting, EHLO and QUIT. One mail at a time per connection.
         self._idle: list[aiosmtplib.SMTP] = []
 
-    async def _send(self, message: EmailMessage) -> None:
+    async def _send(self, mail: Mail) -> None:
         client = None
         while self._idle and client is None:
             client = self._idle.pop()
@@ -43,7 +43,10 @@ class SmtpSender:
             )
             await client.connect()
         try:
-            await client.send_message(message)
+            # The bytes as built (mailer/message.py): `send_message` would flatten an
+            # EmailMessage here with the email package's generator.
+            await client.sendmail(mail.sender, [mail.recipient], mail.content,
+                                  mail_options=["SMTPUTF8"] if mail.smtputf8 else None)
         except BaseException:
             # Whatever state the session is in, don't reuse it; the error decides the rest.
             client.close()
@@ -53,15 +56,15 @@ class SmtpSender:
         else:
             client.close()
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, mail: Mail) -> None:
         """Send, or raise: PermanentError when the server refuses for good (5xx), else transient."""
         with tracer.start_as_current_span(
             "smtp send", kind=SpanKind.CLIENT,
             attributes={"server.address": self.host, "server.port": self.port,
-                        "mini_ec.mail.message_id": message["Message-ID"]},
+                        "mini_ec.mail.message_id": mail.message_id},
         ):
             try:
-                await self._send(message)
+                await self._send(mail)
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 if all(r.code >= 500 for r in exc.recipients):
                     raise PermanentError(f"recipient refused: {exc}") from exc

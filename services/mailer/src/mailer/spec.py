@@ -4,6 +4,7 @@ from functools import partial
 
 from contracts import OrderPaid, OrderRefunded, OrderShipped
 from mailer import api, handlers, store
+from mailer.message import MailTemplate
 from mailer.settings import Settings
 from mailer.smtp import SmtpSender
 from messaging.spec import Consumes, ServiceSpec, Subscription
@@ -12,7 +13,7 @@ from messaging.spec import Consumes, ServiceSpec, Subscription
 def subscriptions(settings: Settings) -> list[Subscription]:
     """Each mail goes to the SMTP server first (outside the transaction), then is recorded."""
     sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout)
-    send = partial(handlers.send_mail, sender=sender, mail_from=settings.mail_from)
+    send = partial(handlers.send_mail, sender=sender, template=MailTemplate(settings.mail_from))
     return [
         Subscription(OrderPaid, handlers.record_mail, before=send),
         Subscription(OrderRefunded, handlers.record_mail, before=send),
