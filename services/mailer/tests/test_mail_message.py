@@ -13,8 +13,11 @@ from email.utils import formatdate, parsedate_to_datetime
 import pytest
 
 from devstack import events
+from devstack.stack import free_port
 from mailer import handlers
 from mailer.message import Mail, MailTemplate, UnsafeMail, address_header, unstructured_header
+from mailer.settings import Settings
+from mailer.spec import subscriptions
 from messaging.consumer import PermanentError
 
 pytestmark = pytest.mark.unit
@@ -204,14 +207,21 @@ class Recorder:
 
 async def test_an_event_whose_address_would_inject_a_header_is_permanent_and_sends_nothing():
     """The contract refuses such an address; an event that got past it anyway goes to the
-    DLQ at once (PermanentError), since no retry could make it safe."""
+    DLQ at once (PermanentError, from the subscription's step), since no retry could make
+    it safe. The handler itself names no transport: it raises UnsafeMail."""
     paid = events.order_paid()
     hostile = paid.model_copy(update={"data": paid.data.model_copy(
         update={"email": "alice@example.com\r\nBcc: victim@example.com"})})
     recorder = Recorder()
-    with pytest.raises(PermanentError, match="a line break"):
+    with pytest.raises(UnsafeMail, match="a line break"):
         await handlers.send_mail(hostile, sender=recorder, template=TEMPLATE)
     assert recorder.sent == []
+
+    # No SMTP server on that port: reaching it would be a connect error, not this one.
+    [step, *_] = [s.before for s in subscriptions(Settings(smtp_port=free_port()))]
+    assert step is not None
+    with pytest.raises(PermanentError, match="a line break"):
+        await step(hostile)
 
 
 async def test_a_shipment_with_line_breaks_in_its_carrier_keeps_them_in_the_body():

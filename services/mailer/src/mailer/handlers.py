@@ -16,8 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event, OrderPaid, OrderRefunded, OrderShipped, utcnow
 from mailer import store
-from mailer.message import Mail, MailTemplate, UnsafeMail
-from messaging.consumer import PermanentError
+from mailer.message import Mail, MailTemplate
 
 CORRELATION_HEADER = "X-Correlation-ID"
 
@@ -70,12 +69,11 @@ def compose(event: Event, template: MailTemplate) -> Mail:
 
 
 async def send_mail(event: Event, *, sender: MailSender, template: MailTemplate) -> None:
-    """Hand the mail to the SMTP server. Runs before the inbox transaction (mailer/spec.py)."""
-    try:
-        mail = compose(event, template)
-    except UnsafeMail as exc:  # the same event can never make a safe mail
-        raise PermanentError(str(exc)) from exc
-    await sender.send(mail)
+    """Hand the mail to the SMTP server. Runs before the inbox transaction (mailer/spec.py).
+
+    Raises UnsafeMail, before anything is sent, for an event whose values cannot go into a
+    mail safely (mailer/spec.py makes that permanent)."""
+    await sender.send(compose(event, template))
 
 
 async def record_mail(event: Event, session: AsyncSession) -> None:

@@ -147,8 +147,10 @@ class MailTemplate:
     def __init__(self, mail_from: str):
         _refuse_line_breaks("From", mail_from)
         display_name, sender = parseaddr(mail_from)
-        if "@" not in sender:
-            raise UnsafeMail(f"From: not a mail address: {mail_from!r}")
+        # It goes on the MAIL FROM line too: one plain ASCII address, nothing that could
+        # end the command (a non-ASCII one would need SMTPUTF8 for every mail).
+        if not (_ADDR_SPEC.fullmatch(sender) and sender.isascii()):
+            raise UnsafeMail(f"From: not a plain ASCII mail address: {mail_from!r}")
         username, _, domain = sender.rpartition("@")
         header = email.policy.SMTP.header_factory(
             "From", Address(display_name=display_name, username=username, domain=domain))

@@ -2,18 +2,27 @@
 
 from functools import partial
 
-from contracts import OrderPaid, OrderRefunded, OrderShipped
+from contracts import Event, OrderPaid, OrderRefunded, OrderShipped
 from mailer import api, handlers, store
-from mailer.message import MailTemplate
+from mailer.handlers import MailSender
+from mailer.message import MailTemplate, UnsafeMail
 from mailer.settings import Settings
 from mailer.smtp import SmtpSender
+from messaging.consumer import PermanentError
 from messaging.spec import Consumes, ServiceSpec, Subscription
+
+
+async def _send_mail(event: Event, *, sender: MailSender, template: MailTemplate) -> None:
+    try:
+        await handlers.send_mail(event, sender=sender, template=template)
+    except UnsafeMail as exc:  # the same event can never make a safe mail: DLQ at once
+        raise PermanentError(str(exc)) from exc
 
 
 def subscriptions(settings: Settings) -> list[Subscription]:
     """Each mail goes to the SMTP server first (outside the transaction), then is recorded."""
     sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout)
-    send = partial(handlers.send_mail, sender=sender, template=MailTemplate(settings.mail_from))
+    send = partial(_send_mail, sender=sender, template=MailTemplate(settings.mail_from))
     return [
         Subscription(OrderPaid, handlers.record_mail, before=send),
         Subscription(OrderRefunded, handlers.record_mail, before=send),

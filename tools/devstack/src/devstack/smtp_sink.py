@@ -3,7 +3,8 @@
     python -m devstack.smtp_sink --port 1025 --dir var/mail
 
 It can also refuse service for a while (`--fail-for`, or `fail_until` when embedded), which
-is how the tests play a mail server that is down, and it can be slow (`--delay`).
+is how the tests play a mail server that is down, and it can be slow (`--delay`). Like
+Mailpit it offers PIPELINING (RFC 2920), unless told not to (`pipelining=False`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,21 @@ from aiosmtpd.controller import Controller
 class SaveToDirectory:
     """aiosmtpd handler: one file per accepted mail, named after its Message-ID."""
 
-    def __init__(self, directory: Path, delay_seconds: float = 0.0):
+    def __init__(self, directory: Path, delay_seconds: float = 0.0, pipelining: bool = True):
         self.directory = directory
+        self.pipelining = pipelining
         self.directory.mkdir(parents=True, exist_ok=True)
         self.delay_seconds = delay_seconds
         self.fail_until = 0.0  # time.monotonic() before which mails are refused with 451
+
+    async def handle_EHLO(self, server, session, envelope, hostname,  # noqa: N802 (aiosmtpd API)
+                          responses: list[str]) -> list[str]:
+        # aiosmtpd reads one command at a time, so pipelined commands are simply queued;
+        # it only doesn't say so. This hook replaces its EHLO, hence the host name.
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd API)
         if time.monotonic() < self.fail_until:
@@ -69,8 +80,9 @@ def arrivals(directory: Path) -> list[email.message.EmailMessage]:
 
 
 def start(directory: Path, host: str = "127.0.0.1", port: int = 1025,
-          delay_seconds: float = 0.0) -> tuple[Controller, SaveToDirectory]:
-    handler = SaveToDirectory(directory, delay_seconds)
+          delay_seconds: float = 0.0, pipelining: bool = True,
+          ) -> tuple[Controller, SaveToDirectory]:
+    handler = SaveToDirectory(directory, delay_seconds, pipelining)
     controller = Controller(handler, hostname=host, port=port)
     controller.start()
     return controller, handler
