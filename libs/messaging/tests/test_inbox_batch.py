@@ -6,16 +6,18 @@ the failing one raises exactly what it raises without batching and the others st
 """
 
 import asyncio
+import re
+import uuid
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, update
 
 from devstack import events
 from messaging import correlation, inbox
 from messaging.batching import InboxBatcher
-from messaging.inbox import Inbox, Outcome, OutOfOrder, order_progress_table
+from messaging.inbox import Conflict, Inbox, Outcome, OutOfOrder, order_progress_table
 from messaging.spec import every
 
 pytestmark = pytest.mark.integration
@@ -225,3 +227,101 @@ async def test_a_redelivery_of_an_event_still_in_flight_waits_and_is_a_duplicate
     assert sent == [paid.event_id]
     assert [e for e, _ in await effects_in_order(sessions)] == [str(paid.event_id)]
     await batcher.close()
+
+
+class Statements:
+    """The statements the engine sends, as (first words, executemany), while recording."""
+
+    def __init__(self, sessions):
+        self.engine = sessions.kw["bind"].sync_engine
+        self.sent: list[tuple[str, bool]] = []
+
+    def _note(self, conn, cursor, statement, parameters, context, executemany):
+        self.sent.append((" ".join(statement.split()[:3]), executemany))
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._note)
+        return self
+
+    def __exit__(self, *exc):
+        event.remove(self.engine, "before_cursor_execute", self._note)
+
+    def of_inbox(self) -> list[tuple[str, bool]]:
+        """The inbox's own statements (the effects' and the transaction's left out)."""
+        return [(s, many) for s, many in self.sent
+                if re.search(r"\b(inbox|stream_progress)\b", s)]
+
+
+async def test_a_batch_costs_the_inbox_a_few_statements_whatever_its_size(
+    box, sessions
+):
+    paid = [events.order_paid() for _ in range(10)]
+    with Statements(sessions) as new_orders:
+        assert await box.process_batch(paid, every(Recorder())) == [Outcome.APPLIED] * 10
+    # The seen ids and the orders' progress in one read each; the rows in one write each.
+    assert new_orders.of_inbox() == [
+        ("SELECT inbox.event_id, inbox.digest", False),
+        ("SELECT stream_progress.order_id, stream_progress.stream,", False),
+        ("INSERT INTO inbox", True),
+        ("INSERT INTO stream_progress", True),
+    ]
+
+    refunds = [events.order_refunded(p) for p in paid[:6]]
+    with Statements(sessions) as moved:
+        outcomes = await box.process_batch([*refunds, events.order_paid()], every(Recorder()))
+    assert outcomes == [Outcome.APPLIED] * 7
+    # Six orders' progress moved by one UPDATE, the new order's started by one INSERT.
+    assert moved.of_inbox() == [
+        ("SELECT inbox.event_id, inbox.digest", False),
+        ("SELECT stream_progress.order_id, stream_progress.stream,", False),
+        ("INSERT INTO inbox", True),
+        ("INSERT INTO stream_progress", False),
+        ("UPDATE stream_progress SET", False),
+    ]
+    assert [await progress(sessions, p.order_id) for p in paid] == [2] * 6 + [1] * 4
+
+
+async def test_a_progress_row_moved_after_the_batch_read_it_rolls_the_batch_back(
+    box, sessions
+):
+    """What a competing consumer committing the same order meanwhile looks like: the
+    conditional progress write finds fewer rows than it moved, and nothing is committed."""
+    paid, other = events.order_paid(), events.order_paid()
+    await box.process_batch([paid, other], every(Recorder()))
+    refunded, refunded_other = events.order_refunded(paid), events.order_refunded(other)
+
+    async def moves_progress_behind_the_batch(event, session) -> None:
+        await session.execute(update(order_progress_table)
+                              .where(order_progress_table.c.order_id == str(other.order_id))
+                              .values(last_sequence=7))
+
+    with pytest.raises(inbox._LostRace):
+        await box.process_batch([refunded, refunded_other],
+                                every(moves_progress_behind_the_batch))
+
+    assert [await progress(sessions, e.order_id) for e in (paid, other)] == [1, 1]
+    assert not await box.seen(str(refunded.event_id))
+
+
+async def test_two_events_claiming_one_place_in_one_batch_are_a_conflict(box, sessions):
+    paid = events.order_paid()
+    await box.process(paid, every(Recorder()))
+    one, other = events.order_refunded(paid), events.order_refunded(paid)
+
+    with pytest.raises(Conflict) as raised:
+        await box.process_batch([one, other], every(Recorder()))
+
+    assert raised.value.holder == str(one.event_id)  # held within the batch, not yet written
+    assert [e for e, _ in await effects_in_order(sessions)] == [str(paid.event_id)]
+    assert await progress(sessions, paid.order_id) == 1
+
+
+async def test_a_batch_finds_the_committed_holder_of_a_place(box, sessions):
+    paid = events.order_paid()
+    await box.process(paid, every(Recorder()))
+    impostor = paid.model_copy(update={"event_id": uuid.uuid4()})  # another event at #1
+
+    with pytest.raises(Conflict) as raised:
+        await box.process_batch([events.order_paid(), impostor], every(Recorder()))
+
+    assert raised.value.holder == str(paid.event_id)

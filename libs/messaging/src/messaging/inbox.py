@@ -21,24 +21,30 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Index,
     Integer,
     MetaData,
     String,
     Table,
+    and_,
+    bindparam,
+    case,
     delete,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from contracts import EVENT_TYPES, Event, utcnow
 from messaging.db import UtcDateTime, delete_in_batches
 from messaging.spec import Subscriptions
 
 if TYPE_CHECKING:
+    from sqlalchemy import Update
     from sqlalchemy.engine import CursorResult
 
 log = logging.getLogger(__name__)
@@ -308,17 +314,25 @@ class Inbox:
         IntegrityError, a lost race) rolls back the whole batch and propagates: nothing is
         committed, and the caller applies each on its own.
 
+        The inbox's own statements are per batch, not per event: one read of the seen ids,
+        one of the orders' progress, then (after every handler) one insert of the inbox
+        rows and one write per kind of progress change. Only the handlers run per event.
+
         `contexts[i]`, when given, is the context (trace span, correlation id) that event
-        i's work runs in: its statements and spans belong to its own message.
+        i's work runs in: its handler's statements and spans belong to its own message.
         """
         async with self._sessions() as session, session.begin():
+            conn = await session.connection()
+            view = await _BatchView.load(
+                conn, [e for e in events if subscriptions.handler_for(e) is not None])
             outcomes = []
             for i, event in enumerate(events):
-                work = _apply_in(session, event, subscriptions)
+                work = _apply_in(session, conn, view, event, subscriptions)
                 if contexts is None:
                     outcomes.append(await work)
                 else:
                     outcomes.append(await asyncio.create_task(work, context=contexts[i]))
+            await view.write(conn)
             return outcomes
 
     async def seen(self, event_id: str) -> bool:
@@ -339,86 +353,147 @@ class Inbox:
         )
 
 
+# The inbox's statements, built once: SQLAlchemy's compiled cache then finds each by a cache
+# key computed once, instead of building and keying a new statement per event.
+_SEEN = select(inbox_table.c.event_id, inbox_table.c.digest).where(
+    inbox_table.c.event_id.in_(bindparam("event_ids", expanding=True)))
+_PROGRESS = select(order_progress_table.c.order_id, order_progress_table.c.stream,
+                   order_progress_table.c.last_sequence).where(
+    order_progress_table.c.order_id.in_(bindparam("order_ids", expanding=True)))
+_HOLDER = select(inbox_table.c.event_id).where(
+    inbox_table.c.order_id == bindparam("order_id"),
+    inbox_table.c.sequence == bindparam("sequence"),
+    # Its place is in its own stream: OrderShipped #1 is not OrderPaid's place.
+    inbox_table.c.event_type.in_(bindparam("event_types", expanding=True)),
+).limit(1)
+_EXISTS = select(inbox_table.c.event_id).where(inbox_table.c.event_id == bindparam("event_id"))
+_RECORD = insert(inbox_table)
+_START_PROGRESS = insert(order_progress_table)
+
+_Place = tuple[str, str, int]  # order id, stream, sequence
+
+
+@dataclass
+class _BatchView:
+    """What is committed about a batch's events, read in two queries, then kept up to date
+    with the batch's own applied events, so each event is decided as if the ones before it
+    had been written; and the rows those applied events add, written at the end."""
+
+    seen: dict[str, str | None]  # event id -> digest: committed, or applied in this batch
+    progress: dict[str, dict[str, int]]  # order id -> stream -> applied sequence
+    # The applied sequence as read, per (order, stream): the progress write is conditional
+    # on it, so a competing consumer that moved it meanwhile makes this batch roll back.
+    read: dict[tuple[str, str], int]
+    places: dict[_Place, str] = field(default_factory=dict)  # applied in this batch
+    records: list[dict[str, object]] = field(default_factory=list)  # inbox rows to insert
+
+    @classmethod
+    async def load(cls, conn: AsyncConnection, events: Sequence[Event]) -> _BatchView:
+        seen: dict[str, str | None] = {}
+        progress: dict[str, dict[str, int]] = {}
+        if events:
+            seen = {row.event_id: row.digest for row in await conn.execute(
+                _SEEN, {"event_ids": sorted({str(e.event_id) for e in events})})}
+            # Progress of every order, even one whose events all turn out seen: cheaper
+            # than a second round trip, and a seen event needs none.
+            for order_id, stream, last in (await conn.execute(
+                    _PROGRESS, {"order_ids": sorted({str(e.order_id) for e in events})}
+            )).tuples():
+                progress.setdefault(order_id, {})[stream] = last
+        read = {(order, stream): last
+                for order, streams in progress.items() for stream, last in streams.items()}
+        return cls(seen=seen, progress=progress, read=read)
+
+    async def state(self, conn: AsyncConnection, event: Event) -> State:
+        """What is committed about the event, as `decide` takes it. The holder of its place
+        is looked up only when the order is already past it (the rare path)."""
+        event_id, order_id = str(event.event_id), str(event.order_id)
+        if event_id in self.seen:
+            return State(seen=True, seen_digest=self.seen[event_id])
+        progress = self.progress.get(order_id, {})
+        applied = progress.get(event.stream)
+        holder = None
+        if applied is not None and event.sequence <= applied:
+            holder = self.places.get((order_id, event.stream, event.sequence))
+            if holder is None:
+                holder = (await conn.execute(_HOLDER, {
+                    "order_id": order_id, "sequence": event.sequence,
+                    "event_types": list(_STREAM_TYPES[event.stream])})).scalar()
+        return State(seen=False, applied=applied, holder=holder, progress=dict(progress))
+
+    def applied(self, event: Event) -> None:
+        """Note an applied event: the later events of the batch see it, the write has it."""
+        event_id, order_id = str(event.event_id), str(event.order_id)
+        event_digest = digest(event)
+        self.seen[event_id] = event_digest
+        self.progress.setdefault(order_id, {})[event.stream] = event.sequence
+        self.places[(order_id, event.stream, event.sequence)] = event_id
+        self.records.append({
+            "event_id": event_id, "event_type": event.event_type, "order_id": order_id,
+            "sequence": event.sequence, "processed_at": utcnow(), "digest": event_digest,
+        })
+
+    async def write(self, conn: AsyncConnection) -> None:
+        """The inbox rows and the progress of every (order, stream) the batch moved, in one
+        statement each. A competing consumer that recorded one of these events, started a
+        progress row, or moved one since `read`, makes this raise (IntegrityError or
+        _LostRace): the transaction rolls back."""
+        if not self.records:
+            return
+        await conn.execute(_RECORD, self.records)
+        moved = {(order, stream): last for order, streams in self.progress.items()
+                 for stream, last in streams.items()
+                 if self.read.get((order, stream)) != last}
+        started = [{"order_id": order, "stream": stream, "last_sequence": last}
+                   for (order, stream), last in moved.items() if (order, stream) not in self.read]
+        if started:
+            await conn.execute(_START_PROGRESS, started)
+        updated = {key: last for key, last in moved.items() if key in self.read}
+        if updated:
+            result = await conn.execute(_move_progress(self.read, updated))
+            if result.rowcount != len(updated):
+                raise _LostRace()
+
+
+def _move_progress(read: Mapping[tuple[str, str], int],
+                   updated: Mapping[tuple[str, str], int]) -> Update:
+    """One UPDATE for every (order, stream) moved: each row to its new sequence, each only
+    from the sequence this batch read (a single statement: its row count is exact on every
+    driver, which an executemany's is not on asyncpg)."""
+    t = order_progress_table
+
+    def row(order: str, stream: str) -> ColumnElement[bool]:
+        return and_(t.c.order_id == order, t.c.stream == stream)
+
+    return (
+        update(t)
+        .where(or_(*(and_(row(*key), t.c.last_sequence == read[key]) for key in updated)))
+        .values(last_sequence=case(*((row(*key), last) for key, last in updated.items()),
+                                   else_=t.c.last_sequence))
+    )
+
+
 async def _state(session: AsyncSession, event: Event) -> State:
-    """What is committed about the event. A seen event needs nothing more; the holder of
-    its place is looked up only when the order is already past it (the rare path)."""
-    seen = (await session.execute(
-        select(inbox_table.c.digest).where(inbox_table.c.event_id == str(event.event_id))
-    )).first()
-    if seen is not None:
-        return State(seen=True, seen_digest=seen.digest)
-    progress = await _progress(session, str(event.order_id))
-    applied = progress.get(event.stream)
-    holder = None
-    if applied is not None and event.sequence <= applied:
-        holder = await session.scalar(
-            select(inbox_table.c.event_id).where(
-                inbox_table.c.order_id == str(event.order_id),
-                inbox_table.c.sequence == event.sequence,
-                # Its place is in its own stream: OrderShipped #1 is not OrderPaid's place.
-                inbox_table.c.event_type.in_(_STREAM_TYPES[event.stream]),
-            ).limit(1)
-        )
-    return State(seen=False, applied=applied, holder=holder, progress=progress)
+    """What is committed about one event (the read-only check before a `before` step)."""
+    conn = await session.connection()
+    return await (await _BatchView.load(conn, [event])).state(conn, event)
 
 
-async def _apply_in(session: AsyncSession, event: Event, subscriptions: Subscriptions) -> Outcome:
-    """Decide, effect, inbox row and progress for one event, in the caller's transaction."""
-    event_id, order_id = str(event.event_id), str(event.order_id)
+async def _apply_in(session: AsyncSession, conn: AsyncConnection, view: _BatchView,
+                    event: Event, subscriptions: Subscriptions) -> Outcome:
+    """Decide and run the handler for one event, in the caller's transaction; its inbox
+    row and progress go into `view`, which the batch writes after its last event."""
     handler = subscriptions.handler_for(event)
     if handler is None:  # an event type nobody subscribed to: ignored, nothing read or kept
         return decide(event, State(seen=False), subscriptions) or Outcome.IGNORED
-    state = await _state(session, event)
-    early = decide(event, state, subscriptions)
+    early = decide(event, await view.state(conn, event), subscriptions)
     if early is not None:
         return early
-    applied = state.applied
-
     await handler(event, session)
-
-    await session.execute(
-        insert(inbox_table).values(
-            event_id=event_id,
-            event_type=event.event_type,
-            order_id=order_id,
-            sequence=event.sequence,
-            processed_at=utcnow(),
-            digest=digest(event),
-        )
-    )
-    if applied is None:
-        # A competing consumer inserting the same (order, stream) first: IntegrityError.
-        await session.execute(
-            insert(order_progress_table).values(
-                order_id=order_id, stream=event.stream, last_sequence=event.sequence)
-        )
-    else:
-        # Conditional on what we read: two events of one stream with the same sequence
-        # (or two consumers racing) cannot both move it. The loser rolls back.
-        moved = cast("CursorResult[Any]", await session.execute(
-            update(order_progress_table)
-            .where(order_progress_table.c.order_id == order_id,
-                   order_progress_table.c.stream == event.stream,
-                   order_progress_table.c.last_sequence == applied)
-            .values(last_sequence=event.sequence)
-        ))
-        if moved.rowcount != 1:
-            raise _LostRace()
+    view.applied(event)
     return Outcome.APPLIED
 
 
-async def _progress(session: AsyncSession, order_id: str) -> dict[str, int]:
-    """The order's applied sequence per stream, in one query."""
-    rows = await session.execute(
-        select(order_progress_table.c.stream, order_progress_table.c.last_sequence).where(
-            order_progress_table.c.order_id == order_id
-        )
-    )
-    return {stream: last for stream, last in rows.tuples()}
-
-
 async def _exists(session: AsyncSession, event_id: str) -> bool:
-    found = await session.scalar(
-        select(inbox_table.c.event_id).where(inbox_table.c.event_id == event_id)
-    )
-    return found is not None
+    conn = await session.connection()
+    return (await conn.execute(_EXISTS, {"event_id": event_id})).first() is not None

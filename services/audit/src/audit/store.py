@@ -23,8 +23,12 @@ audit_log = Table(
 )
 
 
+# Built once, run with parameters: no statement rebuilt and re-keyed per event.
+_APPEND = insert(audit_log)
+
+
 async def append(session: AsyncSession, **row: object) -> None:
-    await session.execute(insert(audit_log).values(**row))
+    await session.execute(_APPEND, row)
 
 
 async def events_of_order(session: AsyncSession, order_id: str) -> list[dict]:

@@ -31,8 +31,12 @@ shipments = Table(
 )
 
 
+# Built once, run with parameters: no statement rebuilt and re-keyed per event.
+_ADD = insert(shipments)
+
+
 async def add(session: AsyncSession, **row: object) -> None:
-    await session.execute(insert(shipments).values(**row))
+    await session.execute(_ADD, row)
 
 
 async def set_status(session: AsyncSession, order_id: str, status: str, at: datetime) -> bool:
