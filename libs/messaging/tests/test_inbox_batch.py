@@ -235,9 +235,11 @@ class Statements:
     def __init__(self, sessions):
         self.engine = sessions.kw["bind"].sync_engine
         self.sent: list[tuple[str, bool]] = []
+        self.texts: list[str] = []
 
     def _note(self, conn, cursor, statement, parameters, context, executemany):
         self.sent.append((" ".join(statement.split()[:3]), executemany))
+        self.texts.append(statement)
 
     def __enter__(self):
         event.listen(self.engine, "before_cursor_execute", self._note)
@@ -248,20 +250,19 @@ class Statements:
 
     def of_inbox(self) -> list[tuple[str, bool]]:
         """The inbox's own statements (the effects' and the transaction's left out)."""
-        return [(s, many) for s, many in self.sent
-                if re.search(r"\b(inbox|stream_progress)\b", s)]
+        return [(s, many) for (s, many), text in zip(self.sent, self.texts, strict=True)
+                if re.search(r"\b(inbox|stream_progress)\b", text)]
 
 
-async def test_a_batch_costs_the_inbox_a_few_statements_whatever_its_size(
+async def test_a_batch_costs_the_inbox_three_or_four_statements_whatever_its_size(
     box, sessions
 ):
     paid = [events.order_paid() for _ in range(10)]
     with Statements(sessions) as new_orders:
         assert await box.process_batch(paid, every(Recorder())) == [Outcome.APPLIED] * 10
-    # The seen ids and the orders' progress in one read each; the rows in one write each.
+    # The seen ids and the orders' progress in one read; the rows in one write per table.
     assert new_orders.of_inbox() == [
-        ("SELECT inbox.event_id, inbox.digest", False),
-        ("SELECT stream_progress.order_id, stream_progress.stream,", False),
+        ("SELECT 'seen' AS", False),
         ("INSERT INTO inbox", True),
         ("INSERT INTO stream_progress", True),
     ]
@@ -272,8 +273,7 @@ async def test_a_batch_costs_the_inbox_a_few_statements_whatever_its_size(
     assert outcomes == [Outcome.APPLIED] * 7
     # Six orders' progress moved by one UPDATE, the new order's started by one INSERT.
     assert moved.of_inbox() == [
-        ("SELECT inbox.event_id, inbox.digest", False),
-        ("SELECT stream_progress.order_id, stream_progress.stream,", False),
+        ("SELECT 'seen' AS", False),
         ("INSERT INTO inbox", True),
         ("INSERT INTO stream_progress", False),
         ("UPDATE stream_progress SET", False),

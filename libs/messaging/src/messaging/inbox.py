@@ -32,8 +32,11 @@ from sqlalchemy import (
     case,
     delete,
     insert,
+    literal_column,
+    null,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -314,9 +317,9 @@ class Inbox:
         IntegrityError, a lost race) rolls back the whole batch and propagates: nothing is
         committed, and the caller applies each on its own.
 
-        The inbox's own statements are per batch, not per event: one read of the seen ids,
-        one of the orders' progress, then (after every handler) one insert of the inbox
-        rows and one write per kind of progress change. Only the handlers run per event.
+        The inbox's own statements are per batch, not per event: one read of the seen ids
+        and the orders' progress, then (after every handler) one insert of the inbox rows
+        and one write per kind of progress change. Only the handlers run per event.
 
         `contexts[i]`, when given, is the context (trace span, correlation id) that event
         i's work runs in: its handler's statements and spans belong to its own message.
@@ -355,11 +358,16 @@ class Inbox:
 
 # The inbox's statements, built once: SQLAlchemy's compiled cache then finds each by a cache
 # key computed once, instead of building and keying a new statement per event.
-_SEEN = select(inbox_table.c.event_id, inbox_table.c.digest).where(
-    inbox_table.c.event_id.in_(bindparam("event_ids", expanding=True)))
-_PROGRESS = select(order_progress_table.c.order_id, order_progress_table.c.stream,
-                   order_progress_table.c.last_sequence).where(
-    order_progress_table.c.order_id.in_(bindparam("order_ids", expanding=True)))
+# The seen ids of a batch and the progress of its orders, in one round trip: rows
+# ('seen', event id, digest, NULL) and ('progress', order id, stream, last sequence).
+_SEEN_AND_PROGRESS = union_all(
+    select(literal_column("'seen'").label("kind"), inbox_table.c.event_id.label("key"),
+           inbox_table.c.digest.label("detail"), null().label("last_sequence"))
+    .where(inbox_table.c.event_id.in_(bindparam("event_ids", expanding=True))),
+    select(literal_column("'progress'"), order_progress_table.c.order_id,
+           order_progress_table.c.stream, order_progress_table.c.last_sequence)
+    .where(order_progress_table.c.order_id.in_(bindparam("order_ids", expanding=True))),
+)
 _HOLDER = select(inbox_table.c.event_id).where(
     inbox_table.c.order_id == bindparam("order_id"),
     inbox_table.c.sequence == bindparam("sequence"),
@@ -375,7 +383,7 @@ _Place = tuple[str, str, int]  # order id, stream, sequence
 
 @dataclass
 class _BatchView:
-    """What is committed about a batch's events, read in two queries, then kept up to date
+    """What is committed about a batch's events, read in one query, then kept up to date
     with the batch's own applied events, so each event is decided as if the ones before it
     had been written; and the rows those applied events add, written at the end."""
 
@@ -392,14 +400,16 @@ class _BatchView:
         seen: dict[str, str | None] = {}
         progress: dict[str, dict[str, int]] = {}
         if events:
-            seen = {row.event_id: row.digest for row in await conn.execute(
-                _SEEN, {"event_ids": sorted({str(e.event_id) for e in events})})}
-            # Progress of every order, even one whose events all turn out seen: cheaper
-            # than a second round trip, and a seen event needs none.
-            for order_id, stream, last in (await conn.execute(
-                    _PROGRESS, {"order_ids": sorted({str(e.order_id) for e in events})}
-            )).tuples():
-                progress.setdefault(order_id, {})[stream] = last
+            # Progress of every order, even one whose events all turn out seen (which need
+            # none): it comes in the same round trip.
+            rows = await conn.execute(_SEEN_AND_PROGRESS, {
+                "event_ids": sorted({str(e.event_id) for e in events}),
+                "order_ids": sorted({str(e.order_id) for e in events})})
+            for kind, key, detail, last in rows.tuples():
+                if kind == "seen":
+                    seen[key] = detail
+                else:
+                    progress.setdefault(key, {})[detail] = last
         read = {(order, stream): last
                 for order, streams in progress.items() for stream, last in streams.items()}
         return cls(seen=seen, progress=progress, read=read)
