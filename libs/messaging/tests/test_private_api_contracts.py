@@ -60,6 +60,33 @@ async def test_the_inline_connection_runs_statements_on_the_event_loop_without_a
         await engine.dispose()
 
 
+async def test_the_inline_connection_yields_to_the_loop_at_each_statement_not_for_cursors(
+    tmp_path, monkeypatch,
+):
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/turns.db")
+    turns: list[str] = []
+    real_sleep = asyncio.sleep
+
+    async def noted_sleep(delay, *args):
+        turns.append("turn")
+        return await real_sleep(delay, *args)
+
+    try:
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            monkeypatch.setattr(db.asyncio, "sleep", noted_sleep)
+            cursor = await raw.cursor()
+            assert turns == []  # making a cursor: no SQLite work, no turn owed
+            await cursor.execute("SELECT 1")
+            assert turns == ["turn"]  # the statement: other tasks get their turn
+            assert await cursor.fetchall() == [(1,)]
+            await cursor.close()
+            assert turns == ["turn", "turn"]  # the fetch yields; dropping the cursor does not
+            monkeypatch.undo()
+    finally:
+        await engine.dispose()
+
+
 async def test_on_a_release_it_was_not_written_for_the_engine_falls_back_to_stock_aiosqlite(
     tmp_path, monkeypatch, caplog,
 ):
