@@ -358,6 +358,7 @@ class Inbox:
 
 # The inbox's statements, built once: SQLAlchemy's compiled cache then finds each by a cache
 # key computed once, instead of building and keying a new statement per event.
+#
 # The seen ids of a batch and the progress of its orders, in one round trip: rows
 # ('seen', event id, digest, NULL) and ('progress', order id, stream, last sequence).
 _SEEN_AND_PROGRESS = union_all(
