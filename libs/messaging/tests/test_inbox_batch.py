@@ -325,3 +325,68 @@ async def test_a_batch_finds_the_committed_holder_of_a_place(box, sessions):
         await box.process_batch([events.order_paid(), impostor], every(Recorder()))
 
     assert raised.value.holder == str(paid.event_id)
+
+
+async def test_an_event_whose_cause_is_in_flight_here_waits_for_it_instead_of_being_deferred(
+    box, sessions
+):
+    """The shipped mail arrives while the thank-you mail of its order is still being sent in
+    this process: it waits for that mail's commit and is then applied, in order, with no
+    round trip through a wait queue (no OutOfOrder)."""
+    paid = events.order_paid()
+    shipped = events.order_shipped(paid)
+    sent, release = [], asyncio.Event()
+
+    async def send_mail(event) -> None:
+        sent.append(event.event_id)
+        if event.event_id == paid.event_id:
+            await release.wait()  # the thank-you mail is slow
+
+    batcher = InboxBatcher(box, every(Recorder(), before=send_mail))
+    first = asyncio.create_task(batcher.process(paid))
+    while not sent:
+        await asyncio.sleep(0.01)
+    early = asyncio.create_task(batcher.process(shipped))
+    await asyncio.sleep(0.1)
+    assert not early.done() and sent == [paid.event_id]  # waits; its mail not sent yet
+    release.set()
+    assert await first == Outcome.APPLIED
+    assert await early == Outcome.APPLIED
+    assert sent == [paid.event_id, shipped.event_id]
+    assert [e for e, _ in await effects_in_order(sessions)] == [
+        str(paid.event_id), str(shipped.event_id)]
+    await batcher.close()
+
+
+async def test_an_event_whose_cause_fails_here_is_still_out_of_order(box, sessions):
+    """The event it waited for failed (its mail was refused): the early event is decided
+    again, is still early, and raises OutOfOrder, to be deferred as before."""
+    paid = events.order_paid()
+    refunded = events.order_refunded(paid)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def send_mail(event) -> None:
+        if event.event_id == paid.event_id:
+            started.set()
+            await release.wait()
+            raise RuntimeError("SMTP refused the thank-you mail")
+
+    batcher = InboxBatcher(box, every(Recorder(), before=send_mail))
+    first = asyncio.create_task(batcher.process(paid))
+    await asyncio.wait_for(started.wait(), 5)
+    early = asyncio.create_task(batcher.process(refunded))
+    release.set()
+    with pytest.raises(RuntimeError, match="refused"):
+        await first
+    with pytest.raises(OutOfOrder):
+        await early
+    assert await effects_in_order(sessions) == []
+    await batcher.close()
+
+
+async def test_an_early_event_whose_cause_is_not_here_is_out_of_order_at_once(box, sessions):
+    paid = events.order_paid()
+    batcher = InboxBatcher(box, every(Recorder()))
+    with pytest.raises(OutOfOrder):
+        await asyncio.wait_for(batcher.process(events.order_refunded(paid)), 1)
+    await batcher.close()

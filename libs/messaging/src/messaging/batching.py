@@ -33,10 +33,15 @@ from dataclasses import dataclass, field
 
 from contracts import Event
 from messaging import telemetry
-from messaging.inbox import Inbox, Outcome
+from messaging.inbox import Inbox, Outcome, OutOfOrder
 from messaging.spec import Subscriptions
 
 log = logging.getLogger(__name__)
+
+# How long an early event waits here for the event it waits for, when that one is being
+# worked on in this process: longer than a mail's SMTP exchange usually takes, far shorter
+# than the claim lease. Past it, the event is deferred through its wait queue as before.
+CAUSE_WAIT_SECONDS = 5.0
 
 
 @dataclass
@@ -57,8 +62,10 @@ class InboxBatcher:
         self._waiting: list[_Waiting] = []
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        # Event ids being worked on here, each with a future set when that work has ended.
+        # Event ids being worked on here, each with a future set when that work has ended;
+        # and the same futures by the event's place (order, stream, sequence).
         self._in_flight: dict[str, asyncio.Future[None]] = {}
+        self._places: dict[tuple[str, str, int], asyncio.Future[None]] = {}
 
     async def process(self, event: Event) -> Outcome:
         """What `Inbox.process(event, subscriptions)` does, in a shared transaction.
@@ -67,16 +74,32 @@ class InboxBatcher:
         dropped and came back, and the broker redelivered it) waits for the first to end:
         the first finishes its side effect (the mail) and commits, and the second then finds
         a duplicate, instead of doing the side effect again because a connection dropped.
+
+        An event that is early because the event it waits for is being worked on here right
+        now (an `OrderShipped` whose `OrderPaid` mail is still being sent) waits for that
+        work to end and is decided again, instead of a round trip through a wait queue. If
+        it is still early then (the other failed), OutOfOrder is raised as before.
         """
         key = str(event.event_id)
         while (earlier := self._in_flight.get(key)) is not None:
             await asyncio.wait([earlier])
         done = asyncio.get_running_loop().create_future()
+        place = (str(event.order_id), event.stream, event.sequence)
         self._in_flight[key] = done
+        self._places.setdefault(place, done)
         try:
-            return await self._process(event)
+            try:
+                return await self._process(event)
+            except OutOfOrder as early:
+                awaited = self._places.get(early.awaited) if early.awaited else None
+                if awaited is None:
+                    raise
+                await asyncio.wait([awaited], timeout=CAUSE_WAIT_SECONDS)
+                return await self._process(event)
         finally:
             del self._in_flight[key]
+            if self._places.get(place) is done:
+                del self._places[place]
             done.set_result(None)
 
     async def _process(self, event: Event) -> Outcome:

@@ -118,6 +118,8 @@ class OutOfOrder(Exception):
                  waits_for: int | None = None):
         stream = stream or event.stream
         waits_for = waits_for if waits_for is not None else applied + 1
+        # The place (order, stream, sequence) of the event this one waits for.
+        self.awaited: tuple[str, str, int] | None = (str(event.order_id), stream, waits_for)
         super().__init__(
             f"{event.event_type} #{event.sequence} of order {event.order_id} waits for "
             f"#{waits_for} of {stream} (applied so far: {applied})"
@@ -129,6 +131,7 @@ class InProgress(OutOfOrder):
     mail is being sent): wait, like an early event, and find it applied when back."""
 
     def __init__(self, event: Event):
+        self.awaited = None  # its own copy, not a place: the in-flight wait covers it
         Exception.__init__(
             self, f"{event.event_type} {event.event_id}: another copy of it is being handled "
                   "(claimed); waiting for its outcome")
