@@ -106,6 +106,28 @@ def test_mail_resends_after_a_mailer_kill_are_shown_on_that_kill_and_not_duplica
 
 
 @pytest.mark.unit
+def test_a_mail_the_sink_saved_just_after_a_mailer_kill_and_its_resend_are_that_kills(tmp_path):
+    # Written before the kill, read by the sink 1 s after the process was gone; resent when
+    # the dead mailer's claim ran out.
+    deliver(tmp_path, "<e1@mini-ec>", 1011.5, 1041.0)
+    deliver(tmp_path, "<e2@mini-ec>", 1005.0)
+    deliver(tmp_path, "<e3@mini-ec>", 1006.0)
+    counts, resends = chaos.smtp_counts(tmp_path, EXPECTED, [KILL])
+    assert resends.per_fault == {KILL: 1} and resends.unexplained == 0
+    assert counts == chaos.Counts(expected=3)
+
+
+@pytest.mark.unit
+def test_a_mail_first_sent_well_after_a_mailer_kill_and_sent_again_is_duplicated(tmp_path):
+    deliver(tmp_path, "<e1@mini-ec>", 1010.5 + chaos.SMTP_DRAIN_SECONDS + 1, 1041.0)
+    deliver(tmp_path, "<e2@mini-ec>", 1005.0)
+    deliver(tmp_path, "<e3@mini-ec>", 1006.0)
+    counts, resends = chaos.smtp_counts(tmp_path, EXPECTED, [KILL])
+    assert resends.unexplained == 1
+    assert counts == chaos.Counts(expected=3, duplicated=1)
+
+
+@pytest.mark.unit
 def test_more_resends_after_a_kill_than_mails_in_flight_count_as_duplicated(tmp_path):
     for i in range(chaos.IN_FLIGHT + 1):
         deliver(tmp_path, f"<m{i}@mini-ec>", 1009.0, 1011.0)
