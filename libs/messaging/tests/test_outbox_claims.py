@@ -135,6 +135,14 @@ async def test_a_relay_waits_for_an_orders_earlier_event_held_by_another_and_tak
         ))).scalar_one()
     assert killed == 1
 
+    async def holder_gone() -> bool:
+        # pg_terminate_backend only signals: the claim goes when the backend has exited.
+        async with sessions() as session:
+            return (await session.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'idle in transaction'"))).scalar_one() == 0
+
+    await eventually_async(holder_gone, message="the holder's backend exits")
     assert await other.publish_pending() == 2
     rest = await drain(tap, 2)
     assert [m.type for m in rest] == ["OrderPaid", "OrderRefunded"]
