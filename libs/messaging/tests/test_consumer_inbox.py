@@ -48,12 +48,12 @@ async def publish(connection, event) -> None:
     await channel.close()
 
 
-async def start_consumer(amqp_url, sessions, handler, outcomes=None):
+async def start_consumer(amqp_url, sessions, handler, outcomes=None, before=None):
     connection = await aio_pika.connect_robust(amqp_url)
     box = Inbox(sessions)
 
     async def process(event):
-        outcome = await box.process(event, every(handler))
+        outcome = await box.process(event, every(handler, before=before))
         if outcomes is not None:
             outcomes.append(outcome)
         return outcome
@@ -118,6 +118,51 @@ async def test_a_consumer_that_dies_before_committing_leaves_the_message_for_the
     finally:
         await consumer.stop()
         await connection.close()
+
+
+async def test_a_mail_sent_just_before_the_connection_drops_is_recorded_and_not_sent_again(
+    amqp_url, sessions
+):
+    """The link drops between the SMTP server's 250 and the commit (aio-pika then cancels the
+    message's task): the record still commits, and the redelivery is a duplicate."""
+    sent, entered, release = [], asyncio.Event(), asyncio.Event()
+    delivery_tasks = []
+
+    async def send_mail(event):
+        sent.append(event.event_id)
+        delivery_tasks.append(asyncio.current_task())  # the message's task
+
+    async def slow_record(event, session):
+        entered.set()
+        await release.wait()
+        await record_effect(event, session)
+
+    connection, consumer = await start_consumer(amqp_url, sessions, slow_record, before=send_mail)
+    paid = events.order_paid()
+    await publish(connection, paid)
+    await asyncio.wait_for(entered.wait(), timeout=10)
+    closing = asyncio.create_task(connection.close())  # unacked: the broker redelivers it
+    [delivery] = delivery_tasks
+    await eventually_async(lambda: _true(delivery.cancelling() > 0), message="task cancelled")
+    release.set()  # the commit comes after the cancellation
+    await asyncio.wait_for(closing, timeout=10)
+    assert await effect_count(sessions, paid) == 1
+
+    outcomes: list[Outcome] = []
+    connection, consumer = await start_consumer(amqp_url, sessions, record_effect, outcomes,
+                                                before=send_mail)
+    try:
+        await eventually_async(lambda: _ready(outcomes, 1), message="redelivered and settled")
+        assert outcomes == [Outcome.DUPLICATE]
+        assert sent == [paid.event_id]
+        assert await eventually_async(lambda: queue_is_empty(amqp_url), message="acked")
+    finally:
+        await consumer.stop()
+        await connection.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _ready(outcomes, n) -> bool:

@@ -229,6 +229,36 @@ async def test_a_redelivery_of_an_event_still_in_flight_waits_and_is_a_duplicate
     await batcher.close()
 
 
+async def test_a_message_cancelled_after_its_side_effect_still_commits_and_its_copy_sends_nothing(
+    box, sessions
+):
+    """The channel closed (aio-pika cancels the message's task) after the mail went out and
+    before the commit: the record still commits, so the redelivery is a duplicate."""
+    paid = events.order_paid()
+    sent, entered, release = [], asyncio.Event(), asyncio.Event()
+    recorder = Recorder()
+
+    async def send_mail(event) -> None:
+        sent.append(event.event_id)
+
+    async def slow_record(event, session) -> None:
+        entered.set()
+        await release.wait()
+        await recorder(event, session)
+
+    batcher = InboxBatcher(box, every(slow_record, before=send_mail))
+    delivery = asyncio.create_task(batcher.process(paid))
+    await asyncio.wait_for(entered.wait(), timeout=10)
+    delivery.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await delivery
+    assert await batcher.process(paid) == Outcome.DUPLICATE
+    assert sent == [paid.event_id]
+    assert [e for e, _ in await effects_in_order(sessions)] == [str(paid.event_id)]
+    await batcher.close()
+
+
 class Statements:
     """The statements the engine sends, as (first words, executemany), while recording."""
 

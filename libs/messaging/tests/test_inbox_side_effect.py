@@ -1,6 +1,8 @@
 """An effect outside the database (a mail) runs only for a new, in-order event, and holds no
 database connection while it waits."""
 
+import asyncio
+
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, insert, select
 
@@ -74,3 +76,28 @@ async def test_the_side_effect_holds_no_database_connection(sessions):
     paid = events.order_paid()
     subscriptions = every(record, before=send_while_reading)
     assert await Inbox(sessions).process(paid, subscriptions) is Outcome.APPLIED
+
+
+async def test_a_side_effect_whose_task_is_cancelled_before_the_commit_is_still_recorded(sessions):
+    """aio-pika cancels a message's task when its channel closes. Once the mail went out, the
+    record commits anyway, so the redelivered copy is a duplicate and sends nothing."""
+    sent, entered, release = [], asyncio.Event(), asyncio.Event()
+
+    async def send(event):
+        sent.append(event.event_id)
+
+    async def slow_record(event, session):
+        entered.set()
+        await release.wait()  # the commit is still to come when the channel closes
+        await record(event, session)
+
+    paid = events.order_paid()
+    delivery = asyncio.create_task(Inbox(sessions).process(paid, every(slow_record, before=send)))
+    await asyncio.wait_for(entered.wait(), timeout=10)
+    delivery.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await delivery
+    assert await recorded(sessions) == [str(paid.event_id)]
+    assert await Inbox(sessions).process(paid, every(record, before=send)) is Outcome.DUPLICATE
+    assert sent == [paid.event_id]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from contracts import Event
 from messaging import telemetry
-from messaging.inbox import Inbox, Outcome, OutOfOrder
+from messaging.inbox import Inbox, Outcome, OutOfOrder, record_despite_cancellation
 from messaging.spec import Subscriptions
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,11 @@ class InboxBatcher:
         early = await self._inbox.prepare(event, self._subscriptions)
         if early is not None:
             return early
+        if self._subscriptions.before_for(event) is not None:  # its mail went out
+            return await record_despite_cancellation(self._record(event))
+        return await self._record(event)
+
+    async def _record(self, event: Event) -> Outcome:
         if self._max_batch > 1:
             outcome = await self._in_batch(event)
             if outcome is not None:

@@ -14,7 +14,7 @@ import contextvars
 import enum
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -208,6 +208,28 @@ def decide(event: Event, state: State,
     return None
 
 
+async def record_despite_cancellation(record: Coroutine[Any, Any, Outcome]) -> Outcome:
+    """Run `record` (the commit of an event whose step outside the database has happened) to
+    its end even when the caller is cancelled meanwhile, then let the cancellation through.
+
+    aio-pika cancels a message's task when its channel closes (a broker restart, a dropped
+    link). After the mail went out, that cancellation must not roll its record back: the
+    claim would stay, and the redelivered copy would send the mail again once the claim's
+    lease ran out. Committed, the copy finds a duplicate. The record is database work only,
+    so waiting for it is bounded as any transaction is.
+    """
+    task = asyncio.ensure_future(record)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not task.done()
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
+
+
 class _LostRace(Exception):
     """The order's applied sequence changed under us; the transaction is rolled back."""
 
@@ -235,6 +257,8 @@ class Inbox:
         early = await self.prepare(event, subscriptions)
         if early is not None:
             return early
+        if subscriptions.before_for(event) is not None:
+            return await record_despite_cancellation(self.apply(event, subscriptions))
         return await self.apply(event, subscriptions)
 
     async def prepare(self, event: Event, subscriptions: Subscriptions) -> Outcome | None:
