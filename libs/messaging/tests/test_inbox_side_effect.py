@@ -2,13 +2,15 @@
 database connection while it waits."""
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, insert, select
 
+from contracts import utcnow
 from devstack import events
 from messaging import inbox
-from messaging.inbox import Inbox, Outcome, OutOfOrder
+from messaging.inbox import Inbox, InProgress, Outcome, OutOfOrder
 from messaging.spec import every
 
 pytestmark = pytest.mark.integration
@@ -101,3 +103,40 @@ async def test_a_side_effect_whose_task_is_cancelled_before_the_commit_is_still_
     assert await recorded(sessions) == [str(paid.event_id)]
     assert await Inbox(sessions).process(paid, every(record, before=send)) is Outcome.DUPLICATE
     assert sent == [paid.event_id]
+
+
+async def test_a_copy_that_finds_a_live_claim_of_another_copy_waits_and_sends_nothing(sessions):
+    """Two mailers (two Inboxes on one database) get copies of one event at once: the one
+    that claimed it sends; the other raises InProgress (deferred like an early event)."""
+    sent, release = [], asyncio.Event()
+
+    async def slow_send(event):
+        sent.append(event.event_id)
+        await release.wait()
+
+    paid = events.order_paid()
+    first = asyncio.create_task(Inbox(sessions).process(paid, every(record, before=slow_send)))
+    while not sent:
+        await asyncio.sleep(0.01)
+    with pytest.raises(InProgress):
+        await Inbox(sessions).process(paid, every(record, before=slow_send))
+    release.set()
+    assert await first is Outcome.APPLIED
+    assert sent == [paid.event_id]
+
+
+async def test_a_claim_older_than_the_lease_is_taken_over_and_the_mail_sent(sessions):
+    """Its holder died mid-step: after CLAIM_LEASE the copy claims it and sends."""
+    sent = []
+
+    async def send(event):
+        sent.append(event.event_id)
+
+    paid = events.order_paid()
+    async with sessions() as session, session.begin():
+        await session.execute(insert(inbox.claims_table).values(
+            event_id=str(paid.event_id),
+            claimed_at=utcnow() - inbox.CLAIM_LEASE - timedelta(seconds=1)))
+    assert await Inbox(sessions).process(paid, every(record, before=send)) is Outcome.APPLIED
+    assert sent == [paid.event_id]
+    assert await recorded(sessions) == [str(paid.event_id)]

@@ -269,12 +269,17 @@ class Inbox:
         before = subscriptions.before_for(event)
         if before is None:
             return None
-        async with self._sessions() as session:
-            state = await _state(session, event)
-        early = decide(event, state, subscriptions)
-        if early is not None:
-            return early
-        await self._claim(event)
+        try:
+            # The check and the claim in one transaction: one commit, before the step.
+            async with self._sessions() as session, session.begin():
+                state = await _state(session, event)
+                early = decide(event, state, subscriptions)
+                if early is not None:
+                    return early
+                await session.execute(_CLAIM, {"event_id": str(event.event_id),
+                                               "claimed_at": utcnow()})
+        except IntegrityError:
+            await self._take_over_claim(event)
         try:
             await before(event)
         except BaseException:
@@ -284,18 +289,11 @@ class Inbox:
             raise
         return None
 
-    async def _claim(self, event: Event) -> None:
-        """Commit a claim on the event before its step outside the database, or raise
-        InProgress when a live claim of another copy exists (in this process or another
-        instance: the claim is a row of the shared database)."""
+    async def _take_over_claim(self, event: Event) -> None:
+        """Another copy holds a claim on the event (in this process or another instance: the
+        claim is a row of the shared database). Take it over if its holder died mid-step
+        (older than CLAIM_LEASE); else raise InProgress."""
         event_id, now = str(event.event_id), utcnow()
-        try:
-            async with self._sessions() as session, session.begin():
-                await session.execute(insert(claims_table).values(event_id=event_id,
-                                                                  claimed_at=now))
-            return
-        except IntegrityError:
-            pass
         async with self._sessions() as session, session.begin():
             taken = cast("CursorResult[Any]", await session.execute(
                 update(claims_table)
@@ -404,6 +402,7 @@ _HOLDER = select(inbox_table.c.event_id).where(
 ).limit(1)
 _EXISTS = select(inbox_table.c.event_id).where(inbox_table.c.event_id == bindparam("event_id"))
 _RECORD = insert(inbox_table)
+_CLAIM = insert(claims_table)
 _START_PROGRESS = insert(order_progress_table)
 
 _Place = tuple[str, str, int]  # order id, stream, sequence
