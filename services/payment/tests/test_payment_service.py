@@ -1,6 +1,7 @@
 """Payment use cases against real SQLite and PostgreSQL: state and outbox commit together."""
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -131,3 +132,18 @@ async def test_an_unknown_payment_is_not_found(payments):
         await payments.get(uuid.uuid4())
     with pytest.raises(PaymentNotFound):
         await payments.refund(uuid.uuid4())
+
+
+async def test_a_payments_statements_are_compiled_once_and_then_found_in_the_cache(
+    payments, caplog
+):
+    """SQLAlchemy logs each statement's cache use: "[generated …]" for the first compile,
+    "[cached since …]" after, "[no key …]" for a statement it can never cache (compiled
+    again every time; docs/performance.md)."""
+    await payments.pay(command())  # warm: each statement compiled here once
+    with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
+        await asyncio.gather(*(payments.pay(command()) for _ in range(5)))
+    uses = [r.getMessage().split(" ", 1)[0] for r in caplog.records
+            if r.getMessage().startswith("[")]
+    assert uses, "no statement was logged"
+    assert {use for use in uses if use not in ("[cached", "[raw")} == set(), uses

@@ -21,8 +21,11 @@ sent_mails = Table(
 )
 
 
+_RECORD = insert(sent_mails)  # built once: its compiled form is found by a key made once
+
+
 async def record_sent(session: AsyncSession, **row: object) -> None:
-    await session.execute(insert(sent_mails).values(**row))
+    await session.execute(_RECORD, row)
 
 
 async def mails_of_order(session: AsyncSession, order_id: str) -> list[dict]:

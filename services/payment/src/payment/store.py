@@ -5,8 +5,18 @@ from __future__ import annotations
 import uuid
 from typing import Any, cast
 
-from sqlalchemy import Column, Integer, MetaData, Row, String, Table, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    bindparam,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -47,13 +57,16 @@ def _to_order(row: Row[Any]) -> Order:
 
 Executor = AsyncSession | AsyncConnection  # a session, or the connection of a group commit
 
-# Built once: constant statements compile once and are found in the compiled cache after.
-# ON CONFLICT DO NOTHING (both dialects): a payment whose order or key is taken writes
-# nothing and raises nothing, so it cannot abort the transaction it shares with others.
-_ADD = {
-    "sqlite": sqlite.insert(payments).on_conflict_do_nothing(),
-    "postgresql": postgresql.insert(payments).on_conflict_do_nothing(),
-}
+# ON CONFLICT DO NOTHING (SQLite and PostgreSQL spell it alike): a payment whose order or key
+# is taken writes nothing and raises nothing, so it cannot abort the transaction it shares
+# with others. Written as text, with the columns' types for its parameters: SQLAlchemy's
+# dialect `insert().on_conflict_do_nothing()` has no cache key, so it was compiled again for
+# every payment (docs/performance.md); a text statement is compiled once.
+_COLUMNS = [column.name for column in payments.columns]
+_ADD = text(
+    f"INSERT INTO payments ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + name for name in _COLUMNS)}) ON CONFLICT DO NOTHING"
+).bindparams(*(bindparam(column.name, type_=column.type) for column in payments.columns))
 
 
 async def add(
@@ -63,9 +76,7 @@ async def add(
     """Insert the new payment; False (nothing written) if its order or its idempotency key
     already has one (committed, or earlier in this transaction)."""
     now = utcnow()
-    dialect = (conn.dialect if isinstance(conn, AsyncConnection)
-               else conn.get_bind().dialect).name
-    result = cast("CursorResult[Any]", await conn.execute(_ADD[dialect], {
+    result = cast("CursorResult[Any]", await conn.execute(_ADD, {
         "payment_id": str(order.payment_id), "order_id": str(order.order_id),
         "customer_id": order.customer_id, "email": order.email, "amount": order.amount,
         "currency": order.currency, "status": order.status.value,
