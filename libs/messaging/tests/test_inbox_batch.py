@@ -388,6 +388,42 @@ async def test_an_event_whose_cause_is_in_flight_here_waits_for_it_instead_of_be
     await batcher.close()
 
 
+async def test_an_event_whose_cause_commits_while_its_state_is_read_is_applied_not_deferred(
+    sessions
+):
+    """The shipped mail reads its order's state while the thank-you mail is in flight here;
+    by the time it turns out early, that mail has committed and left. It is decided again
+    (and applied) instead of a round trip through a wait queue."""
+    paid = events.order_paid()
+    shipped = events.order_shipped(paid)
+    sent, release = [], asyncio.Event()
+    first: asyncio.Task | None = None
+
+    class CauseCommitsDuringTheRead(Inbox):
+        async def prepare(self, event, subscriptions):
+            try:
+                return await super().prepare(event, subscriptions)
+            except OutOfOrder:
+                if event.event_id == shipped.event_id and not release.is_set():
+                    release.set()  # the thank-you mail finishes and commits meanwhile
+                    assert first is not None and await first == Outcome.APPLIED
+                raise
+
+    async def send_mail(event) -> None:
+        sent.append(event.event_id)
+        if event.event_id == paid.event_id:
+            await release.wait()
+
+    batcher = InboxBatcher(CauseCommitsDuringTheRead(sessions),
+                           every(Recorder(), before=send_mail))
+    first = asyncio.create_task(batcher.process(paid))
+    while not sent:
+        await asyncio.sleep(0.01)
+    assert await batcher.process(shipped) == Outcome.APPLIED
+    assert sent == [paid.event_id, shipped.event_id]
+    await batcher.close()
+
+
 async def test_an_event_whose_cause_fails_here_is_still_out_of_order(box, sessions):
     """The event it waited for failed (its mail was refused): the early event is decided
     again, is still early, and raises OutOfOrder, to be deferred as before."""

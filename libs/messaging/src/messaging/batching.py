@@ -3,19 +3,13 @@
 Most of a consumer's CPU goes to the session and transaction around each event, not to the
 event's few statements (docs/performance.md). `InboxBatcher.process` is what the consumer
 calls for each message, concurrently (one task per delivery, up to the prefetch). Instead of
-a transaction of its own, each event joins a batch:
+a transaction of its own, each event, after its `prepare` (the dedupe check and the `before`
+step, the mail, per message and concurrent), joins a group commit (messaging/grouping.py):
+one inbox transaction for all that is waiting, in arrival order, an outcome per event. A
+batch of one, or a batch that rolled back, is applied alone by its message's task
+(`Inbox.apply`), exactly as without batching, so errors raise as they always did.
 
-    the message's task                      the batcher's worker
-    ------------------                      --------------------
-    prepare: dedupe check + `before` step   takes everything waiting (up to `max_batch`),
-      (the mail), per message, concurrent     one inbox transaction for all of it, in
-    joins the batch, waits  ---------------->  arrival order -> an outcome per event
-    outcome: the consumer acks  <-----------  committed
-    None: the batch rolled back  <----------  anything raised: rolled back, nothing committed
-      -> Inbox.apply, alone, exactly as without batching (errors raise as they always did)
-
-No timer: the worker starts a batch as soon as it is free, so when messages are rare each
-is a batch of one (applied alone, as before) and latency stays where it was; under load the
+When messages are rare each is a batch of one and latency stays where it was; under load the
 messages that arrive while one batch commits form the next. Nothing is acked before the
 commit that holds its effect and inbox row, because the consumer acks only when `process`
 returns. The consumer classifies a failure (out of order, permanent, transient) exactly as
@@ -25,18 +19,12 @@ before, because every failure comes from the message's own `Inbox.apply`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from contracts import Event
-from messaging import telemetry
+from messaging.grouping import GroupCommit
 from messaging.inbox import Inbox, Outcome, OutOfOrder, record_despite_cancellation
 from messaging.spec import Subscriptions
-
-log = logging.getLogger(__name__)
 
 # How long an early event waits here for the event it waits for, when that one is being
 # worked on in this process: longer than a mail's SMTP exchange usually takes, far shorter
@@ -44,24 +32,13 @@ log = logging.getLogger(__name__)
 CAUSE_WAIT_SECONDS = 5.0
 
 
-@dataclass
-class _Waiting:
-    event: Event
-    # The message task's context: its CONSUMER span and correlation id, for the event's work.
-    context: contextvars.Context
-    done: asyncio.Future[Outcome | None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-
 class InboxBatcher:
     def __init__(self, inbox: Inbox, subscriptions: Subscriptions, *, max_batch: int = 32):
         self._inbox = inbox
         self._subscriptions = subscriptions
         self._max_batch = max_batch
-        self._waiting: list[_Waiting] = []
-        self._wake = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self._batches: GroupCommit[Event, Outcome] = GroupCommit(
+            self._commit, max_group=max_batch, name="inbox-batcher")
         # Event ids being worked on here, each with a future set when that work has ended;
         # and the same futures by the event's place (order, stream, sequence).
         self._in_flight: dict[str, asyncio.Future[None]] = {}
@@ -87,11 +64,18 @@ class InboxBatcher:
         place = (str(event.order_id), event.stream, event.sequence)
         self._in_flight[key] = done
         self._places.setdefault(place, done)
+        # What it may wait for that is in flight now, noted before its state is read: a
+        # cause that commits while the read is on its way has left `_places` by the time
+        # the event turns out early, and deciding again then finds it applied.
+        causes = {cause: future for cause in _causes(event)
+                  if (future := self._places.get(cause)) is not None}
         try:
             try:
                 return await self._process(event)
             except OutOfOrder as early:
-                awaited = self._places.get(early.awaited) if early.awaited else None
+                awaited = None
+                if early.awaited is not None:
+                    awaited = self._places.get(early.awaited) or causes.get(early.awaited)
                 if awaited is None:
                     raise
                 await asyncio.wait([awaited], timeout=CAUSE_WAIT_SECONDS)
@@ -112,7 +96,7 @@ class InboxBatcher:
 
     async def _record(self, event: Event) -> Outcome:
         if self._max_batch > 1:
-            outcome = await self._in_batch(event)
+            outcome = await self._batches.submit(event)
             if outcome is not None:
                 return outcome
         return await self._inbox.apply(event, self._subscriptions)
@@ -120,51 +104,16 @@ class InboxBatcher:
     async def close(self) -> None:
         """Stop the worker. A batch cut short rolls back; its messages, not acked, are
         released with the channel. Call after the consumer has stopped taking messages."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        for waiting in self._waiting:
-            waiting.done.cancel()
-        self._waiting.clear()
+        await self._batches.close()
 
-    async def _in_batch(self, event: Event) -> Outcome | None:
-        """The event's outcome from a committed batch, or None: apply it alone."""
-        waiting = _Waiting(event, contextvars.copy_context())
-        self._waiting.append(waiting)
-        self._wake.set()
-        if self._worker is None or self._worker.done():
-            # A context of its own: the worker belongs to no message and no trace.
-            self._worker = asyncio.create_task(
-                self._run(), name="inbox-batcher", context=contextvars.Context()
-            )
-        return await waiting.done
+    async def _commit(self, events: list[Event],
+                      contexts: list[contextvars.Context]) -> list[Outcome]:
+        return await self._inbox.process_batch(events, self._subscriptions, contexts=contexts)
 
-    async def _run(self) -> None:
-        with telemetry.untraced():  # the transaction's own statements (the events' run traced)
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._waiting:
-                    batch = self._waiting[: self._max_batch]
-                    del self._waiting[: self._max_batch]
-                    await self._commit(batch)
 
-    async def _commit(self, batch: list[_Waiting]) -> None:
-        outcomes: Sequence[Outcome | None] = [None] * len(batch)
-        if len(batch) > 1:  # a batch of one is applied alone, by its own task
-            try:
-                outcomes = await self._inbox.process_batch(
-                    [w.event for w in batch], self._subscriptions,
-                    contexts=[w.context for w in batch],
-                )
-            except Exception as exc:
-                log.info("batch of %d rolled back (%s: %s); applying each on its own",
-                         len(batch), type(exc).__name__, exc)
-            except asyncio.CancelledError:  # close(): rolled back; the messages are released
-                for waiting in batch:
-                    waiting.done.cancel()
-                raise
-        for waiting, outcome in zip(batch, outcomes, strict=True):
-            if not waiting.done.done():
-                waiting.done.set_result(outcome)
+def _causes(event: Event) -> list[tuple[str, str, int]]:
+    """The places (order, stream, sequence) an event can wait for: its predecessor in its
+    own stream and its causes (`after`) in others."""
+    order = str(event.order_id)
+    return [(order, event.stream, event.sequence - 1),
+            *((order, stream, position) for stream, position in event.after)]

@@ -19,7 +19,6 @@ import contextlib
 import contextvars
 import hashlib
 import json
-import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,12 +26,10 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from contracts import Event, utcnow
-from messaging import telemetry
+from messaging.grouping import GroupCommit
 from messaging.outbox_store import NoHandOff, OutboxHandOff, OutboxRow, add_to_outbox
 from payment import store
 from payment.domain import NotRefundable, Order
-
-log = logging.getLogger(__name__)
 
 EventsCommitted = Callable[[list[Event]], Awaitable[None]]
 
@@ -93,15 +90,6 @@ class _Paid:
 _Outcome = _Paid | OrderAlreadyPaid | IdempotencyKeyReused
 
 
-@dataclass
-class _Waiting:
-    cmd: PayCommand
-    # The request's context: its SERVER span and correlation id, for the payment's work.
-    context: contextvars.Context
-    # The outcome once committed; None: pay alone (a group of one, or the group rolled back).
-    done: asyncio.Future[_Outcome | None]
-
-
 class PaymentService:
     """Pay, refund, look up. `events_committed` runs after each commit, in the request;
     `hand_off` gets the committed outbox rows (the relay, which publishes them)."""
@@ -118,13 +106,12 @@ class PaymentService:
         self._events_committed = events_committed
         self._hand_off = hand_off if hand_off is not None else NoHandOff()
         self._max_group = max_group
-        self._waiting: list[_Waiting] = []
-        self._wake = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self._group: GroupCommit[PayCommand, _Outcome] = GroupCommit(
+            self._pay_group, max_group=max_group, name="payment-group-commit")
 
     async def pay(self, cmd: PayCommand) -> tuple[Order, bool]:
         """Returns the payment and whether it is a replay of an earlier identical request."""
-        outcome = await self._in_group(cmd) if self._max_group > 1 else None
+        outcome = await self._group.submit(cmd) if self._max_group > 1 else None
         if outcome is None:
             outcome = await self._pay_alone(cmd)
         if not isinstance(outcome, _Paid):
@@ -135,74 +122,28 @@ class PaymentService:
 
     async def close(self) -> None:
         """Stop the group worker. A group cut short rolls back; its requests are cancelled."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        for waiting in self._waiting:
-            waiting.done.cancel()
-        self._waiting.clear()
+        await self._group.close()
 
     async def _pay_alone(self, cmd: PayCommand) -> _Outcome:
-        """The payment in a transaction of its own."""
-        with self._handing_off() as rows:
-            async with self._sessions() as session, session.begin():
-                outcome = await self._pay_in(await session.connection(), cmd)
-                if isinstance(outcome, _Paid):
-                    rows.extend(outcome.rows)
-                self._hand_off.reserve(rows)
+        """The payment in a transaction of its own: a group of one."""
+        [outcome] = await self._pay_group([cmd], [contextvars.copy_context()])
         return outcome
 
-    async def _in_group(self, cmd: PayCommand) -> _Outcome | None:
-        waiting = _Waiting(cmd, contextvars.copy_context(),
-                           asyncio.get_running_loop().create_future())
-        self._waiting.append(waiting)
-        self._wake.set()
-        if self._worker is None or self._worker.done():
-            # A context of its own: the worker belongs to no request and no trace.
-            self._worker = asyncio.create_task(
-                self._run(), name="payment-group-commit", context=contextvars.Context()
-            )
-        return await waiting.done
-
-    async def _run(self) -> None:
-        with telemetry.untraced():  # the group's BEGIN and COMMIT (each payment's run traced)
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._waiting:
-                    group = self._waiting[: self._max_group]
-                    del self._waiting[: self._max_group]
-                    await self._commit([w for w in group if not w.done.done()])
-
-    async def _commit(self, group: list[_Waiting]) -> None:
-        if len(group) <= 1:  # alone, by its own request: as without grouping
-            for waiting in group:
-                waiting.done.set_result(None)
-            return
-        outcomes: list[_Outcome | None] = []
-        try:
-            with self._handing_off() as rows:
-                async with self._sessions() as session, session.begin():
-                    conn = await session.connection()
-                    for waiting in group:
-                        outcome = await asyncio.create_task(
-                            self._pay_in(conn, waiting.cmd), context=waiting.context)
-                        if isinstance(outcome, _Paid):
-                            rows.extend(outcome.rows)
-                        outcomes.append(outcome)
-                    self._hand_off.reserve(rows)
-        except Exception as exc:
-            log.info("group of %d payments rolled back (%s: %s); each pays on its own",
-                     len(group), type(exc).__name__, exc)
-            outcomes = [None] * len(group)
-        except asyncio.CancelledError:  # close(): rolled back; the requests end with it
-            for waiting in group:
-                waiting.done.cancel()
-            raise
-        for waiting, decided in zip(group, outcomes, strict=True):
-            if not waiting.done.done():
-                waiting.done.set_result(decided)
+    async def _pay_group(self, cmds: list[PayCommand],
+                         contexts: list[contextvars.Context]) -> list[_Outcome]:
+        """Payments in one transaction, each in its request's context."""
+        outcomes: list[_Outcome] = []
+        with self._handing_off() as rows:
+            async with self._sessions() as session, session.begin():
+                conn = await session.connection()
+                for cmd, context in zip(cmds, contexts, strict=True):
+                    outcome = await asyncio.create_task(self._pay_in(conn, cmd),
+                                                        context=context)
+                    if isinstance(outcome, _Paid):
+                        rows.extend(outcome.rows)
+                    outcomes.append(outcome)
+                self._hand_off.reserve(rows)
+        return outcomes
 
     @contextlib.contextmanager
     def _handing_off(self) -> Iterator[list[OutboxRow]]:
