@@ -1,10 +1,10 @@
 """Group commit: work that arrives while a transaction commits shares the next one.
 
-Used by the inbox batcher (several consumed messages per inbox transaction) and by the
-payment service (several concurrent POSTs per transaction). Each caller `submit`s its item
-and waits; one worker task takes everything waiting (up to `max_group`) and hands it to
-`commit`, in arrival order, each item with the context (trace span, correlation id) of the
-task that submitted it:
+Used by the inbox batcher (several consumed messages per inbox transaction) and by a
+producer's use cases (several concurrent requests per transaction). Each caller `submit`s
+its item and waits; one worker task takes everything waiting (up to `max_group`) and hands
+it to `commit`, in arrival order, each item with the context (trace span, correlation id)
+of the task that submitted it:
 
     the caller's task                   the worker
     -----------------                   ----------
