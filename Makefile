@@ -33,9 +33,16 @@ run-sync: install ## synchronous mode: one process (ports 8000-8003, no broker) 
 preflight: install ## check what the tests need (RabbitMQ, its management API, PostgreSQL); enable the plugin if off
 	$(PY) -m devstack.preflight
 
+# Test worker processes (pytest-xdist). The tests mostly wait on brokers, databases and the
+# processes they start, so more workers than cores pays; each test has its own vhost,
+# databases and ports. A module stays on one worker (conftest.py).
+TEST_WORKERS ?= 3
+
 test: preflight test-rules check-asyncapi ## everything: alert rules, AsyncAPI, unit, integration, end-to-end (needs a running RabbitMQ + PostgreSQL)
 	@echo "make test: tests marked 'compose' are deselected (they need a running compose stack: make test-compose)"
-	$(PY) -m pytest -m "not compose"
+	$(PY) -m pytest -m "not compose and not chaos" -n $(TEST_WORKERS) --dist loadgroup
+	@echo "make test: the chaos test restarts the broker under everyone: it runs alone, after the rest"
+	$(PY) -m pytest -m "chaos and not compose"
 
 test-rules: ## Prometheus alert rules: promtool check + unit tests (deploy/prometheus)
 	@promtool="$$(tools/promtool.sh)" && \

@@ -15,6 +15,15 @@ from devstack.stack import SERVICES, Stack, free_port
 from messaging import db
 
 
+def pytest_collection_modifyitems(items):
+    """`make test` spreads the suite over worker processes (pytest-xdist, --dist loadgroup).
+    A module's tests stay on one worker, so a module-scoped stack starts once; every test of
+    the RabbitMQ 4 node shares one worker, so that node boots once."""
+    for item in items:
+        group = "rabbit4" if "rabbit4" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def rabbit4():
     """A RabbitMQ 4 node (devstack/rabbit4.py: Debian's 4.0.5 in a network namespace) booted

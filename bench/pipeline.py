@@ -88,12 +88,6 @@ def payment_body(seq: int = 0) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _as_epoch(value: Any) -> float:
     """``inbox.processed_at`` as epoch seconds: aware (PostgreSQL) or naive UTC text (SQLite)."""
     if isinstance(value, str):
@@ -368,17 +362,17 @@ async def pipeline_stack(
     (default: this repository); the SMTP sink and the load client stay on this interpreter,
     so a before/after changes only the services.
     """
-    from devstack.stack import Stack
+    from devstack.stack import Stack, free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-stack-"))
     with throwaway_vhost(broker, prefix="bench-stack") as vhost:
         urls, pg_names = await asyncio.to_thread(_database_urls, db, tmp, "async")
-        smtp = SmtpSinkProcess(tmp / "mail", _free_port(), tmp / "smtp.log")
+        smtp = SmtpSinkProcess(tmp / "mail", free_port(), tmp / "smtp.log")
         stack = Stack(
             rabbitmq_url=broker.amqp_url(vhost),
             database_urls=urls,
             smtp_port=smtp.port,
-            ports={s: _free_port() for s in SERVICES},
+            ports={s: free_port() for s in SERVICES},
             log_dir=tmp,
             cwd=services_cwd or REPO,
             extra_env=dict(extra_env or {}),
@@ -656,6 +650,7 @@ async def _sequential_posts(url: str, seconds: float, pace: float = 0.05) -> lis
 
 
 async def slow_mail(ctx: Any) -> dict[str, Any]:
+    from devstack.stack import free_port
     from devstack.syncmode import SyncShop
 
     delay = float(ctx.options.get("smtp_delay") or 0.2)
@@ -681,7 +676,7 @@ async def slow_mail(ctx: Any) -> dict[str, Any]:
             _database_urls, ctx.options.get("db", "sqlite"), tmp, "sync"
         )
         shop = SyncShop(database_urls=sync_urls, smtp_port=smtp.port,
-                        ports={s: _free_port() for s in SERVICES},
+                        ports={s: free_port() for s in SERVICES},
                         log_path=tmp / "inprocess.log",
                         python=ctx.options.get("services_python") or sys.executable)
         shop.start()

@@ -146,6 +146,9 @@ async def test_a_mail_sent_just_before_the_connection_drops_is_recorded_and_not_
     await eventually_async(lambda: _true(delivery.cancelling() > 0), message="task cancelled")
     release.set()  # the commit comes after the cancellation
     await asyncio.wait_for(closing, timeout=10)
+    # The close does not wait for the message's task; the task ends once its record is in.
+    await asyncio.wait([delivery], timeout=10)
+    assert delivery.done()
     assert await effect_count(sessions, paid) == 1
 
     outcomes: list[Outcome] = []

@@ -22,10 +22,45 @@ SERVICES = spec.names()
 DEFAULT_PORTS = {s.name: s.port for s in spec.installed()}
 
 
+# Ports for the processes a test, a check or the bench starts. Not the kernel's pick (port 0):
+# that comes from the ephemeral range (32768-60999 on Linux), which every outgoing
+# connection also draws from, so another process's client could take the port between the
+# pick and the server's bind. Below that range, and with each test worker of `make test`
+# (pytest-xdist names it in PYTEST_XDIST_WORKER, gw0, gw1, ...) in a slice of its own, no
+# one else is handed the same port.
+PORT_RANGE = range(20000, 32000)
+PORT_SLICES = 8
+_next_port: int | None = None  # the index in this process's slice to try first
+
+
+def port_slice(worker: str | None) -> range:
+    """The ports one process picks from: its test worker's slice (gw0, gw1, ...) or, outside
+    pytest-xdist, the last slice."""
+    size = len(PORT_RANGE) // PORT_SLICES
+    index = PORT_SLICES - 1
+    if worker and worker.startswith("gw") and worker[2:].isdigit():
+        index = int(worker[2:]) % (PORT_SLICES - 1)
+    start = PORT_RANGE.start + index * size
+    return range(start, start + size)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, not handed out by this process a moment ago (each
+    call takes the next port of the slice, wrapping), and in no other test worker's slice."""
+    global _next_port
+    ports = port_slice(os.environ.get("PYTEST_XDIST_WORKER"))
+    # Where to begin differs per process, so two processes of one slice rarely meet.
+    offset = os.getpid() % len(ports) if _next_port is None else _next_port
+    for i in range(len(ports)):
+        port = ports[(offset + i) % len(ports)]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _next_port = (offset + i + 1) % len(ports)
+        return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 @dataclass
