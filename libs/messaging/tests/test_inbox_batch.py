@@ -14,10 +14,18 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, update
 
+from contracts import utcnow
 from devstack import events
 from messaging import correlation, inbox
 from messaging.batching import InboxBatcher
-from messaging.inbox import Conflict, Inbox, Outcome, OutOfOrder, order_progress_table
+from messaging.inbox import (
+    Conflict,
+    Inbox,
+    InProgress,
+    Outcome,
+    OutOfOrder,
+    order_progress_table,
+)
 from messaging.spec import every
 
 pytestmark = pytest.mark.integration
@@ -189,6 +197,91 @@ async def test_before_runs_per_message_for_new_events_only_and_before_the_commit
     assert outcomes == [Outcome.DUPLICATE, Outcome.APPLIED, Outcome.APPLIED]
     assert sorted(sent) == sorted([(str(new1.event_id), False), (str(new2.event_id), False)])
     assert await box.seen(str(new1.event_id)) and await box.seen(str(new2.event_id))
+
+
+class ClaimCountingInbox(Inbox):
+    """Notes each group of claims (one transaction) and each claim decided alone."""
+
+    def __init__(self, sessions):
+        super().__init__(sessions)
+        self.groups: list[list[str]] = []
+        self.alone: list[str] = []
+
+    async def claim_batch(self, events, subscriptions):
+        self.groups.append([str(e.event_id) for e in events])
+        return await super().claim_batch(events, subscriptions)
+
+    async def claim(self, event, subscriptions):
+        self.alone.append(str(event.event_id))
+        return await super().claim(event, subscriptions)
+
+
+async def test_messages_with_a_step_outside_the_database_are_checked_and_claimed_together(
+    sessions
+):
+    evts = [events.order_paid() for _ in range(3)]
+    sent: list[str] = []
+
+    async def send(event):
+        sent.append(str(event.event_id))
+
+    box = ClaimCountingInbox(sessions)
+    batcher = InboxBatcher(box, every(Recorder(), before=send), max_batch=32)
+    outcomes = await process_concurrently(batcher, evts)
+    await batcher.close()
+
+    assert outcomes == [Outcome.APPLIED] * 3
+    assert box.groups == [[str(e.event_id) for e in evts]], "one claim transaction"
+    assert box.alone == []
+    assert sorted(sent) == sorted(str(e.event_id) for e in evts)
+
+
+async def test_an_event_of_a_claim_group_not_to_be_applied_now_is_decided_alone(sessions):
+    seen, new1, new2 = events.order_paid(), events.order_paid(), events.order_paid()
+    early = events.order_refunded(events.order_paid())  # its predecessor never came
+    sent: list[str] = []
+
+    async def send(event):
+        sent.append(str(event.event_id))
+
+    box = ClaimCountingInbox(sessions)
+    assert await box.process(seen, every(Recorder(), before=send)) is Outcome.APPLIED
+    box.alone.clear()
+    sent.clear()
+    batcher = InboxBatcher(box, every(Recorder(), before=send), max_batch=32)
+    outcomes = await process_concurrently(batcher, [seen, early, new1, new2])
+    await batcher.close()
+
+    assert outcomes[0] is Outcome.DUPLICATE and isinstance(outcomes[1], OutOfOrder)
+    assert outcomes[2:] == [Outcome.APPLIED, Outcome.APPLIED]
+    assert len(box.groups) == 1 and len(box.groups[0]) == 4
+    # Only the two not claimed in the group were decided again, each alone; no mail for them.
+    assert sorted(box.alone) == sorted([str(seen.event_id), str(early.event_id)])
+    assert sorted(sent) == sorted([str(new1.event_id), str(new2.event_id)])
+
+
+async def test_a_claim_group_with_an_event_another_copy_holds_rolls_back_and_each_claims_alone(
+    sessions
+):
+    held, new1, new2 = events.order_paid(), events.order_paid(), events.order_paid()
+    async with sessions() as session, session.begin():  # another instance is sending it now
+        await session.execute(insert(inbox.claims_table).values(
+            event_id=str(held.event_id), claimed_at=utcnow()))
+    sent: list[str] = []
+
+    async def send(event):
+        sent.append(str(event.event_id))
+
+    box = ClaimCountingInbox(sessions)
+    batcher = InboxBatcher(box, every(Recorder(), before=send), max_batch=32)
+    outcomes = await process_concurrently(batcher, [held, new1, new2])
+    await batcher.close()
+
+    assert isinstance(outcomes[0], InProgress)
+    assert outcomes[1:] == [Outcome.APPLIED, Outcome.APPLIED]
+    assert len(box.groups) == 1
+    assert sorted(box.alone) == sorted(str(e.event_id) for e in (held, new1, new2))
+    assert sorted(sent) == sorted([str(new1.event_id), str(new2.event_id)])
 
 
 async def test_batch_size_one_applies_each_alone(box, sessions):
@@ -400,9 +493,9 @@ async def test_an_event_whose_cause_commits_while_its_state_is_read_is_applied_n
     first: asyncio.Task | None = None
 
     class CauseCommitsDuringTheRead(Inbox):
-        async def prepare(self, event, subscriptions):
+        async def claim(self, event, subscriptions):
             try:
-                return await super().prepare(event, subscriptions)
+                return await super().claim(event, subscriptions)
             except OutOfOrder:
                 if event.event_id == shipped.event_id and not release.is_set():
                     release.set()  # the thank-you mail finishes and commits meanwhile

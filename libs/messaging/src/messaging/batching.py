@@ -5,7 +5,8 @@ event's few statements (docs/performance.md). `InboxBatcher.process` is what the
 calls for each message, concurrently (one task per delivery, up to the prefetch). Instead of
 a transaction of its own, each event, after its `prepare` (the dedupe check and the `before`
 step, the mail, per message and concurrent), joins a group commit (messaging/grouping.py):
-one inbox transaction for all that is waiting, in arrival order, an outcome per event. A
+one inbox transaction for all that is waiting, in arrival order, an outcome per event. The
+check and claim before a `before` step are grouped the same way (`Inbox.claim_batch`). A
 batch of one, or a batch that rolled back, is applied alone by its message's task
 (`Inbox.apply`), exactly as without batching, so errors raise as they always did.
 
@@ -39,6 +40,10 @@ class InboxBatcher:
         self._max_batch = max_batch
         self._batches: GroupCommit[Event, Outcome] = GroupCommit(
             self._commit, max_group=max_batch, name="inbox-batcher")
+        # The checks and claims of events with a step outside the database (the mails): one
+        # transaction for all that are waiting, as for the records.
+        self._claims: GroupCommit[Event, bool] = GroupCommit(
+            self._claim_group, max_group=max_batch, name="inbox-claims")
         # Event ids being worked on here, each with a future set when that work has ended;
         # and the same futures by the event's place (order, stream, sequence).
         self._in_flight: dict[str, asyncio.Future[None]] = {}
@@ -87,12 +92,24 @@ class InboxBatcher:
             done.set_result(None)
 
     async def _process(self, event: Event) -> Outcome:
-        early = await self._inbox.prepare(event, self._subscriptions)
+        before = self._subscriptions.before_for(event)
+        if before is None:
+            early = await self._inbox.prepare(event, self._subscriptions)
+            return early if early is not None else await self._record(event)
+        early = await self._claim(event)
         if early is not None:
             return early
-        if self._subscriptions.before_for(event) is not None:  # its mail went out
-            return await record_despite_cancellation(self._record(event))
-        return await self._record(event)
+        await self._inbox.run_before(event, before)
+        # Its mail went out: the record commits even if the message's task is cancelled now.
+        return await record_despite_cancellation(self._record(event))
+
+    async def _claim(self, event: Event) -> Outcome | None:
+        """`Inbox.claim`, in a group with the claims of other messages when they come
+        together; alone when it was not claimed there (a group of one, a group rolled back,
+        an event not to be applied now), which decides it exactly as without grouping."""
+        if self._max_batch > 1 and await self._claims.submit(event):
+            return None
+        return await self._inbox.claim(event, self._subscriptions)
 
     async def _record(self, event: Event) -> Outcome:
         if self._max_batch > 1:
@@ -104,7 +121,12 @@ class InboxBatcher:
     async def close(self) -> None:
         """Stop the worker. A batch cut short rolls back; its messages, not acked, are
         released with the channel. Call after the consumer has stopped taking messages."""
+        await self._claims.close()
         await self._batches.close()
+
+    async def _claim_group(self, events: list[Event],
+                           contexts: list[contextvars.Context]) -> list[bool]:
+        return await self._inbox.claim_batch(events, self._subscriptions)
 
     async def _commit(self, events: list[Event],
                       contexts: list[contextvars.Context]) -> list[Outcome]:

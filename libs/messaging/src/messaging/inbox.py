@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 
 from contracts import EVENT_TYPES, Event, utcnow
 from messaging.db import UtcDateTime, delete_in_batches
-from messaging.spec import Subscriptions
+from messaging.spec import SideEffect, Subscriptions
 
 if TYPE_CHECKING:
     from sqlalchemy import Update
@@ -263,14 +263,24 @@ class Inbox:
 
     async def prepare(self, event: Event, subscriptions: Subscriptions) -> Outcome | None:
         """The part of `process` before its transaction: for an event with a `before` step,
-        decide on what is committed (an outcome to skip it; OutOfOrder raised), then run it."""
+        decide on what is committed (an outcome to skip it; OutOfOrder raised), claim it, and
+        run the step."""
         if subscriptions.handler_for(event) is None:
             return decide(event, State(seen=False), subscriptions)  # ignored, nothing read
         before = subscriptions.before_for(event)
         if before is None:
             return None
+        early = await self.claim(event, subscriptions)
+        if early is not None:
+            return early
+        await self.run_before(event, before)
+        return None
+
+    async def claim(self, event: Event, subscriptions: Subscriptions) -> Outcome | None:
+        """Decide on what is committed (an outcome to skip the event; OutOfOrder or Conflict
+        raised) and, when it is to be applied now, claim it: the check and the claim in one
+        transaction, one commit, before the step outside the database."""
         try:
-            # The check and the claim in one transaction: one commit, before the step.
             async with self._sessions() as session, session.begin():
                 state = await _state(session, event)
                 early = decide(event, state, subscriptions)
@@ -280,14 +290,41 @@ class Inbox:
                                                "claimed_at": utcnow()})
         except IntegrityError:
             await self._take_over_claim(event)
+        return None
+
+    async def claim_batch(self, events: Sequence[Event],
+                          subscriptions: Subscriptions) -> list[bool]:
+        """`claim` for several events in ONE transaction: True for each event that is to be
+        applied now (new, next in line, its causes applied), claimed here. False for any
+        other: nothing is claimed for it, and its caller decides it alone (`claim`), so its
+        outcome or exception is exactly its own. A claim already held by another copy
+        (IntegrityError) rolls the whole batch back and propagates."""
+        async with self._sessions() as session, session.begin():
+            conn = await session.connection()
+            view = await _BatchView.load(conn, events)
+            ready = []
+            for event in events:
+                try:
+                    ready.append(decide(event, await view.state(conn, event),
+                                        subscriptions) is None)
+                except (OutOfOrder, Conflict):
+                    ready.append(False)
+            now = utcnow()
+            claims = [{"event_id": str(event.event_id), "claimed_at": now}
+                      for event, claimed in zip(events, ready, strict=True) if claimed]
+            if claims:
+                await conn.execute(_CLAIM, claims)
+            return ready
+
+    async def run_before(self, event: Event, before: SideEffect) -> None:
+        """The claimed event's step outside the database (its mail). If it fails, the claim
+        is released: the next copy (the retry of this one) claims it again."""
         try:
             await before(event)
         except BaseException:
-            # Not done: let the next copy (the retry of this one) claim it again.
             with contextlib.suppress(Exception):
                 await self._release(event)
             raise
-        return None
 
     async def _take_over_claim(self, event: Event) -> None:
         """Another copy holds a claim on the event (in this process or another instance: the
