@@ -33,3 +33,14 @@ def test_a_port_is_not_handed_out_twice_in_a_row_nor_while_something_listens_on_
         second = stack.free_port()
     assert second not in (first, first + 1)
     assert second in stack.port_slice(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
+def test_a_slice_with_every_port_taken_is_an_error_that_names_it(monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # a plain process's slice
+        monkeypatch.setattr(stack, "PORT_SLICES", 1)
+        monkeypatch.setattr(stack, "PORT_RANGE", range(port, port + 1))
+        with pytest.raises(RuntimeError, match=f"no free port in {port}-{port}"):
+            stack.free_port()
