@@ -147,7 +147,8 @@ def test_every_metric_the_docs_mention_exists(exposed):
 
 
 @pytest.mark.e2e
-def test_queue_depths_consumers_readiness_and_lag_are_measured(stack):
+def test_queue_depths_consumers_readiness_and_lag_are_measured(stack, exposed):
+    # `exposed` sent a payment and waited for audit only: each service's lag is polled for.
     for service in (s.name for s in spec.consumers()):
         queue = f"{service}.events"
 
@@ -161,9 +162,11 @@ def test_queue_depths_consumers_readiness_and_lag_are_measured(stack):
             # queue (out of order, docs/ordering.md): poll until the stack is at rest.
             retry = ("queue_messages", (("queue", f"{queue}.retry.1s"), ("role", "retry"),
                                          ("service", service)))
-            return values if values.get(retry) == 0 else None
+            lag = ("event_lag_seconds_count", (("event_type", "OrderPaid"), ("service", service)))
+            return values if values.get(retry) == 0 and values.get(lag, 0) >= 1 else None
 
-        values = eventually(samples, timeout=30, message=f"{service}'s retry queue empty")
+        values = eventually(samples, timeout=30,
+                            message=f"{service} handled the payment and its retry queue is empty")
 
         def value(name: str, values=values, service=service, **labels: str) -> float | None:
             return values.get((name, tuple(sorted({"service": service, **labels}.items()))))
