@@ -546,6 +546,17 @@ class ProcessMonitor:
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return {name: s.as_dict() for name, s in self.stats.items()}
 
+    def busy_mark(self) -> tuple[float, float]:
+        """(the machine's busy CPU seconds, monotonic seconds) now: `busy_share_since` takes it."""
+        return self._machine_busy()[0], time.monotonic()
+
+    def busy_share_since(self, mark: tuple[float, float]) -> float:
+        """How busy the whole machine was since `mark`: 1.0 is every core busy all the time.
+        The CPU per payment spreads a run's CPU over all of it (the drain too); this says
+        whether a window was CPU-bound."""
+        busy, now = self.busy_mark()
+        return (busy - mark[0]) / max((now - mark[1]) * (os.cpu_count() or 1), 1e-9)
+
     def machine_dict(self) -> dict[str, float]:
         capacity = (self._wall_last - self._wall_start) * (os.cpu_count() or 1)
         return {

@@ -14,7 +14,8 @@ Scenarios (``ctx.stack`` is the running ``PipelineStack``, shared in this order)
 ``saturation``         N concurrent clients POST as fast as the pipeline completes payments
                        (closed loop: they pause while more than ``max_backlog`` payments are
                        posted but not yet processed by every consumer). Rate = payments
-                       processed by all per second, steady part of the window. With
+                       processed by all per second, steady part of the window; how busy the
+                       whole machine was over that part says whether it was CPU-bound. With
                        ``--profile`` (``ctx.options["profiler"]``), py-spy samples every
                        service over that steady part (``bench/profiling.py``).
 ``fixed_rate``         200 payments/s for 30 s, open loop (``run_at_rate``): POST latency from
@@ -475,6 +476,7 @@ async def saturation(ctx: Any) -> dict[str, Any]:
     # --profile: a bench.profiling.ServiceProfiler; it samples the steady window only
     profiler = ctx.options.get("profiler")
     profiling = False
+    busy_mark: tuple[float, float] | None = None  # the machine's CPU, from the steady window on
     bar = _bar(duration, "saturation", ctx.progress)
     t0 = time.monotonic()
     tasks = [asyncio.create_task(client(k)) for k in range(clients)]
@@ -482,6 +484,8 @@ async def saturation(ctx: Any) -> dict[str, Any]:
     try:
         while True:
             now = time.monotonic() - t0
+            if busy_mark is None and now >= warmup:
+                busy_mark = st.monitor.busy_mark()
             if profiler is not None and not profiling and now >= warmup:
                 profiler.start(st.pids)  # the stack's processes, every service it started
                 profiling = True
@@ -497,6 +501,7 @@ async def saturation(ctx: Any) -> dict[str, Any]:
             if now >= duration:
                 break
             await asyncio.sleep(0.25)  # sampling period, not synchronisation
+        busy_share = st.monitor.busy_share_since(busy_mark) if busy_mark is not None else None
         if profiling:
             profiler.interrupt()
         stop.set()
@@ -532,6 +537,8 @@ async def saturation(ctx: Any) -> dict[str, Any]:
         "errors": len(errors),
         "error_samples": errors[:5],
         "backlog_waits": backlog_waits,
+        # Near 1.0: CPU-bound (every core busy), so only less CPU per payment goes faster.
+        "machine_busy_share": None if busy_share is None else round(busy_share, 3),
         "post_latency_closed_loop_ms": _summary(post_ms),
         "cpu_ms_per_payment": {s: round(c * 1000 / processed, 3) for s, c in cpu.items()}
         if processed else {},

@@ -396,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"warning: during {name}, other processes used {m['other_cpu_s']:.1f} of "
                 f"{m['capacity_cpu_s']:.1f} CPU seconds; its figures are skewed by that load"
             )
+    busy = (results.get("saturation") or {}).get("machine_busy_share")
+    if busy is not None:
+        print(f"saturation: the machine was {busy:.0%} busy (all {os.cpu_count()} cores) "
+              "over the steady window")
     profile = (results.get("saturation") or {}).get("profile")
     if profile is not None:
         line = profiling.failure_line(profile["failed"], [*profile["services"],
