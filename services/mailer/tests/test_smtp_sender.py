@@ -43,6 +43,17 @@ async def test_concurrent_mails_keep_at_most_the_idle_limit_open(tmp_path):
         controller.stop()
 
 
+async def test_the_idle_limit_is_the_one_given(tmp_path):
+    controller, _ = smtp_sink.start(tmp_path, port=free_port())
+    try:
+        sender = SmtpSender("127.0.0.1", controller.port, timeout=5,
+                            max_idle=MAX_IDLE_CONNECTIONS + 2)
+        await asyncio.gather(*(sender.send(mail(n)) for n in range(MAX_IDLE_CONNECTIONS + 4)))
+        assert len(sender._idle) == MAX_IDLE_CONNECTIONS + 2
+    finally:
+        controller.stop()
+
+
 async def test_after_the_server_went_away_and_came_back_a_new_connection_is_used(tmp_path):
     port = free_port()
     controller, _ = smtp_sink.start(tmp_path, port=port)

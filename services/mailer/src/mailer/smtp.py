@@ -160,8 +160,10 @@ class SmtpConnection:
 
 
 class SmtpSender:
-    def __init__(self, host: str, port: int, timeout: float):
+    def __init__(self, host: str, port: int, timeout: float, *,
+                 max_idle: int = MAX_IDLE_CONNECTIONS):
         self.host, self.port, self.timeout = host, port, timeout
+        self._max_idle = max_idle
         # The EHLO name, looked up once (socket.getfqdn in a worker thread), not per mail.
         self._local_hostname: str | None = None
         # Connections kept open between mails: a mail costs MAIL, RCPT and DATA, not also a
@@ -188,7 +190,7 @@ class SmtpSender:
             # Whatever state the session is in, don't reuse it; the error decides the rest.
             connection.close()
             raise
-        if len(self._idle) < MAX_IDLE_CONNECTIONS:
+        if len(self._idle) < self._max_idle:
             self._idle.append(connection)
         else:
             connection.close()

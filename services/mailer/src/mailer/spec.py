@@ -21,7 +21,10 @@ async def _send_mail(event: Event, *, sender: MailSender, template: MailTemplate
 
 def subscriptions(settings: Settings) -> list[Subscription]:
     """Each mail goes to the SMTP server first (outside the transaction), then is recorded."""
-    sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout)
+    # As many idle connections as mails can be in flight (one per unacked message): under
+    # load each mail finds one open instead of a connect, greeting, EHLO and QUIT.
+    sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout,
+                        max_idle=settings.prefetch)
     send = partial(_send_mail, sender=sender, template=MailTemplate(settings.mail_from))
     return [
         Subscription(OrderPaid, handlers.record_mail, before=send),
