@@ -6,13 +6,14 @@ Same guarantees as the pipeline, no database, no HTTP, no service code:
   ``on_return_raises=True``, persistent ~400-byte JSON envelopes (DESIGN §2 shape and
   properties), ``mandatory=True``; pipelined: up to ``window`` publishes awaiting their
   confirm at once (not one round-trip per message);
-* a durable topic exchange bound to three durable quorum queues (``points.events``,
-  ``mailer.events`` on ``order.*``, ``audit.events`` on ``#``) with a delivery limit;
-* three consumer processes, one per queue: ``queue.consume(callback)`` (what the services use),
+* a durable topic exchange bound to the consuming services' durable quorum queues, each on
+  its service's first binding key (``points.events`` on ``order.*``, ``shipping.events`` on
+  ``order.paid``, ...), with a delivery limit;
+* one consumer process per queue: ``queue.consume(callback)`` (what the services use),
   per-consumer prefetch, JSON decoded, a manual ``ack`` per message;
 * everything in a throwaway vhost created and deleted through the management API.
 
-Sustained throughput = messages consumed and acked by *all three* consumers per second
+Sustained throughput = messages consumed and acked by *all* consumers per second
 (the slowest consumer's count) in the steady part of the publishing window. The publisher is
 closed-loop bounded: it pauses while more than ``max_backlog`` confirmed messages are not yet
 consumed by the slowest consumer, so the figure is a rate the system keeps, not a burst into
@@ -408,7 +409,7 @@ def run_ceiling(broker: Broker, cfg: CeilingConfig, progress: bool = True) -> di
     return {
         "rate": rate,
         "rate_incl_drain": total_rate,
-        "unit": "messages/s consumed and acked by all three consumers",
+        "unit": "messages/s consumed and acked by every consumer",
         "config": {
             **cfg.__dict__,
             "warmup_s": cfg.warmup_s,
