@@ -555,7 +555,8 @@ class ProcessMonitor:
         The CPU per payment spreads a run's CPU over all of it (the drain too); this says
         whether a window was CPU-bound."""
         busy, now = self.busy_mark()
-        return (busy - mark[0]) / max((now - mark[1]) * (os.cpu_count() or 1), 1e-9)
+        capacity = max((now - mark[1]) * (os.cpu_count() or 1), 1e-9)
+        return min(1.0, (busy - mark[0]) / capacity)  # the kernel counts in ticks: can overshoot
 
     def machine_dict(self) -> dict[str, float]:
         capacity = (self._wall_last - self._wall_start) * (os.cpu_count() or 1)
