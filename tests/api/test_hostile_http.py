@@ -223,7 +223,8 @@ def test_a_client_that_never_finishes_its_body_is_disconnected(payment):
 def test_connections_beyond_the_cap_are_closed_and_idle_ones_expire(payment):
     idle = [_connect(payment) for _ in range(MAX_CONNECTIONS + 10)]
     try:
-        # The ones over the cap are closed at once; all of them by the header deadline.
+        # Past the client's share its older idle ones make room (closed at once); all of
+        # them by the header deadline (tests/api/test_connection_slots_http.py: the rest).
         started = time.monotonic()
         assert all(_closed_by_server(s, HEADER_TIMEOUT + 3) for s in idle)
         assert time.monotonic() - started < HEADER_TIMEOUT + 4

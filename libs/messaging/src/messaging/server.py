@@ -105,7 +105,7 @@ def bounded_protocol(limits: Limits) -> type[H11Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn types it
             super().connection_made(transport)
-            client = self.client[0] if self.client else "?"
+            client = _address(self)
             decision = slots.admit(self, client)
             if isinstance(decision, Drop):
                 note(self.loop, f"closed unanswered ({decision.reason})", client)
@@ -117,8 +117,7 @@ def bounded_protocol(limits: Limits) -> type[H11Protocol]:
                 self._arm(min(limits.header_timeout, REFUSED_READ_SECONDS))
                 return
             if decision.evict is not None:
-                note(self.loop, "idle closed to make room", decision.evict.client[0]
-                     if decision.evict.client else "?")
+                note(self.loop, "idle closed to make room", _address(decision.evict))
                 decision.evict.transport.close()
             self._arm(limits.header_timeout)
 
@@ -162,11 +161,15 @@ def bounded_protocol(limits: Limits) -> type[H11Protocol]:
         def _too_slow(self) -> None:
             self._deadline = None
             if not self.transport.is_closing():
-                note(self.loop, "closed: request not read in time",
-                     self.client[0] if self.client else "?")
+                note(self.loop, "closed: request not read in time", _address(self))
                 self.transport.abort()
 
     return BoundedH11Protocol
+
+
+def _address(connection: H11Protocol) -> str:
+    """The client's address, the key of its share of the slots."""
+    return connection.client[0] if connection.client else "?"
 
 
 def loop_factory(name: Literal["uvloop", "asyncio"]) -> Callable[[], asyncio.AbstractEventLoop]:
