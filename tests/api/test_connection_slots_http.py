@@ -11,11 +11,8 @@ each was logged on its own line.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,7 +22,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.stack import free_port, wait_until_ready
 from devstack.wait import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -48,30 +44,11 @@ class Payment:
 
 
 @pytest.fixture(scope="module")
-def payment(tmp_path_factory):
-    from devstack import throwaway
-
-    tmp = tmp_path_factory.mktemp("slots")
-    port = free_port()
-    with throwaway.throwaway_vhost("slots") as (_, amqp_url):
-        log = open(tmp / "payment.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "payment"],
-            env={**os.environ, "PORT": str(port), "RABBITMQ_URL": amqp_url,
-                 "DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/payment.db",
-                 "HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
-                 "HTTP_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-                 "HTTP_CLIENT_CONNECTION_SHARE": "0.5"},
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_ready("payment", url, proc, tmp / "payment.log", time.monotonic() + 60)
-            yield Payment(url, tmp / "payment.log")
-        finally:
-            proc.terminate()
-            proc.wait(20)
-            log.close()
+def payment(start_payment):
+    url, log_path = start_payment(HTTP_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+                                  HTTP_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+                                  HTTP_CLIENT_CONNECTION_SHARE="0.5")
+    return Payment(url, log_path)
 
 
 def pay(payment: Payment) -> httpx.Response:
