@@ -10,10 +10,12 @@
 
 The copy to a retry or dead-letter queue is confirmed by the broker before the original
 is acked, so a crash in between yields a duplicate (the inbox absorbs it), never a loss.
-A message that kills the process never reaches that point; the broker redelivers it and
-the queue's delivery limit dead-letters it if it keeps doing so. A message whose copy
-cannot be made at all is rejected, and the broker's own dead-lettering (the work queue's
-dead-letter target is the DLQ) takes it: no delivery is left unsettled.
+While the publishing connection is away, the original stays unacked and the copy waits
+for it (`_copy_when_connected`). A message that kills the process never reaches that
+point; the broker redelivers it and the queue's delivery limit dead-letters it if it keeps
+doing so. A message whose copy cannot be encoded at all is rejected, and the broker's own
+dead-lettering (the work queue's dead-letter target is the DLQ) takes it: no delivery is
+left unsettled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aio_pika import Message
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -43,6 +46,7 @@ from messaging.inbox import Conflict, Outcome, OutOfOrder
 from messaging.publisher import (
     PublishFailed,
     copy_message,
+    encodable,
     open_confirm_channel,
     publish_confirmed,
 )
@@ -51,6 +55,9 @@ from messaging.topology import QueueTopology, ensure_exchange
 log = logging.getLogger(__name__)
 
 Process = Callable[[Event], Awaitable[Outcome]]
+
+# How often a copy waiting for the publishing connection looks whether it is back.
+PUBLISH_RECONNECT_POLL_SECONDS = 0.2
 
 
 class PermanentError(Exception):
@@ -301,26 +308,58 @@ class EventConsumer:
         own = _own_headers(message) if keep_headers else {}
         try:
             copy = copy_message(message, {**own, **extra_headers})
-            await publish_confirmed(
-                self._publish_channel.default_exchange, copy, routing_key=queue
-            )
+            if not encodable(copy):
+                raise ValueError("a header or property AMQP cannot encode")
+        except Exception as exc:
+            # The copy itself cannot be made: the broker's own dead-lettering takes the
+            # original to the DLQ rather than leave it hanging.
+            log.error("could not copy message %s to %s (%s: %s); rejected to the broker's "
+                      "dead-lettering", message.message_id, queue, type(exc).__name__, exc)
+            await message.reject(requeue=False)
+            metrics.DEAD_LETTERED.labels(self.service, _label(message.type), "rejected").inc()
+            return
+        try:
+            await self._copy_when_connected(message, copy, queue)
         except PublishFailed:
             # Could not park it: give it back to the queue rather than lose it.
             log.exception("could not move message %s to %s; requeued", message.message_id, queue)
             await message.nack(requeue=True)
             return
-        except Exception as exc:
-            if not self._publish_channel.is_closed:
-                # The copy itself cannot be made (an unencodable property, say): the broker's
-                # own dead-lettering takes the original to the DLQ rather than leave it hanging.
-                log.error("could not copy message %s to %s (%s: %s); rejected to the broker's "
-                          "dead-lettering", message.message_id, queue, type(exc).__name__, exc)
-                await message.reject(requeue=False)
-                metrics.DEAD_LETTERED.labels(self.service, _label(message.type),
-                                             "rejected").inc()
-                return
-            raise
         await message.ack()
+
+    async def _copy_when_connected(
+        self, message: AbstractIncomingMessage, copy: Message, queue: str
+    ) -> None:
+        """Publish the copy, confirmed. A copy that fails for the connection (it is away,
+        its channel closed) is tried again once the publishing connection is back, while
+        the original stays unacked; if the consuming channel goes meanwhile, the broker
+        redelivers the original and this gives up (raises)."""
+        assert self._publish_channel is not None
+        while True:
+            try:
+                await publish_confirmed(
+                    self._publish_channel.default_exchange, copy, routing_key=queue)
+                return
+            except PublishFailed:
+                raise
+            except Exception as exc:
+                if self._channel is None or self._channel.is_closed:
+                    raise
+                log.warning("could not copy message %s to %s (%s: %s): the publishing "
+                            "connection is away; kept unacked until it is back",
+                            message.message_id, queue, type(exc).__name__, exc)
+            await self._publishing_back()
+
+    async def _publishing_back(self) -> None:
+        """Return once the publishing connection and channel are up again (raises
+        ConnectionError if the consuming channel closes meanwhile)."""
+        assert self._publish_channel is not None
+        while not (self._publish_connection.connected.is_set()
+                   and not self._publish_channel.is_closed):
+            if self._channel is None or self._channel.is_closed:
+                raise ConnectionError("the consuming channel closed: redelivered")
+            await asyncio.sleep(PUBLISH_RECONNECT_POLL_SECONDS)
+        await asyncio.sleep(PUBLISH_RECONNECT_POLL_SECONDS)  # no tight loop on a flapping link
 
 
 def _label(event_type: str | None) -> str:
