@@ -42,6 +42,7 @@ from contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging import correlation, instrumentation, metrics
 from messaging import headers as h
 from messaging.broker import STOP_STEP_SECONDS, close_within
+from messaging.broker_cancel import CancelWatch
 from messaging.inbox import Conflict, Outcome, OutOfOrder
 from messaging.publisher import (
     PublishFailed,
@@ -91,6 +92,7 @@ class EventConsumer:
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._cancel_watch: CancelWatch | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         # When in-flight work last moved (a message settled, or work began after a lull):
         # readiness fails when it stops moving (see `stalled_for`).
@@ -101,6 +103,11 @@ class EventConsumer:
         return self._consumer_tag is not None and self._channel is not None and not (
             self._channel.is_closed
         )
+
+    async def consuming(self) -> bool:
+        """`is_consuming`, and the broker has not cancelled the consumer (broker_cancel)."""
+        return (self.is_consuming and self._cancel_watch is not None
+                and await self._cancel_watch.consuming())
 
     def stalled_for(self) -> float:
         """Seconds that messages have been in flight without any of them settling (0 when
@@ -119,6 +126,9 @@ class EventConsumer:
             await self._channel.set_qos(prefetch_count=self._prefetch)
             self._queue = await self.topology.declare(self._channel)
             self._consumer_tag = await self._queue.consume(self._on_message)
+            self._cancel_watch = CancelWatch(self.service, self.topology.name, self._channel,
+                                             self._connection)
+            await self._cancel_watch.start(self._consumer_tag)
         except BaseException:
             # The caller retries with a new consumer, or is stopping (cancelled): bounded.
             await asyncio.gather(
@@ -135,6 +145,8 @@ class EventConsumer:
         grace for in-flight messages, STOP_STEP_SECONDS for the closes. Whatever is still
         unacked when the channel (or, at the latest, the process) goes is requeued.
         """
+        if self._cancel_watch is not None:
+            self._cancel_watch.stop()
         if self._queue is not None and self._consumer_tag is not None:
             try:
                 async with asyncio.timeout(STOP_STEP_SECONDS):

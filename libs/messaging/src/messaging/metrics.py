@@ -23,6 +23,11 @@ DEAD_LETTERED = Counter(
     "messages_dead_lettered", "Messages sent to the dead-letter queue",
     ["service", "event_type", "error_class"],
 )
+# The broker cancelled a consumer (its queue deleted): messages routed meanwhile missed it.
+CONSUMER_CANCELLED = Counter(
+    "consumer_cancelled", "Consumers cancelled by the broker (their queue deleted)",
+    ["service", "queue"],
+)
 EVENT_ID_CLASHES = Counter(
     "inbox_event_id_clashes",
     "Messages whose event id was applied before with other content (skipped, logged)",

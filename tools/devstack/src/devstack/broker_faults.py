@@ -1,6 +1,6 @@
-"""Faults of one vhost's broker connections, through the RabbitMQ management API: close a
-service's connections by their name (as the broker's admin would in the management UI), and
-keep them away for a while with the vhost's connection limit. The broker itself, and every
+"""Faults of one vhost's broker connections and queues, through the RabbitMQ management API:
+close a service's connections by their name (as the broker's admin would in the management
+UI), keep them away for a while with the vhost's connection limit, delete a queue. The broker itself, and every
 other vhost on it, keeps running.
 
 Every Mini EC connection names itself (`connection_name`): a consumer's consuming connection
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from urllib.parse import quote
 
 from devstack.throwaway import management
@@ -85,17 +85,28 @@ def connection_count(vhost: str) -> int:
 
 
 @contextmanager
-def connection_limit(vhost: str, limit: int) -> Iterator[None]:
-    """At most `limit` connections to `vhost` while inside: new ones are refused (the open
-    ones stay); the limit is lifted on the way out."""
+def vhost_limit(vhost: str, limit: str, value: int) -> Iterator[None]:
+    """A vhost limit while inside (`max-connections`, `max-queues`): what is open or
+    declared stays, a new one over the limit is refused; lifted on the way out."""
     with management() as api:
-        api.put(f"/api/vhost-limits/{_q(vhost)}/max-connections",
-                json={"value": limit}).raise_for_status()
+        api.put(f"/api/vhost-limits/{_q(vhost)}/{limit}", json={"value": value}
+                ).raise_for_status()
     try:
         yield
     finally:
         with management() as api:
-            api.delete(f"/api/vhost-limits/{_q(vhost)}/max-connections")
+            api.delete(f"/api/vhost-limits/{_q(vhost)}/{limit}")
+
+
+def connection_limit(vhost: str, limit: int) -> AbstractContextManager[None]:
+    """At most `limit` connections to `vhost` while inside (the open ones stay)."""
+    return vhost_limit(vhost, "max-connections", limit)
+
+
+def delete_queue(vhost: str, queue: str) -> None:
+    """Delete a queue as an admin would in the management UI."""
+    with management() as api:
+        api.delete(f"/api/queues/{_q(vhost)}/{_q(queue)}").raise_for_status()
 
 
 @contextmanager

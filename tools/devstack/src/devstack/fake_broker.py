@@ -92,6 +92,14 @@ class _Channel:
         self._broker = broker
         self.is_closed = False
         self.default_exchange = _Exchange(broker)
+        self.on_consumer_cancel_callbacks: set[Any] = set()  # never cancelled here
+
+    async def get_underlay_channel(self) -> _Channel:
+        return self
+
+    @property
+    def consumers(self) -> set[str]:
+        return {f"ctag-{q.name}" for q in self._broker.queues.values() if q.consumer}
 
     async def get_exchange(self, name: str, ensure: bool = True) -> _Exchange:
         return self.default_exchange
@@ -122,6 +130,7 @@ class FakeBroker:
         self._order = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         self.confirm = True  # False: the broker nacks every publish
+        self.reconnect_callbacks: set[Any] = set()  # it never reconnects
 
     # what the consumer calls -------------------------------------------------------------
     async def channel(self, **_: Any) -> _Channel:
