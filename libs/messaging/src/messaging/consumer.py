@@ -30,6 +30,7 @@ from typing import Any
 from aio_pika import Message
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
@@ -85,6 +86,7 @@ class EventConsumer:
         # a broker alarm blocks a publishing connection, and must not block our acks with it.
         self._publish_connection = publish_connection or connection
         self._publish_channel: AbstractChannel | None = None
+        self._copies: AbstractExchange | None = None  # the service's own (topology.exchange)
         self._process = process
         self._prefetch = prefetch
         self._max_deferrals = max_deferrals
@@ -125,6 +127,8 @@ class EventConsumer:
             # Prefetch per consumer (global=False): how many unacked messages we work on at once.
             await self._channel.set_qos(prefetch_count=self._prefetch)
             self._queue = await self.topology.declare(self._channel)
+            self._copies = await self._publish_channel.get_exchange(
+                self.topology.exchange, ensure=False)
             self._consumer_tag = await self._queue.consume(self._on_message)
             self._cancel_watch = CancelWatch(self.service, self.topology.name, self._channel,
                                              self._connection)
@@ -346,11 +350,10 @@ class EventConsumer:
         its channel closed) is tried again once the publishing connection is back, while
         the original stays unacked; if the consuming channel goes meanwhile, the broker
         redelivers the original and this gives up (raises)."""
-        assert self._publish_channel is not None
+        assert self._copies is not None
         while True:
             try:
-                await publish_confirmed(
-                    self._publish_channel.default_exchange, copy, routing_key=queue)
+                await publish_confirmed(self._copies, copy, routing_key=queue)
                 return
             except PublishFailed:
                 raise

@@ -1,7 +1,7 @@
 """Faults of one vhost's broker connections and queues, through the RabbitMQ management API:
 close a service's connections by their name (as the broker's admin would in the management
-UI), keep them away for a while with the vhost's connection limit, delete a queue. The broker itself, and every
-other vhost on it, keeps running.
+UI), keep them away for a while with the vhost's connection limit, delete a queue. The
+broker itself, and every other vhost on it, keeps running.
 
 Every Mini EC connection names itself (`connection_name`): a consumer's consuming connection
 is `<service>`, its publishing one `<service>-publish` (messaging/runtime.py).

@@ -73,8 +73,9 @@ class _Queue:
         self.messages: list[Delivery] = []  # waiting, no consumer
         self.consumer: Any = None
 
-    async def bind(self, exchange: str, routing_key: str) -> None:
-        self._broker.bindings.append((exchange, routing_key, self.name))
+    async def bind(self, exchange: Any, routing_key: str) -> None:
+        name = exchange if isinstance(exchange, str) else exchange.name
+        self._broker.bindings.append((name, routing_key, self.name))
 
     async def consume(self, callback: Any) -> str:
         self.consumer = callback
@@ -103,6 +104,9 @@ class _Channel:
 
     async def get_exchange(self, name: str, ensure: bool = True) -> _Exchange:
         return self.default_exchange
+
+    async def declare_exchange(self, name: str, *_: Any, **__: Any) -> _Exchange:
+        return self.default_exchange  # every exchange routes by queue name here
 
     async def set_qos(self, **_: Any) -> None:
         return None
