@@ -50,7 +50,9 @@ class CancelWatch:
                 underlay = await self._channel.get_underlay_channel()
         except Exception:
             return False
-        return self._tag is not None and self._tag in underlay.consumers
+        # aiormq's Channel keeps its consumers by tag; its abstract type does not say so.
+        consumers = getattr(underlay, "consumers", {})
+        return self._tag is not None and self._tag in consumers
 
     async def _watch(self) -> None:
         underlay = await self._channel.get_underlay_channel()
