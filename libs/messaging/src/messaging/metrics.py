@@ -42,6 +42,13 @@ PUBLISHED = Counter("publish_confirmed", "Publishes confirmed by the broker", ["
 PUBLISH_FAILED = Counter(
     "publish_failed", "Publishes not confirmed (nack, unroutable, timeout)", ["service"]
 )
+# Readiness says a producer accepts work; this says whether its events get out: 0 from a
+# publish the broker did not confirm (a memory or disk alarm blocks the publishing
+# connection) until the next confirmed one.
+OUTBOX_PUBLISHING = Gauge(
+    "outbox_publishing", "1 when the relay's last publish was confirmed, 0 when it was not",
+    ["service"],
+)
 OUTBOX_PENDING = Gauge("outbox_pending_rows", "Outbox rows not yet published", ["service"])
 OUTBOX_OLDEST_AGE = Gauge(
     "outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row", ["service"]
