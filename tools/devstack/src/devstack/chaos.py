@@ -263,9 +263,10 @@ def fault_schedule(config: ChaosConfig, rng: random.Random) -> list[tuple[float,
     return sorted(faults)
 
 
-# The management API lists a (re)connected service only after its statistics interval:
-# a drop may wait this long for the connections it is to close.
-DROP_WAIT_SECONDS = 30.0
+# The management API lists a (re)connected service only after its statistics interval, and
+# a consumer SIGKILLed just before may take long to start on a busy machine: a drop waits
+# this long for the connections it is to close.
+DROP_WAIT_SECONDS = 60.0
 
 
 def drop_connections(vhost: str, name: str) -> bool:
