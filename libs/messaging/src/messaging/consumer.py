@@ -13,9 +13,9 @@ is acked, so a crash in between yields a duplicate (the inbox absorbs it), never
 While the publishing connection is away, the original stays unacked and the copy waits
 for it (`_copy_when_connected`). A message that kills the process never reaches that
 point; the broker redelivers it and the queue's delivery limit dead-letters it if it keeps
-doing so. A message whose copy cannot be encoded at all is rejected, and the broker's own
-dead-lettering (the work queue's dead-letter target is the DLQ) takes it: no delivery is
-left unsettled.
+doing so. A copy that cannot be encoded with the message's own headers is made with ours
+only; one that cannot be encoded at all is rejected, and the broker's own dead-lettering
+(the work queue's dead-letter target is the DLQ) takes it: no delivery is left unsettled.
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ log = logging.getLogger(__name__)
 
 Process = Callable[[Event], Awaitable[Outcome]]
 
-# How often a copy waiting for the publishing connection looks whether it is back.
+# How often a copy waiting for the publishing connection looks whether it is back, and the
+# longest pause between tries of a copy that keeps failing on a connection that is up.
 PUBLISH_RECONNECT_POLL_SECONDS = 0.2
+PUBLISH_RETRY_MAX_SECONDS = 5.0
 
 
 class PermanentError(Exception):
@@ -327,8 +329,16 @@ class EventConsumer:
             if not encodable(copy):
                 raise ValueError("a header or property AMQP cannot encode")
         except Exception as exc:
+            if keep_headers:
+                # Its own headers may be what cannot go on the wire: ours alone, so the copy
+                # still carries our counters or our reason (error-*).
+                log.warning("could not copy message %s to %s with its headers (%s: %s); "
+                            "copying it with ours only", message.message_id, queue,
+                            type(exc).__name__, exc)
+                await self._republish(message, queue, extra_headers, keep_headers=False)
+                return
             # The copy itself cannot be made: the broker's own dead-lettering takes the
-            # original to the DLQ rather than leave it hanging.
+            # original to the DLQ rather than leave it hanging; the reason is logged.
             log.error("could not copy message %s to %s (%s: %s); rejected to the broker's "
                       "dead-lettering", message.message_id, queue, type(exc).__name__, exc)
             await message.reject(requeue=False)
@@ -351,6 +361,7 @@ class EventConsumer:
         the original stays unacked; if the consuming channel goes meanwhile, the broker
         redelivers the original and this gives up (raises)."""
         assert self._copies is not None
+        pause = PUBLISH_RECONNECT_POLL_SECONDS
         while True:
             try:
                 await publish_confirmed(self._copies, copy, routing_key=queue)
@@ -364,6 +375,9 @@ class EventConsumer:
                             "connection is away; kept unacked until it is back",
                             message.message_id, queue, type(exc).__name__, exc)
             await self._publishing_back()
+            # Back, but failing again (a flapping link): try less and less often.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, PUBLISH_RETRY_MAX_SECONDS)
 
     async def _publishing_back(self) -> None:
         """Return once the publishing connection and channel are up again (raises
@@ -374,7 +388,6 @@ class EventConsumer:
             if self._channel is None or self._channel.is_closed:
                 raise ConnectionError("the consuming channel closed: redelivered")
             await asyncio.sleep(PUBLISH_RECONNECT_POLL_SECONDS)
-        await asyncio.sleep(PUBLISH_RECONNECT_POLL_SECONDS)  # no tight loop on a flapping link
 
 
 def _label(event_type: str | None) -> str:
