@@ -242,8 +242,8 @@ class Inbox:
 
     One path: `process` is `prepare` (the read-only check and claim, when the subscription
     has a step outside the database), the step, and then `apply`, which commits a batch of
-    one; a batcher
-    (messaging/batching.py) commits several with `process_batch`, the same code.
+    one; a batcher (messaging/batching.py) commits several with `process_batch`, the same
+    code.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
