@@ -1,6 +1,6 @@
 """The broker cancelling a consumer: said loudly, and readiness follows it.
 
-RabbitMQ cancels a consumer when its queue is deleted (someone deletes `mailer.events` in
+RabbitMQ cancels a consumer when its queue is deleted (someone deletes a work queue in
 the management UI, say). aio-pika then re-declares the queue and consumes again within
 moments, but whatever the exchange routed meanwhile went to the other services' queues and
 not to this one; the broker cannot give it back, because it was routed (others received
