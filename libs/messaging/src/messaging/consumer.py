@@ -35,6 +35,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq.exceptions import ChannelPreconditionFailed
 from opentelemetry import trace
 from opentelemetry.trace import Span
 from pamqp.common import FieldValue
@@ -128,7 +129,15 @@ class EventConsumer:
         try:
             # Prefetch per consumer (global=False): how many unacked messages we work on at once.
             await self._channel.set_qos(prefetch_count=self._prefetch)
-            self._queue = await self.topology.declare(self._channel)
+            try:
+                self._queue = await self.topology.declare(self._channel)
+            except ChannelPreconditionFailed as exc:
+                log.warning("%s: queues exist with other arguments than this version "
+                            "declares (%s); using them as they are", self.topology.name, exc)
+                await close_within(self._channel, f"{self.topology.name} channel")
+                self._channel = await self._connection.channel()
+                await self._channel.set_qos(prefetch_count=self._prefetch)
+                self._queue = await self.topology.declare(self._channel, as_they_are=True)
             self._copies = await self._publish_channel.get_exchange(
                 self.topology.exchange, ensure=False)
             self._consumer_tag = await self._queue.consume(self._on_message)

@@ -103,28 +103,38 @@ class QueueTopology:
             "x-dead-letter-routing-key": self.name,
         }
 
-    async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
+    async def declare(
+        self, channel: AbstractChannel, *, as_they_are: bool = False
+    ) -> aio_pika.abc.AbstractQueue:
         """Declare the service's own exchange, DLQ, wait queues and the work queue bound to
         `shop.events`; returns the work queue.
 
         `shop.events` must exist (`ensure_exchange`): a consumer may bind to it, not own it.
+        `as_they_are`: the queues exist with other arguments. Queues declared before each
+        service had its own exchange dead-letter through the default one, and RabbitMQ cannot
+        change a queue's arguments in place; so they are used as they are (the broker's own
+        dead-lettering needs no user's permission, and our copies go through the service's
+        exchange either way), and only the least-privilege step waits until they are
+        re-declared (docs/failure.md#queues-from-an-earlier-version).
         """
+
+        async def queue(name: str, arguments: dict[str, Any]) -> aio_pika.abc.AbstractQueue:
+            if as_they_are:
+                return await channel.declare_queue(name, passive=True)
+            return await channel.declare_queue(name, durable=True, arguments=arguments)
+
         own = await channel.declare_exchange(
             self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
-        dlq = await channel.declare_queue(self.dlq, durable=True, arguments=self.dlq_arguments())
+        dlq = await queue(self.dlq, self.dlq_arguments())
         await dlq.bind(own, routing_key=self.dlq)
         for delay in self.retry_delays:
-            wait = await channel.declare_queue(
-                self.retry_queue(delay), durable=True, arguments=self.retry_arguments(delay)
-            )
+            wait = await queue(self.retry_queue(delay), self.retry_arguments(delay))
             await wait.bind(own, routing_key=wait.name)
-        queue = await channel.declare_queue(
-            self.name, durable=True, arguments=self.work_arguments()
-        )
-        await queue.bind(own, routing_key=self.name)
+        work = await queue(self.name, self.work_arguments())
+        await work.bind(own, routing_key=self.name)
         for key in self.bindings:
-            await queue.bind(EXCHANGE, routing_key=key)
-        return queue
+            await work.bind(EXCHANGE, routing_key=key)
+        return work
 
 
 async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
