@@ -23,7 +23,7 @@ $(UV):
 
 install: .venv/.synced ## create the workspace environment (.venv) from uv.lock
 
-run: install ## start the four services and a local SMTP sink (Ctrl-C stops all)
+run: install ## start the services, the failed-message console (prints its credentials) and a local SMTP sink (Ctrl-C stops all)
 	$(PY) -m devstack
 
 run-sync: install ## synchronous mode: one process (ports 8000-8003, no broker) and a local SMTP sink

@@ -1,0 +1,163 @@
+"""Replay, stop and edit & replay against a real broker, with no service consuming: the
+replayed copies stay in the work queue, where the test reads them."""
+
+from __future__ import annotations
+
+import json
+
+import aio_pika
+import httpx
+import pytest
+
+from contracts import utcnow
+from devstack import events
+from devstack.console import ConsoleProcess
+from devstack.stack import free_port
+from devstack.wait import eventually, eventually_async
+from messaging import headers as h
+from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
+from messaging.topology import QueueTopology, ensure_exchange
+
+pytestmark = pytest.mark.integration
+
+POINTS = QueueTopology.for_service("points")
+
+
+@pytest.fixture
+async def parked(amqp_url):
+    """park(n): n OrderPaid events in points.events.dlq, as the consumer parks them."""
+    connection = await aio_pika.connect(amqp_url)
+    await ensure_exchange(connection)
+    channel = await connection.channel()
+    await POINTS.declare(channel)
+    confirm = await open_confirm_channel(connection)
+    own = await confirm.get_exchange(POINTS.exchange)
+
+    async def park(n: int) -> list:
+        parked_events = []
+        for _ in range(n):
+            event = events.order_paid()
+            message = build_message(
+                event.to_json(), message_id=str(event.event_id),
+                correlation_id=event.correlation_id, event_type=event.event_type,
+                timestamp=event.occurred_at, headers={
+                    h.ERROR_CLASS: "permanent", h.ERROR_SERVICE: "points",
+                    h.ERROR_TYPE: "ValueError", h.ERROR_MESSAGE: "no such customer",
+                    h.ERROR_ATTEMPTS: 1, h.ERROR_AT: utcnow().isoformat(),
+                    h.ERROR_QUEUE: POINTS.name, h.ATTEMPT: 1})
+            await publish_confirmed(own, message, routing_key=POINTS.dlq)
+            parked_events.append(event)
+        return parked_events
+
+    park.connection = connection
+    yield park
+    await connection.close()
+
+
+@pytest.fixture
+def console(amqp_url, tmp_path):
+    process = ConsoleProcess(rabbitmq_url=amqp_url, port=free_port(),
+                             database_url=f"sqlite+aiosqlite:///{tmp_path}/console.db",
+                             log_path=tmp_path / "console.log",
+                             extra_env={"CONSOLE_EDIT_AND_REPLAY": "on"})
+    process.start()
+    try:
+        process.wait_ready(timeout=180)
+        yield process
+    finally:
+        process.stop()
+
+
+def api(console, method, path, **kwargs) -> httpx.Response:
+    return httpx.request(method, f"{console.url}{path}", auth=console.auth, timeout=10, **kwargs)
+
+
+def dead_letters(console, **params) -> list[dict]:
+    return api(console, "GET", "/api/dead-letters", params=params).json()
+
+
+async def work_queue(connection) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    channel = await connection.channel()
+    queue = await channel.get_queue(POINTS.name, ensure=False)
+    taken = []
+    while (message := await queue.get(no_ack=True, fail=False)) is not None:
+        taken.append(message)
+    await channel.close()
+    return taken
+
+
+async def test_a_stopped_replay_sends_no_more_and_parks_the_rest_again(parked, console):
+    await parked(6)
+    eventually(lambda: len(dead_letters(console, status="parked")) == 6, timeout=30)
+    group = api(console, "GET", "/api/groups").json()[0]
+
+    started = api(console, "POST", f"/api/groups/{group['id']}/replay",
+                  json={"rate_per_second": 1, "batch": 1}).json()
+    eventually(lambda: api(console, "GET", f"/api/replays/{started['replay_id']}")
+               .json()["done"] >= 1, timeout=20, message="first replayed")
+    stop = api(console, "POST", f"/api/replays/{started['replay_id']}/stop")
+    assert stop.status_code == 200, stop.text
+    job = eventually(lambda: j if (j := api(console, "GET", f"/api/replays/{started['replay_id']}")
+                                   .json())["status"] != "running" else None, timeout=20)
+
+    assert job["status"] == "stopped" and 1 <= job["done"] < 6
+    sent = await work_queue(parked.connection)
+    assert len(sent) == job["done"]
+    assert len(dead_letters(console, status="replayed")) == job["done"]
+    assert len(dead_letters(console, status="parked")) == 6 - job["done"]
+    actions = [r["action"] for r in api(console, "GET", "/api/audit").json()]
+    assert actions[:2] == ["stop-replay", "replay-group"]
+
+
+async def test_edit_and_replay_checks_the_contract_keeps_the_event_id_and_records_the_diff(
+    parked, console
+):
+    [event] = await parked(1)
+    [row] = eventually(lambda: dead_letters(console), timeout=30)
+    body = json.loads(event.to_json())
+
+    body["data"]["amount"] = "lots"
+    refused = api(console, "POST", f"/api/dead-letters/{row['id']}/edit-and-replay",
+                  json={"body": json.dumps(body)})
+    assert refused.status_code == 422 and "data.amount" in refused.json()["detail"]
+
+    body["data"]["amount"] = 999
+    accepted = api(console, "POST", f"/api/dead-letters/{row['id']}/edit-and-replay",
+                   json={"body": json.dumps(body)})
+    assert accepted.status_code == 202, accepted.text
+
+    async def replayed():
+        return await work_queue(parked.connection)
+
+    [copy] = await eventually_async(replayed, timeout=20, message="the edited copy")
+    assert copy.message_id == str(event.event_id)
+    assert json.loads(copy.body)["data"]["amount"] == 999
+    assert not any(k.startswith("error-") for k in copy.headers)
+    edit = next(r for r in api(console, "GET", "/api/audit").json() if r["action"] == "edit")
+    assert '-    "amount": 1200,' in edit["detail"] and '+    "amount": 999,' in edit["detail"]
+    assert edit["user"] == console.user
+
+
+async def test_an_archived_dead_letter_that_fails_again_is_parked_again_in_its_own_row(
+    parked, console
+):
+    [event] = await parked(1)
+    [row] = eventually(lambda: dead_letters(console), timeout=30)
+    api(console, "POST", f"/api/dead-letters/{row['id']}/archive")
+    assert dead_letters(console)[0]["status"] == "archived"
+
+    connection = parked.connection
+    channel = await open_confirm_channel(connection)
+    own = await channel.get_exchange(POINTS.exchange)
+    again = build_message(event.to_json(), message_id=str(event.event_id),
+                          correlation_id=event.correlation_id, event_type="OrderPaid",
+                          timestamp=event.occurred_at, headers={
+                              h.ERROR_CLASS: "permanent", h.ERROR_TYPE: "ValueError",
+                              h.ERROR_MESSAGE: "no such customer",
+                              h.ERROR_AT: utcnow().isoformat()})
+    await publish_confirmed(own, again, routing_key=POINTS.dlq)
+
+    [parked_again] = eventually(lambda: dead_letters(console, status="parked"), timeout=30)
+    assert parked_again["id"] == row["id"]
+    assert parked_again["first_failed_at"] == row["first_failed_at"]
+    assert parked_again["last_failed_at"] > row["last_failed_at"]
