@@ -1,16 +1,22 @@
 """Replay, stop and edit & replay against a real broker, with no service consuming: the
-replayed copies stay in the work queue, where the test reads them."""
+replayed copies stay in the work queue, where the test reads them. The console connects as a
+user with exactly the permissions deploy/rabbitmq/definitions.json gives `console`, and the
+exchange and binding it replays through are declared as the definitions declare them."""
 
 from __future__ import annotations
 
 import json
+import uuid
+from pathlib import Path
+from urllib.parse import quote
 
 import aio_pika
 import httpx
 import pytest
 
+from console.replay import EXCHANGE
 from contracts import utcnow
-from devstack import events
+from devstack import events, throwaway
 from devstack.console import ConsoleProcess
 from devstack.stack import free_port
 from devstack.wait import eventually, eventually_async
@@ -30,6 +36,9 @@ async def parked(amqp_url):
     await ensure_exchange(connection)
     channel = await connection.channel()
     await POINTS.declare(channel)
+    # As the definitions have them: the console's exchange, bound to the work queue.
+    replay = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    await (await channel.get_queue(POINTS.name)).bind(replay, routing_key=POINTS.name)
     confirm = await open_confirm_channel(connection)
     own = await confirm.get_exchange(POINTS.exchange)
 
@@ -54,9 +63,31 @@ async def parked(amqp_url):
     await connection.close()
 
 
+DEFINITIONS = json.loads((Path(__file__).resolve().parents[3] / "deploy" / "rabbitmq"
+                          / "definitions.json").read_text())
+
+
 @pytest.fixture
-def console(amqp_url, tmp_path):
-    process = ConsoleProcess(rabbitmq_url=amqp_url, port=free_port(),
+def console_url(vhost):
+    """An AMQP URL of a user with the console's permissions of the definitions, in `vhost`."""
+    name = vhost[0]
+    (rights,) = [p for p in DEFINITIONS["permissions"] if p["user"] == "console"]
+    user, password = f"console-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with throwaway.management() as management:
+        management.put(f"/api/users/{user}", json={"password": password, "tags": ""}
+                       ).raise_for_status()
+        management.put(f"/api/permissions/{quote(name, safe='')}/{user}", json={
+            k: rights[k] for k in ("configure", "write", "read")}).raise_for_status()
+    try:
+        yield f"amqp://{user}:{password}@{throwaway.AMQP_HOST}/{quote(name, safe='')}"
+    finally:
+        with throwaway.management() as management:
+            management.delete(f"/api/users/{user}")
+
+
+@pytest.fixture
+def console(console_url, parked, tmp_path):
+    process = ConsoleProcess(rabbitmq_url=console_url, port=free_port(),
                              database_url=f"sqlite+aiosqlite:///{tmp_path}/console.db",
                              log_path=tmp_path / "console.log",
                              extra_env={"CONSOLE_EDIT_AND_REPLAY": "on"})
