@@ -192,3 +192,30 @@ async def test_an_archived_dead_letter_that_fails_again_is_parked_again_in_its_o
     assert parked_again["id"] == row["id"]
     assert parked_again["first_failed_at"] == row["first_failed_at"]
     assert parked_again["last_failed_at"] > row["last_failed_at"]
+
+
+async def test_wrong_requests_get_a_clear_error_and_change_nothing(parked, console):
+    await parked(1)
+    [row] = eventually(lambda: dead_letters(console), timeout=30)
+    [group] = api(console, "GET", "/api/groups").json()
+    for method, path, body, code in [
+        ("GET", "/api/dead-letters/999999", None, 404),
+        ("POST", "/api/dead-letters/999999/replay", None, 404),
+        ("POST", "/api/dead-letters/999999/archive", None, 404),
+        ("POST", "/api/dead-letters/999999/edit-and-replay", {"body": "{}"}, 404),
+        ("POST", "/api/groups/0000000000000000/replay", {"rate_per_second": 5, "batch": 1}, 404),
+        ("POST", "/api/groups/0000000000000000/archive", None, 404),
+        ("POST", "/api/replays/999999/stop", None, 404),
+        ("GET", "/api/replays/999999", None, 404),
+        ("POST", f"/api/groups/{group['id']}/replay", {"rate_per_second": 0, "batch": 1}, 422),
+        ("POST", f"/api/dead-letters/{row['id']}/edit-and-replay", {"body": "{oops"}, 422),
+        ("GET", "/api/dead-letters?failed_after=yesterday", None, 422),
+    ]:
+        response = api(console, method, path, **({"json": body} if body is not None else {}))
+        assert response.status_code == code, (path, response.text)
+    # A time without a zone is UTC: the dead letter failed before now.
+    now = utcnow().replace(tzinfo=None).isoformat()
+    assert [d["id"] for d in dead_letters(console, failed_before=now)] == [row["id"]]
+    assert dead_letters(console, failed_after=now) == []
+    assert [d["status"] for d in dead_letters(console)] == ["parked"]
+    assert api(console, "GET", "/api/audit").json() == []

@@ -8,7 +8,7 @@ the API needs no CSRF token; the pages' form posts carry one.
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -103,6 +103,11 @@ class AuditRecord(BaseModel):
     detail: str
 
 
+def aware(when: datetime | None) -> datetime | None:
+    """A time without a zone is taken as UTC (the store keeps UTC)."""
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
+
+
 def _replayer(request: Request) -> Replayer:
     replayer: Replayer = request.app.state.replayer
     return replayer
@@ -148,6 +153,8 @@ async def replay_group(request: Request, fingerprint: str, user: str,
 
 
 async def replay_one(request: Request, dead_letter_id: int, user: str) -> ReplayStarted:
+    if await store.get_dead_letter(_sessions(request), dead_letter_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dead letter {dead_letter_id}")
     job, count = await _replayer(request).start(
         [dead_letter_id], user=user, target=f"dead letter {dead_letter_id}",
         rate=request.app.state.settings.console_replay_rate, batch=1, action="replay")
@@ -198,7 +205,7 @@ def router() -> APIRouter:
         limit: int = Query(500, ge=1, le=5000),
     ) -> list[dict[str, Any]]:
         filters = store.Filters(service, error_class, event_type, order_id, correlation_id,
-                                status, group, failed_after, failed_before)
+                                status, group, aware(failed_after), aware(failed_before))
         return await store.list_dead_letters(_sessions(request), filters, limit)
 
     @r.get("/dead-letters/{dead_letter_id}", response_model=DeadLetterDetail,
@@ -211,14 +218,17 @@ def router() -> APIRouter:
         return detail_of(row)
 
     @r.post("/dead-letters/{dead_letter_id}/replay", response_model=ReplayStarted,
-            status_code=202)
+            status_code=202, responses={404: problem("No such dead letter")})
     async def replay_dead_letter(request: Request, user: User,
                                  dead_letter_id: int) -> ReplayStarted:
         return await replay_one(request, dead_letter_id, user)
 
-    @r.post("/dead-letters/{dead_letter_id}/archive", response_model=Archived)
+    @r.post("/dead-letters/{dead_letter_id}/archive", response_model=Archived,
+            responses={404: problem("No such dead letter")})
     async def archive_dead_letter(request: Request, user: User,
                                   dead_letter_id: int) -> Archived:
+        if await store.get_dead_letter(_sessions(request), dead_letter_id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dead letter {dead_letter_id}")
         return Archived(count=await archive_one(_sessions(request), dead_letter_id, user))
 
     @r.post("/dead-letters/{dead_letter_id}/edit-and-replay", response_model=ReplayStarted,

@@ -158,7 +158,7 @@ def _when(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        return datetime.fromisoformat(text)
+        return api.aware(datetime.fromisoformat(text))
     except ValueError:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
                             f"not a date and time: {text[:40]!r}") from None
