@@ -182,7 +182,8 @@ def test_poison_and_refused_mails_are_grouped_replayed_once_archived_and_audited
 
 @pytest.mark.parametrize("method,path", [
     ("GET", "/"), ("GET", "/groups"), ("GET", "/dead-letters"), ("GET", "/dead-letters/1"),
-    ("GET", "/audit"), ("GET", "/api/dead-letters"), ("GET", "/api/dead-letters/1"),
+    ("GET", "/audit"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/api/dead-letters"),
+    ("GET", "/api/dead-letters/1"),
     ("GET", "/api/groups"), ("GET", "/api/audit"), ("GET", "/api/replays/1"),
     ("POST", "/api/groups/x/replay"), ("POST", "/api/groups/x/archive"),
     ("POST", "/api/dead-letters/1/replay"), ("POST", "/api/dead-letters/1/archive"),
@@ -195,6 +196,18 @@ def test_no_page_or_api_call_answers_without_the_right_credentials(system, metho
         response = httpx.request(method, f"{console.url}{path}", auth=auth, timeout=10)
         assert response.status_code == 401, (auth, response.text)
         assert response.headers["www-authenticate"].startswith("Basic")
+
+
+def test_the_openapi_document_describes_the_json_api(system):
+    console = system[1]
+    document = api(console, "GET", "/openapi.json").json()
+    assert {"/api/dead-letters", "/api/dead-letters/{dead_letter_id}", "/api/groups",
+            "/api/groups/{group_id}/replay", "/api/groups/{group_id}/archive",
+            "/api/dead-letters/{dead_letter_id}/replay",
+            "/api/dead-letters/{dead_letter_id}/archive",
+            "/api/dead-letters/{dead_letter_id}/edit-and-replay", "/api/audit"
+            } <= set(document["paths"])
+    assert "/groups" not in document["paths"]  # the pages are not API
 
 
 def test_a_form_post_without_the_pages_csrf_token_is_refused(system):

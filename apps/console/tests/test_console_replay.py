@@ -27,6 +27,7 @@ from messaging.topology import QueueTopology, ensure_exchange
 pytestmark = pytest.mark.integration
 
 POINTS = QueueTopology.for_service("points")
+TRACE_ID = uuid.uuid4().hex
 
 
 @pytest.fixture
@@ -53,7 +54,8 @@ async def parked(amqp_url):
                     h.ERROR_CLASS: "permanent", h.ERROR_SERVICE: "points",
                     h.ERROR_TYPE: "ValueError", h.ERROR_MESSAGE: "no such customer",
                     h.ERROR_ATTEMPTS: 1, h.ERROR_AT: utcnow().isoformat(),
-                    h.ERROR_QUEUE: POINTS.name, h.ATTEMPT: 1})
+                    h.ERROR_QUEUE: POINTS.name, h.ATTEMPT: 1,
+                    "traceparent": f"00-{TRACE_ID}-{uuid.uuid4().hex[:16]}-01"})
             await publish_confirmed(own, message, routing_key=POINTS.dlq)
             parked_events.append(event)
         return parked_events
@@ -219,3 +221,57 @@ async def test_wrong_requests_get_a_clear_error_and_change_nothing(parked, conso
     assert dead_letters(console, failed_after=now) == []
     assert [d["status"] for d in dead_letters(console)] == ["parked"]
     assert api(console, "GET", "/api/audit").json() == []
+
+
+async def test_the_pages_show_a_dead_letter_its_body_and_its_trace_and_filter_the_list(
+    parked, console
+):
+    await parked(1)
+    [row] = eventually(lambda: dead_letters(console), timeout=30)
+
+    def page(path: str, **params) -> str:
+        response = api(console, "GET", path, params=params)
+        assert response.status_code == 200, response.text
+        return response.text
+
+    one = page(f"/dead-letters/{row['id']}")
+    assert f'href="http://127.0.0.1:16686/trace/{TRACE_ID}"' in one
+    assert '<span class="key">&#34;order_id&#34;</span>' in one
+    assert "edit &amp; replay" in one  # turned on for this console
+    assert "no such customer" in page("/dead-letters", service="points", status="parked")
+    assert "no such customer" not in page("/dead-letters", service="audit")
+    assert "points" in page("/")
+    assert page("/audit")
+
+
+async def test_dlqs_declared_after_the_console_started_are_taken_too(
+    amqp_url, console_url, tmp_path
+):
+    console = ConsoleProcess(rabbitmq_url=console_url, port=free_port(),
+                             database_url=f"sqlite+aiosqlite:///{tmp_path}/console.db",
+                             log_path=tmp_path / "console.log")
+    console.start()
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        console.wait_ready(timeout=180)  # no DLQ exists yet: it keeps looking
+        await ensure_exchange(connection)
+        channel = await open_confirm_channel(connection)
+        for service in ("points", "mailer"):  # one after the other, each parking one
+            topology = QueueTopology.for_service(service)
+            await topology.declare(channel)
+            event = events.order_paid()
+            await publish_confirmed(
+                await channel.get_exchange(topology.exchange),
+                build_message(event.to_json(), message_id=str(event.event_id),
+                              correlation_id=event.correlation_id, event_type="OrderPaid",
+                              timestamp=event.occurred_at,
+                              headers={h.ERROR_CLASS: "permanent", h.ERROR_TYPE: "E",
+                                       h.ERROR_MESSAGE: service}),
+                routing_key=topology.dlq)
+            eventually(lambda s=service: [d["service"] for d in dead_letters(console)
+                                          if d["service"] == s], timeout=30,
+                       message=f"{service}'s dead letter taken")
+        assert sorted(d["service"] for d in dead_letters(console)) == ["mailer", "points"]
+    finally:
+        await connection.close()
+        console.stop()

@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 REALM = "Mini EC console"
@@ -54,3 +56,19 @@ def current_user(request: Request,
 
 
 User = Annotated[str, Depends(current_user)]
+
+
+def docs_router() -> APIRouter:
+    """`/openapi.json` and `/docs`, behind the same credentials as everything else."""
+    r = APIRouter(include_in_schema=False)
+
+    @r.get("/openapi.json")
+    async def openapi(request: Request, user: User) -> dict[str, Any]:
+        document: dict[str, Any] = request.app.openapi()
+        return document
+
+    @r.get("/docs", response_class=HTMLResponse)
+    async def docs(user: User) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Mini EC console API")
+
+    return r

@@ -18,7 +18,7 @@ from typing import Any
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from console import fingerprint, metrics, store
@@ -126,13 +126,9 @@ class Ingest:
         await channel.set_qos(prefetch_count=self._batch * 2)
         while self.missing:
             for dlq in self.missing:
-                try:
-                    queue = await channel.get_queue(dlq, ensure=True)
-                except ChannelNotFoundEntity:
-                    # A passive check of a missing queue closes the channel: a fresh one.
-                    channel = await connection.channel()
-                    await channel.set_qos(prefetch_count=self._batch * 2)
+                if not await _exists(connection, dlq):
                     continue
+                queue = await channel.get_queue(dlq, ensure=False)
                 service = self._dlqs[dlq]
 
                 async def take(message: AbstractIncomingMessage, service: str = service,
@@ -166,3 +162,15 @@ class Ingest:
                 # A lost channel redelivers it; storing it again is a no-op.
                 await message.ack()
             metrics.PARKED_TOTAL.labels(service, record.error_class).inc()
+
+
+async def _exists(connection: AbstractRobustConnection, queue: str) -> bool:
+    """Whether `queue` is declared. A passive declaration of a missing queue closes its
+    channel, hence a channel of its own (the consuming one must stay open)."""
+    channel = await connection.channel()
+    try:
+        await channel.declare_queue(queue, passive=True)
+    except ChannelNotFoundEntity:
+        return False
+    await channel.close()
+    return True

@@ -12,7 +12,7 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from console import api, metrics, pages, store
+from console import api, auth, metrics, pages, store
 from console.auth import Guard
 from console.ingest import Ingest
 from console.replay import Replayer
@@ -69,13 +69,15 @@ def create_app(settings: Settings) -> FastAPI:
         await broker.close()
         await engine.dispose()
 
-    app = FastAPI(title="Mini EC console", lifespan=lifespan)
+    # The OpenAPI document and its page need the credentials too (auth.guarded_docs).
+    app = FastAPI(title="Mini EC console", lifespan=lifespan, docs_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.replayer = replayer
     app.state.ingest = ingest
     app.state.guard = Guard(settings.console_user, settings.console_password)
     app.include_router(api.router())
+    app.include_router(auth.docs_router())
     pages.install(app)
     checks: dict[str, ReadinessCheck] = {"database": partial(db.check_writable, engine),
                                          "broker": broker.check}

@@ -6,6 +6,7 @@ Every page needs the console's credentials; every form post carries the page's C
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 
 from console import api, store
 from console.auth import User, guard_of
@@ -164,6 +166,27 @@ def _when(text: str | None) -> datetime | None:
                             f"not a date and time: {text[:40]!r}") from None
 
 
+_JSON_TOKEN = re.compile(r'("(?:[^"\\]|\\.)*")(\s*:)?|(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)'
+                         r'|\b(true|false|null)\b')
+
+
+def highlight_json(text: str) -> Markup:
+    """Indented JSON with its keys, strings, numbers and literals in spans (escaped HTML)."""
+    out, last = [], 0
+    for match in _JSON_TOKEN.finditer(text):
+        out.append(escape(text[last:match.start()]))
+        string, colon, number, literal = match.groups()
+        if string is not None:
+            kind = "key" if colon else "string"
+            out.append(Markup('<span class="{}">{}</span>{}').format(kind, string, colon or ""))
+        else:
+            out.append(Markup('<span class="{}">{}</span>').format(
+                "number" if number else "literal", number or literal))
+        last = match.end()
+    out.append(escape(text[last:]))
+    return Markup("").join(out)
+
+
 def _pretty(body: bytes) -> str:
     try:
         return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
@@ -172,5 +195,6 @@ def _pretty(body: bytes) -> str:
 
 
 def install(app: FastAPI) -> None:
+    templates.env.filters["highlight_json"] = highlight_json
     app.include_router(router())
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
