@@ -125,7 +125,7 @@ async def test_a_stopped_replay_sends_no_more_and_parks_the_rest_again(parked, c
     group = api(console, "GET", "/api/groups").json()[0]
 
     started = api(console, "POST", f"/api/groups/{group['id']}/replay",
-                  json={"rate_per_second": 1, "batch": 1}).json()
+                  json={"rate_per_second": 0.5, "batch": 1}).json()
     eventually(lambda: api(console, "GET", f"/api/replays/{started['replay_id']}")
                .json()["done"] >= 1, timeout=20, message="first replayed")
     stop = api(console, "POST", f"/api/replays/{started['replay_id']}/stop")
