@@ -404,6 +404,10 @@ class OutboxRelay:
                 metrics.PUBLISH_FAILED.labels(self._service).inc()
                 raise
             metrics.PUBLISHED.labels(self._service).inc()
+            metrics.OUTBOX_LAG.labels(self._service).observe(
+                max(0.0, (utcnow() - row.created_at).total_seconds()),
+                exemplar=metrics.trace_exemplar(),
+            )
 
     async def _record(
         self, session: AsyncSession, rows: Sequence[OutboxRow],
