@@ -11,7 +11,6 @@ import uuid
 import httpx
 import pytest
 from fastapi import FastAPI
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client.openmetrics.parser import (

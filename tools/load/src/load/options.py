@@ -7,6 +7,15 @@ import argparse
 import secrets
 import time
 
+# The services the scenario reads besides payment (Locust's --host): option, environment
+# variable (the compose profile sets them), default (`make run`'s ports).
+SERVICE_URLS = {
+    "points": ("LOAD_POINTS_URL", "http://127.0.0.1:8001"),
+    "mailer": ("LOAD_MAILER_URL", "http://127.0.0.1:8002"),
+    "audit": ("LOAD_AUDIT_URL", "http://127.0.0.1:8003"),
+    "shipping": ("LOAD_SHIPPING_URL", "http://127.0.0.1:8004"),
+}
+
 
 def positive_float(text: str) -> float:
     try:

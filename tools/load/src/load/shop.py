@@ -65,10 +65,8 @@ def _arguments(parser) -> None:
     group.add_argument("--settle-seconds", type=options.positive_float, default=60.0,
                        env_var="LOAD_SETTLE_SECONDS",
                        help="after the run, how long the effects may take to appear (60)")
-    for service, port in (("points", 8001), ("mailer", 8002), ("audit", 8003),
-                          ("shipping", 8004)):
-        group.add_argument(f"--{service}-url", default=f"http://127.0.0.1:{port}",
-                           env_var=f"LOAD_{service.upper()}_URL",
+    for service, (variable, default) in options.SERVICE_URLS.items():
+        group.add_argument(f"--{service}-url", default=default, env_var=variable,
                            help=f"{service}'s base URL (payment's is --host)")
 
 
