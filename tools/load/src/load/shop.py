@@ -20,17 +20,16 @@ import uuid
 from dataclasses import dataclass, field
 
 import gevent
-from locust import HttpUser, events, task
+from locust import HttpUser, constant_pacing, events, task
 from locust.env import Environment
-from locust.wait_time import constant_pacing
 
 from load import checker, options, report, retry
 from load.effects import Payment
 
 log = logging.getLogger("load")
 
-PAY = "POST /payments"
-REFUND = "POST /payments/[id]/refund"
+PAY = "/payments"
+REFUND = "/payments/[id]/refund"
 
 
 @dataclass
@@ -109,10 +108,10 @@ class Shopper(HttpUser):
         run.payments[order_id] = payment
         # What a customer looks at after paying (the effects come later: often empty yet).
         self.client.get(f"{urls.points}/customers/{self.customer_id}/points",
-                        name="GET /customers/[id]/points", headers=headers)
-        for url, name in ((f"{urls.mailer}/mails", "GET /mails"),
-                          (f"{urls.audit}/events", "GET /events"),
-                          (f"{urls.shipping}/shipments", "GET /shipments")):
+                        name="/customers/[id]/points", headers=headers)
+        for url, name in ((f"{urls.mailer}/mails", "/mails"),
+                          (f"{urls.audit}/events", "/events"),
+                          (f"{urls.shipping}/shipments", "/shipments")):
             self.client.get(url, params={"order_id": order_id}, headers=headers,
                             name=f"{name}?order_id=[id]")
         if random.random() < self.environment.parsed_options.refunds:
@@ -141,7 +140,7 @@ class Shopper(HttpUser):
                     # The retried refund may have gone through the first time: ask.
                     response.success()
                     current = self.client.get(path.removesuffix("/refund"),
-                                              name="GET /payments/[id]").json()
+                                              name="/payments/[id]").json()
                     return current if current.get("status") == "refunded" else None
                 else:
                     response.failure(f"{status}: {response.text[:200]}")
