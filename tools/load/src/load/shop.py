@@ -180,15 +180,15 @@ def _stop(environment: Environment, **_kwargs) -> None:
 
 def _totals(environment: Environment, this: Run) -> report.Totals:
     total = environment.stats.total
+    slowest = total.max_response_time or 0.0
+    # Locust keeps response times rounded (to 10 ms above 100 ms): a percentile can come out
+    # above the slowest request, which it cannot be.
+    percentiles = {f"p{round(q * 100)}": min(total.get_response_time_percentile(q) or 0.0,
+                                             slowest) for q in (0.5, 0.95, 0.99)}
     return report.Totals(
         requests=total.num_requests, failures=total.num_failures,
         requests_per_second=total.total_rps,
-        percentiles_ms={
-            "p50": total.get_response_time_percentile(0.5) or 0.0,
-            "p95": total.get_response_time_percentile(0.95) or 0.0,
-            "p99": total.get_response_time_percentile(0.99) or 0.0,
-            "max": total.max_response_time or 0.0,
-        },
+        percentiles_ms={**percentiles, "max": slowest},
         payments=len(this.payments), refunds=this.refunds, retried=this.retried,
     )
 
