@@ -15,7 +15,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.trace import StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_LATEST
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
@@ -69,7 +69,7 @@ def exposition_for(accept: str | None) -> tuple[Callable[[Collector], bytes], st
     try:
         return choose_encoder(accept or "")
     except (TypeError, ValueError):
-        return generate_latest, CONTENT_TYPE_LATEST
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4  # choose_encoder's own default
 
 
 def ops_router(
