@@ -20,7 +20,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="python -m load", description="Shop traffic against Mini EC (docs/load.md).",
         epilog="Any other argument goes to Locust: --refunds SHARE (0.1), --run-id NAME, "
-               "--settle-seconds S (60), --pay-attempts N (5), --points-url, --mailer-url, "
+               "--settle-seconds S (60), --attempts N (5), --points-url, --mailer-url, "
                "--audit-url, --shipping-url (127.0.0.1:8001-8004), and Locust's own "
                "(python -m locust --help).")
     parser.add_argument("--users", type=options.positive_int, default=10,

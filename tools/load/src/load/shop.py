@@ -59,8 +59,9 @@ def _arguments(parser) -> None:
                        help="share of orders refunded right after the visit (0.1)")
     group.add_argument("--run-id", type=options.run_id, default=None, env_var="LOAD_RUN_ID",
                        help="names the run in correlation and customer ids (load-<time>-<hex>)")
-    group.add_argument("--pay-attempts", type=options.positive_int, default=5,
-                       env_var="LOAD_PAY_ATTEMPTS", help="tries per request on 503 (5)")
+    group.add_argument("--attempts", type=options.positive_int, default=5,
+                       env_var="LOAD_ATTEMPTS",
+                       help="tries of one request on 503, 502, 504 or no answer (5)")
     group.add_argument("--settle-seconds", type=options.positive_float, default=60.0,
                        env_var="LOAD_SETTLE_SECONDS",
                        help="after the run, how long the effects may take to appear (60)")
@@ -124,7 +125,7 @@ class Shopper(HttpUser):
         """The request, tried again (same body and headers, so the same Idempotency-Key) on
         the answers a client retries; the JSON body of an `ok` answer, or None (a failure).
         A retried answer is counted as its own row (`… (retried 503)`), not as a failure."""
-        attempts = self.environment.parsed_options.pay_attempts
+        attempts = self.environment.parsed_options.attempts
         for attempt in range(1, attempts + 1):
             with self.client.request(method, path, name=name, catch_response=True,
                                      **kwargs) as response:
