@@ -55,15 +55,13 @@ def _arguments(parser) -> None:
     group = parser.add_argument_group("Mini EC shop")
     group.add_argument("--rate", type=options.positive_float, default=5.0,
                        help="shop visits (payments) per second, all users together (5)")
-    group.add_argument("--refunds", type=options.share, default=0.1, env_var="LOAD_REFUNDS",
+    group.add_argument("--refunds", type=options.share, default=0.1,
                        help="share of orders refunded right after the visit (0.1)")
-    group.add_argument("--run-id", type=options.run_id, default=None, env_var="LOAD_RUN_ID",
+    group.add_argument("--run-id", type=options.run_id, default=None,
                        help="names the run in correlation and customer ids (load-<time>-<hex>)")
     group.add_argument("--attempts", type=options.positive_int, default=5,
-                       env_var="LOAD_ATTEMPTS",
                        help="tries of one request on 503, 502, 504 or no answer (5)")
     group.add_argument("--settle-seconds", type=options.positive_float, default=60.0,
-                       env_var="LOAD_SETTLE_SECONDS",
                        help="after the run, how long the effects may take to appear (60)")
     for service, (variable, default) in options.SERVICE_URLS.items():
         group.add_argument(f"--{service}-url", default=default, env_var=variable,
