@@ -17,21 +17,22 @@ SERVICE_URLS = {
 }
 
 
-def positive_float(text: str) -> float:
+def _read(text: str, kind: type[float] | type[int], what: str) -> float:
     try:
-        value = float(text)
+        return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    value = _read(text, float, "a number")
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
     return value
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    value = int(_read(text, int, "a whole number"))
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
     return value
@@ -39,10 +40,7 @@ def positive_int(text: str) -> int:
 
 def share(text: str) -> float:
     """A fraction from 0 to 1 (the share of orders refunded)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _read(text, float, "a number")
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be from 0 to 1: {text!r}")
     return value
