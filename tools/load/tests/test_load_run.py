@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from devstack.stack import free_port
 from load.checker import Urls, verify
 from load.effects import Payment
 
@@ -55,6 +56,23 @@ def test_a_short_run_has_no_failures_and_every_accepted_payment_has_its_effects(
                                                   line["message"])
                and (line["correlation_id"] or "").startswith(f"{run_id}-")]
     assert (len(paid), len(refunds)) == (accepted, refunded)
+
+
+def test_a_service_that_does_not_answer_fails_the_run_and_the_summary_says_why(stack):
+    urls = _urls(stack)
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, "-m", "load", "--users", "1", "--rate", "2", "--duration", "2s",
+         "--host", urls.payment, "--points-url", urls.points, "--mailer-url", urls.mailer,
+         "--audit-url", urls.audit, "--shipping-url", nobody, "--attempts", "1",
+         "--settle-seconds", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = result.stdout[result.stdout.index("load run load-"):]
+    failures = int(re.search(r"failures (\d+)", summary).group(1))
+    assert failures >= 1, summary  # every read of the shipments
+    assert "effects    not checked: could not read the effects: ConnectionError" in summary
 
 
 def test_the_check_names_the_effects_of_a_payment_the_services_never_saw(stack):

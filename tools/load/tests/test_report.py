@@ -30,6 +30,12 @@ def test_incomplete_orders_are_listed_up_to_ten():
     assert lines[-1] == "    ... and 2 more"
 
 
+def test_a_check_that_could_not_run_says_why():
+    lines = summary("load-1", TOTALS, None, "could not read the effects: ConnectionError: …")
+    assert lines.splitlines()[-1] == (
+        "  effects    not checked: could not read the effects: ConnectionError: …")
+
+
 @pytest.mark.parametrize(("failures", "wrong", "code"), [
     (0, {}, 0), (1, {}, 1), (0, {"o": ["missing audit OrderPaid"]}, 1), (0, None, 1)])
 def test_the_run_passes_only_without_failures_and_with_every_effect_checked_and_present(

@@ -17,8 +17,10 @@ class Totals:
     retried: int  # answers a client retries (503, no connection) and retried
 
 
-def summary(run_id: str, totals: Totals, wrong: dict[str, list[str]] | None) -> str:
-    """A few lines a person reads at the end of `make load`."""
+def summary(run_id: str, totals: Totals, wrong: dict[str, list[str]] | None,
+            check_error: str | None = None) -> str:
+    """A few lines a person reads at the end of `make load`. `wrong` is None when the effects
+    were not checked (`check_error` says why, when the check itself failed)."""
     latency = "  ".join(f"{k} {v:.0f}" for k, v in totals.percentiles_ms.items())
     lines = [
         f"load run {run_id}",
@@ -28,7 +30,7 @@ def summary(run_id: str, totals: Totals, wrong: dict[str, list[str]] | None) -> 
         f"  payments   {totals.payments} accepted, {totals.refunds} refunded",
     ]
     if wrong is None:
-        lines.append("  effects    not checked")
+        lines.append(f"  effects    not checked: {check_error or 'the run did not stop'}")
     elif not wrong:
         lines.append(f"  effects    all present, once, for all {totals.payments} payments "
                      "(points, mails, audit, shipment)")

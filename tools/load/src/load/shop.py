@@ -43,7 +43,8 @@ class Run:
     visits: itertools.count = field(default_factory=lambda: itertools.count(1))
     shoppers: itertools.count = field(default_factory=lambda: itertools.count(1))
     check: gevent.Greenlet | None = None
-    wrong: dict[str, list[str]] | None = None
+    wrong: dict[str, list[str]] | None = None  # None: not checked
+    check_error: str | None = None
     summary: str = ""
 
 
@@ -169,8 +170,9 @@ def _stop(environment: Environment, **_kwargs) -> None:
         try:
             this.wrong = checker.verify(payments, urls, settle_seconds=settle)
         except Exception as exc:  # a service down: reported, and the run fails
-            this.wrong = {"(check)": [f"could not read the effects: {exc}"]}
-        this.summary = report.summary(this.id, _totals(environment, this), this.wrong)
+            this.check_error = f"could not read the effects: {type(exc).__name__}: {exc}"
+        this.summary = report.summary(this.id, _totals(environment, this), this.wrong,
+                                      this.check_error)
         if not environment.parsed_options.headless:
             log.info("%s", this.summary)
 
