@@ -169,7 +169,7 @@ class ConsumerRuntime:
         """Readiness: connected (both connections) and consuming."""
         await self.broker.check()
         await self.publisher.check()
-        if self._consumer is None or not self._consumer.is_consuming:
+        if self._consumer is None or not await self._consumer.consuming():
             raise ConnectionError("not consuming")
         stalled = self._consumer.stalled_for()
         if stalled > self._settings.consumer_stall_seconds:

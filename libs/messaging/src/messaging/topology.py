@@ -8,6 +8,12 @@ For a consuming service's queue `Q`:
                                 ^
     Q.retry.<N>s --(TTL expires, dead-letter)--'   (one wait queue per delay)
 
+Every move between a service's own queues goes through its own direct exchange
+`Q.copies`, bound to Q, each wait queue and Q.dlq with the queue's name as routing key:
+the consumer's copies (retry, DLQ), the DLQ tool's replays and the broker's dead-lettering.
+So no service's user needs `write` on the default exchange, which routes to any queue of
+the vhost by name (another service's work queue among them).
+
 Every queue is a durable quorum queue. The arguments here must match
 `deploy/rabbitmq/definitions.json`, or the broker refuses the second declaration.
 """
@@ -60,6 +66,11 @@ class QueueTopology:
     def dlq(self) -> str:
         return f"{self.name}.dlq"
 
+    @property
+    def exchange(self) -> str:
+        """The service's own direct exchange: routing key = one of its queues' names."""
+        return f"{self.name}.copies"
+
     def retry_queue(self, delay_seconds: int) -> str:
         return f"{self.name}.retry.{delay_seconds}s"
 
@@ -79,7 +90,7 @@ class QueueTopology:
             **_QUORUM,
             **_SAFE_DEAD_LETTERING,
             "x-delivery-limit": DELIVERY_LIMIT,
-            "x-dead-letter-exchange": "",
+            "x-dead-letter-exchange": self.exchange,
             "x-dead-letter-routing-key": self.dlq,
         }
 
@@ -88,23 +99,29 @@ class QueueTopology:
             **_QUORUM,
             **_SAFE_DEAD_LETTERING,
             "x-message-ttl": delay_seconds * 1000,
-            "x-dead-letter-exchange": "",
+            "x-dead-letter-exchange": self.exchange,
             "x-dead-letter-routing-key": self.name,
         }
 
     async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
-        """Declare DLQ, wait queues and the work queue bound to the exchange; returns the queue.
+        """Declare the service's own exchange, DLQ, wait queues and the work queue bound to
+        `shop.events`; returns the work queue.
 
-        The exchange must exist (`ensure_exchange`): a consumer may bind to it, not own it.
+        `shop.events` must exist (`ensure_exchange`): a consumer may bind to it, not own it.
         """
-        await channel.declare_queue(self.dlq, durable=True, arguments=self.dlq_arguments())
+        own = await channel.declare_exchange(
+            self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        dlq = await channel.declare_queue(self.dlq, durable=True, arguments=self.dlq_arguments())
+        await dlq.bind(own, routing_key=self.dlq)
         for delay in self.retry_delays:
-            await channel.declare_queue(
+            wait = await channel.declare_queue(
                 self.retry_queue(delay), durable=True, arguments=self.retry_arguments(delay)
             )
+            await wait.bind(own, routing_key=wait.name)
         queue = await channel.declare_queue(
             self.name, durable=True, arguments=self.work_arguments()
         )
+        await queue.bind(own, routing_key=self.name)
         for key in self.bindings:
             await queue.bind(EXCHANGE, routing_key=key)
         return queue
