@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV
 PY := .venv/bin/python
 
-.PHONY: help install preflight run run-sync test test-browser test-rules check-asyncapi asyncapi test-unit test-integration test-e2e test-compose test-cluster chaos bench lint dlq clean
+.PHONY: help install preflight run run-sync load test test-browser test-rules check-asyncapi asyncapi test-unit test-integration test-e2e test-compose test-cluster chaos bench lint dlq clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ run: install ## start the services, the failed-message console (prints its crede
 run-sync: install ## synchronous mode: one process (ports 8000-8003, no broker) and a local SMTP sink
 	@$(PY) -m devstack.smtp_sink --port $${SMTP_PORT:-1025} --dir var/mail & sink=$$!; \
 	trap "kill $$sink" EXIT; $(PY) -m inprocess
+
+load: install ## shop traffic against `make run` (Locust, headless): make load ARGS="--users 20 --rate 10 --duration 2m"
+	$(PY) -m load $(ARGS)
 
 preflight: install ## check what the tests need (RabbitMQ, its management API, PostgreSQL); enable the plugin if off
 	$(PY) -m devstack.preflight

@@ -67,6 +67,7 @@ def test_the_stack_has_the_designed_services(compose):
     assert {"rabbitmq", "postgres", "jaeger", "mailpit", *APP_SERVICES} <= services
     assert {"rabbitmq-2", "rabbitmq-3"} <= services
     assert {"prometheus", "grafana"} <= services
+    assert "load" in services
 
 
 def test_every_long_running_service_has_a_healthcheck(compose):
@@ -217,3 +218,20 @@ def test_durations_are_read_as_compose_reads_them():
     assert [_seconds(d) for d in ("40s", "1m30s", "500ms", "2h")] == [40, 90, 0.5, 7200]
     with pytest.raises(AssertionError):
         _seconds("40 s")
+
+
+def test_the_load_profile_serves_locusts_ui_on_loopback_against_every_service(compose):
+    from load.options import SERVICE_URLS  # what the scenario reads (tools/load)
+
+    load = compose["services"]["load"]
+    assert load["profiles"] == ["load"]
+    assert load["ports"] == ["127.0.0.1:8089:8089"]  # LOAD_UI_PORT of .env
+    command = load["command"]
+    assert command[:3] == ["python", "-m", "load"] and "--web" in command
+    assert command[command.index("--web-host") + 1] == "0.0.0.0"  # published on loopback only
+    assert command[command.index("--host") + 1] == f"http://payment:{CONTRACT_PORTS['payment']}"
+    assert _environment(load) == {variable: f"http://{name}:{CONTRACT_PORTS[name]}"
+                                  for name, (variable, _) in SERVICE_URLS.items()}
+    assert set(SERVICE_URLS) | {"payment"} == set(APP_SERVICES)
+    assert {name: dep["condition"] for name, dep in load["depends_on"].items()} == {
+        name: "service_healthy" for name in APP_SERVICES}
