@@ -102,7 +102,7 @@ def test_competing_points_instances_apply_each_event_once_even_when_published_tw
 
         expected = {str(e.event_id): (e.data.customer_id,
                                       (-1 if e.event_type == "OrderRefunded" else 1)
-                                      * (e.data.amount // 100))
+                                      * (e.data.amount.value // 100))
                     for e in everything}
 
         def settled():

@@ -1,7 +1,9 @@
+import json
 import uuid
 from datetime import datetime
+from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,6 +21,12 @@ class AuditRecord(BaseModel):
     received_at: datetime
 
 
+class AuditedEvent(AuditRecord):
+    """A record with the event's whole body (null for a row from before bodies were kept)."""
+
+    body: dict[str, Any] | None
+
+
 def router(sessions: async_sessionmaker[AsyncSession]) -> APIRouter:
     api = APIRouter()
 
@@ -27,5 +35,14 @@ def router(sessions: async_sessionmaker[AsyncSession]) -> APIRouter:
         async with sessions() as session:
             rows = await store.events_of_order(session, str(order_id))
         return [AuditRecord(**row) for row in rows]
+
+    @api.get("/events/{event_id}", response_model=AuditedEvent)
+    async def event(event_id: uuid.UUID) -> AuditedEvent:
+        async with sessions() as session:
+            row = await store.event(session, str(event_id))
+        if row is None:
+            raise HTTPException(404, f"no event {event_id} in the audit trail")
+        body = row.pop("body")
+        return AuditedEvent(**row, body=json.loads(body) if body is not None else None)
 
     return api

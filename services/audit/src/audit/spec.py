@@ -16,6 +16,6 @@ SPEC = ServiceSpec(
     settings=Settings,
     tables=store.metadata,
     router=api.router,
-    routes=("GET /events",),
+    routes=("GET /events", "GET /events/{event_id}"),
     consumes=Consumes(queue="audit.events", bindings=("#",), subscriptions=subscriptions),
 )
