@@ -105,7 +105,8 @@ def test_routing_key_is_the_event_type_in_dotted_lower_case(event_type, key):
         (b" " * (MAX_BODY_BYTES + 1), "larger than"),
     ],
     ids=["not-json", "not-utf8", "not-an-object", "unknown-type", "unknown-version",
-         "version-true", "version-string", "v1-data-as-v2", "bad-sequence", "naive-time", "missing-field", "oversized"],
+         "version-true", "version-string", "v1-data-as-v2", "bad-sequence", "naive-time",
+         "missing-field", "oversized"],
 )
 def test_a_body_that_is_not_the_contract_is_poison_and_says_why(body, reason):
     with pytest.raises(PoisonMessage, match=reason):

@@ -40,4 +40,4 @@ def upcast(event: WireEvent) -> Event:
             raise LookupError(f"no upcaster from {type(event).__name__} "
                               f"(version {event.version} of {event.event_type})")
         event = step(event)
-    return event  # type: ignore[return-value]  # the loop ends on the current model
+    return event  # the loop ends on the current model
