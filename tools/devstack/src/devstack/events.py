@@ -43,11 +43,11 @@ def payment_data(paid: OrderPaid) -> PaymentData:
                        email=data.email, amount=data.amount.value, currency=data.amount.currency)
 
 
-def order_refunded(paid: OrderPaid) -> OrderRefunded:
+def order_refunded(paid: OrderPaid | OrderPaidV1) -> OrderRefunded:
     return OrderRefunded(
         event_id=uuid.uuid4(), occurred_at=utcnow(), correlation_id=paid.correlation_id,
         order_id=paid.order_id, sequence=2,
-        data=payment_data(paid),
+        data=paid.data if isinstance(paid, OrderPaidV1) else payment_data(paid),
     )
 
 
