@@ -14,6 +14,7 @@ import aio_pika
 import httpx
 import pytest
 
+from conftest import start_stack
 from contracts import WireEvent, utcnow
 from devstack import events, smtp_sink, throwaway
 from devstack.stack import SERVICES, free_port
@@ -22,8 +23,6 @@ from devstack.wait import eventually
 from messaging import spec
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.topology import EXCHANGE, QueueTopology
-
-from conftest import start_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

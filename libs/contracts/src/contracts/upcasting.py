@@ -12,18 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from contracts import EVENT_TYPES, Event, OrderPaid, OrderPaidV1, WireEvent
 
 
 def order_paid_v1_to_v2(event: OrderPaidV1) -> OrderPaid:
     """`amount` and `currency`, two fields of version 1's data, become version 2's Money."""
-    body = orjson.loads(event.to_json())  # unknown fields included
-    data = body["data"]
-    data["amount"] = {"value": data.pop("amount"), "currency": data.pop("currency")}
-    body["version"] = 2
-    return OrderPaid.model_validate(body, extra="allow")
+    old = event.data
+    data = {"payment_id": old.payment_id, "customer_id": old.customer_id, "email": old.email,
+            "amount": {"value": old.amount, "currency": old.currency},
+            **(old.model_extra or {})}
+    return OrderPaid.model_validate(
+        {"event_id": event.event_id, "event_type": event.event_type, "version": 2,
+         "occurred_at": event.occurred_at, "correlation_id": event.correlation_id,
+         "order_id": event.order_id, "sequence": event.sequence, "data": data,
+         **(event.model_extra or {})},
+        extra="allow")
 
 
 # The step that takes each older version one version up.
