@@ -26,5 +26,8 @@ SPEC = ServiceSpec(
                                "data.currency": "string"}),
         Reads("OrderPaid", 2, {"data.customer_id": "string", "data.amount.value": "integer"}),
         Reads("OrderRefunded", 1, {"data.customer_id": "string"}),
+        # Routed here by order.* and ignored, but parsed first: a version it cannot parse
+        # would be poison here too.
+        Reads("OrderShipped", 1),
     ),
 )

@@ -5,13 +5,14 @@ AsyncAPI document says (devstack.asyncapi), break what a consumer reads (its spe
     python -m devstack.contract_check    # exit 1 and one line per problem, if any
 
 A problem is:
-- a published version of an event type that a subscribing consumer does not read (it would
-  dead-letter every such message: deploy the reader first);
+- a published version of an event type that a consumer it is routed to does not read (it
+  would dead-letter every such message, even one of a type it then ignores: it is parsed
+  first; deploy the reader first);
 - a field a consumer reads that the published schema of that version lacks, makes optional
   or gives another JSON type (removing or retyping a field someone reads);
 - a version a consumer says it reads that the contracts cannot read (no model for it, or no
   upcaster from it to the current version);
-- an event type a consumer subscribes to with no `Reads` at all.
+- an event type routed to a consumer (its bindings) with no `Reads` at all.
 
 A version a consumer reads that nobody publishes (any more) is no problem: readers stay
 until the last such event has left the queues (docs/evolution.md, "Retiring a version").
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_type_hints
 
 import contracts
 from contracts.upcasting import UPCASTERS
@@ -56,13 +57,13 @@ def problems(document: dict[str, Any],
         assert consumer.consumes is not None
         name = consumer.name
         reads = {(r.event_type, r.version): r for r in consumer.reads}
-        subscribed = {s.event_type for s in consumer.consumes.subscriptions(consumer.settings())}
-        for event_type in sorted(subscribed - {t for t, _ in reads}):
-            found.append(f"{name} subscribes to {event_type} but declares no Reads of it")
+        routed = {t for t in contracts.EVENT_TYPES if consumer.consumes.receives(t)}
+        for event_type in sorted(routed - {t for t, _ in reads}):
+            found.append(f"{name} receives {event_type} but declares no Reads of it")
         for event_type, version in sorted(out):
-            if event_type in subscribed and (event_type, version) not in reads:
+            if event_type in routed and (event_type, version) not in reads:
                 found.append(f"{event_type} version {version} is published, and {name} "
-                             f"(which subscribes to it) does not read it")
+                             f"(which receives it) does not read it")
         for (event_type, version), read in sorted(reads.items()):
             unreadable = _unreadable(event_type, version)
             if unreadable:
@@ -79,23 +80,20 @@ def problems(document: dict[str, Any],
 
 
 def _unreadable(event_type: str, version: int) -> str | None:
-    """Why the contracts cannot hand this version to handlers as the current one, or None."""
+    """Why the contracts cannot hand this version to handlers as the current one, or None:
+    each step's upcaster names (by its return type) the version it leads to."""
     model = contracts.VERSIONS.get(event_type, {}).get(version)
     if model is None:
         return "the contracts have no model of that version"
     current = contracts.EVENT_TYPES[event_type]
-    seen = set()
-    while model is not current:
-        if model in seen or model not in UPCASTERS:
-            return f"nothing upcasts {model.__name__} to {current.__name__}"
-        seen.add(model)
-        model = _upcast_target(model, event_type)
-    return None
-
-
-def _upcast_target(model: type, event_type: str) -> type:
-    """The version one step up from `model` (upcasters go one version at a time)."""
-    return contracts.VERSIONS[event_type].get(contracts.version_of(model) + 1, model)
+    for _ in contracts.VERSIONS[event_type]:  # at most one step per version
+        if model is current:
+            return None
+        step = UPCASTERS.get(model)
+        if step is None:
+            break
+        model = get_type_hints(step)["return"]
+    return f"nothing upcasts {model.__name__} to {current.__name__}"
 
 
 def _field_problem(document: dict[str, Any], schema: dict[str, Any], path: str,
