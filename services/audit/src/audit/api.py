@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from audit import store
+from messaging.http import problem
 
 
 class AuditRecord(BaseModel):
@@ -36,7 +37,8 @@ def router(sessions: async_sessionmaker[AsyncSession]) -> APIRouter:
             rows = await store.events_of_order(session, str(order_id))
         return [AuditRecord(**row) for row in rows]
 
-    @api.get("/events/{event_id}", response_model=AuditedEvent)
+    @api.get("/events/{event_id}", response_model=AuditedEvent,
+             responses={404: problem("No event with this id is in the audit trail")})
     async def event(event_id: uuid.UUID) -> AuditedEvent:
         async with sessions() as session:
             row = await store.event(session, str(event_id))
