@@ -18,7 +18,7 @@ import aio_pika
 import httpx
 import pytest
 
-from contracts import OrderPaid, OrderRefunded, PaymentData, utcnow
+from contracts import Money, OrderPaid, OrderRefunded, PaymentDataV2, utcnow
 from devstack import events, throwaway
 from devstack.smtp_sink import mails_in
 from devstack.wait import eventually
@@ -222,7 +222,7 @@ def test_two_different_events_claiming_one_place_in_an_order_are_a_conflict(stac
     first = events.order_paid(customer_id=f"k{uuid.uuid4().hex[:8]}")
     rival = first.model_copy(update={
         "event_id": uuid.uuid4(),
-        "data": PaymentData(**{**dict(first.data), "amount": 1})})
+        "data": PaymentDataV2(**{**dict(first.data), "amount": Money(value=1, currency="JPY")})})
     before = {s: metric(stack, s, "messages_dead_lettered_total", error_class="conflict")
               for s in CONSUMERS}
     publish(stack, (first, {}))
@@ -246,7 +246,8 @@ def test_two_different_events_claiming_one_place_in_an_order_are_a_conflict(stac
 
 def test_the_same_event_id_with_other_content_is_logged_and_counted(stack):
     paid = events.order_paid(customer_id=f"d{uuid.uuid4().hex[:8]}")
-    forged = paid.model_copy(update={"data": PaymentData(**{**dict(paid.data), "amount": 7})})
+    forged = paid.model_copy(update={
+        "data": PaymentDataV2(**{**dict(paid.data), "amount": Money(value=7, currency="JPY")})})
     before = {s: metric(stack, s, "inbox_event_id_clashes_total") for s in CONSUMERS}
     publish(stack, (paid, {}))
     eventually(lambda: applied_everywhere(stack, paid), 10, interval=0.2,

@@ -51,6 +51,8 @@ def test_a_bad_setting_stops_the_process_at_start_with_one_line():
 @pytest.mark.parametrize(("variable", "value", "says"), [
     ("EVENT_LOOP", "trio", "EVENT_LOOP: Input should be 'uvloop' or 'asyncio'"),
     ("OTEL_SQL_SPANS", "true", "OTEL_SQL_SPANS: Input should be 'on' or 'off'"),
+    ("ORDER_PAID_VERSION", "3",
+     "ORDER_PAID_VERSION: Input should be less than or equal to 2"),
 ])
 def test_a_bad_process_setting_stops_the_process_at_start_naming_it(variable, value, says):
     result = subprocess.run(

@@ -6,6 +6,7 @@ import pytest
 
 from contracts import (
     MAX_BODY_BYTES,
+    Money,
     OrderPaid,
     OrderRefunded,
     OrderShipped,
@@ -40,7 +41,8 @@ def encode(body: object) -> bytes:
 def test_a_valid_order_paid_envelope_parses_into_its_typed_event():
     event = parse_event(encode(envelope()))
     assert isinstance(event, OrderPaid)
-    assert event.data.amount == 1200
+    assert event.version == 2  # a version-1 body, upcast as it is read
+    assert event.data.amount == Money(value=1200, currency="JPY")
     assert event.occurred_at == datetime(2026, 11, 29, 12, tzinfo=UTC)
 
 
@@ -93,15 +95,18 @@ def test_routing_key_is_the_event_type_in_dotted_lower_case(event_type, key):
         (b"\xff\xfe", "not UTF-8 JSON"),
         (b"[1, 2]", "JSON list, not an object"),
         (encode(envelope(event_type="OrderCancelled")), "unknown event_type 'OrderCancelled'"),
-        (encode(envelope(version=2)), "unknown version 2"),
-        (encode(envelope(surprise="field")), "surprise"),
+        (encode(envelope(version=3)), "unknown version 3"),
+        (encode(envelope(version=True)), "unknown version True"),
+        (encode(envelope(version="1")), "unknown version '1'"),
+        (encode(envelope(version=2)), "data.amount"),  # version 2's data is not version 1's
         (encode(envelope(sequence=0)), "sequence"),
         (encode(envelope(occurred_at="2026-11-29T12:00:00")), "time zone"),
         (encode({k: v for k, v in envelope().items() if k != "order_id"}), "order_id"),
         (b" " * (MAX_BODY_BYTES + 1), "larger than"),
     ],
     ids=["not-json", "not-utf8", "not-an-object", "unknown-type", "unknown-version",
-         "unknown-field", "bad-sequence", "naive-time", "missing-field", "oversized"],
+         "version-true", "version-string", "v1-data-as-v2", "bad-sequence", "naive-time",
+         "missing-field", "oversized"],
 )
 def test_a_body_that_is_not_the_contract_is_poison_and_says_why(body, reason):
     with pytest.raises(PoisonMessage, match=reason):
@@ -158,4 +163,4 @@ def test_the_window_s_edges_inside_it_are_accepted(occurred_at):
 def test_a_whole_number_written_as_a_float_is_the_same_amount():
     body = envelope()
     body["data"]["amount"] = 1200.0
-    assert parse_event(encode(body)).data.amount == 1200
+    assert parse_event(encode(body)).data.amount.value == 1200

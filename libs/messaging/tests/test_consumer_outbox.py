@@ -46,7 +46,7 @@ def derived(event) -> OrderRefunded:
     return OrderRefunded(
         event_id=uuid.uuid5(event.event_id, "derived"), occurred_at=event.occurred_at,
         correlation_id=event.correlation_id, order_id=event.order_id, sequence=2,
-        data=event.data,
+        data=events.payment_data(event),
     )
 
 

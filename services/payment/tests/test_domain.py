@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from contracts import OrderPaid, OrderRefunded
+from contracts import Money, OrderPaid, OrderRefunded
 from payment.domain import NotRefundable, Order, PaymentStatus
 from payment.handlers import PayCommand
 
@@ -24,7 +24,8 @@ def test_paying_an_order_records_order_paid_as_its_first_event():
     assert order.status is PaymentStatus.PAID
     assert (event.order_id, event.sequence, event.correlation_id) == (order.order_id, 1, "cid-1")
     assert event.data.payment_id == order.payment_id
-    assert event.data.amount == 1200 and event.occurred_at == NOW
+    assert event.version == 2  # the aggregate records the current version
+    assert event.data.amount == Money(value=1200, currency="JPY") and event.occurred_at == NOW
 
 
 def test_pulling_domain_events_hands_them_over_once():

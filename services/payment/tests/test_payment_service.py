@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from contracts import parse_event
+from contracts import read_event
 from messaging import outbox
 from messaging.outbox import outbox_table
 from payment import store
@@ -51,7 +51,7 @@ def command(key: str | None = None, **changes) -> PayCommand:
 async def outbox_events(sessions) -> list:
     async with sessions() as session:
         bodies = (await session.execute(select(outbox_table.c.body).order_by(outbox_table.c.id)))
-        return [parse_event(body.encode()) for body in bodies.scalars()]
+        return [read_event(body.encode()) for body in bodies.scalars()]  # as published
 
 
 async def test_paying_writes_the_payment_and_its_order_paid_event_together(

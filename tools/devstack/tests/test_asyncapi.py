@@ -26,6 +26,16 @@ def test_a_stale_document_is_reported(tmp_path, monkeypatch, capsys):
     assert "not current" in capsys.readouterr().err
 
 
+def test_every_published_version_is_a_message_of_its_own():
+    doc = yaml.safe_load(asyncapi.render())
+    publish = doc["operations"]["paymentPublishOrderPaid"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in publish["messages"]] == [
+        "OrderPaidV1", "OrderPaidV2"]
+    schemas = doc["components"]["schemas"]
+    assert schemas["OrderPaidV1"]["properties"]["version"]["const"] == 1
+    assert schemas["OrderPaidV2"]["properties"]["version"]["const"] == 2
+
+
 def test_every_event_queue_and_header_is_in_the_document():
     doc = yaml.safe_load(asyncapi.render())
     assert doc["asyncapi"] == "3.0.0"
@@ -37,13 +47,18 @@ def test_every_event_queue_and_header_is_in_the_document():
         receive = doc["operations"][f"{consumer.name}Receive"]
         assert receive["action"] == "receive"
         routed = {ref["$ref"].rsplit("/", 1)[1] for ref in receive["messages"]}
-        assert routed == {e for e in contracts.EVENT_TYPES if consumer.consumes.receives(e)}
+        assert routed == {asyncapi.message_name(t, v) for t, v in asyncapi.published()
+                          if consumer.consumes.receives(t)}
+        assert set(receive["x-reads"]) == {asyncapi.message_name(r.event_type, r.version)
+                                           for r in consumer.reads}
     for producer in spec.installed():
         for event_type in producer.produces:
             assert doc["operations"][f"{producer.name}Publish{event_type}"]["action"] == "send"
     schemas = doc["components"]["schemas"]
-    for event_type, model in contracts.EVENT_TYPES.items():
-        assert schemas[model.__name__]["properties"]["event_type"]["const"] == event_type
+    for event_type, model in contracts.EVENT_TYPES.items():  # each current version
+        schema = schemas[asyncapi.message_name(event_type, contracts.version_of(model))]
+        assert schema["properties"]["event_type"]["const"] == event_type
+        assert {"event_type", "version"} <= set(schema["required"])  # as sent
     assert set(h.ERROR_HEADERS) <= set(schemas["DeadLetterHeaders"]["properties"])
     assert {h.ATTEMPT, h.DEFERRALS, "traceparent"} <= set(schemas["EnvelopeHeaders"]["properties"])
     # No reference is left pointing at a pydantic-local $defs section.

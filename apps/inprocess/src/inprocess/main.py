@@ -34,7 +34,7 @@ from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import payment.api
-from contracts import EVENT_TYPES, Event
+from contracts import EVENT_TYPES, Event, WireEvent
 from inprocess.settings import SERVICES, Settings
 from messaging import db, inbox, outbox, outbox_store, spec, telemetry
 from messaging.dispatcher import Dispatcher, HandlerFailure
@@ -55,7 +55,7 @@ _request_failures: ContextVar[list[HandlerFailure] | None] = ContextVar(
 
 
 # The events the consumers' handlers committed to their outboxes during one dispatch round.
-_handed_on: ContextVar[list[Event] | None] = ContextVar("handed_on", default=None)
+_handed_on: ContextVar[list[WireEvent] | None] = ContextVar("handed_on", default=None)
 
 
 async def _handing_on(
@@ -105,16 +105,17 @@ class InProcessShop:
             router = service.router(sessions[name]) if service.router else None
             self.apps[name] = _read_app(name, router, self.engines[name])
 
-        self._payments = PaymentService(sessions[PAYMENT.name], events_committed=self._dispatch)
+        self._payments = PaymentService(sessions[PAYMENT.name], events_committed=self._dispatch,
+                                        order_paid_version=settings.order_paid_version)
         self.apps[PAYMENT.name] = _payment_app(self._payments, self.engines[PAYMENT.name])
 
-    async def _dispatch(self, events: list[Event]) -> None:
+    async def _dispatch(self, events: list[WireEvent]) -> None:
         """Runs right after payment's commit, inside the request: the handlers' work, then
         the work of the events the handlers published (OrderPaid -> OrderShipped -> its
         handlers), round after round, until no handler publishes anything more."""
         pending = list(events)
         while pending:
-            published: list[Event] = []
+            published: list[WireEvent] = []
             token = _handed_on.set(published)
             try:
                 failures = await self.dispatcher.dispatch_all(pending)

@@ -21,6 +21,9 @@ class _Settings(ProcessSettings):  # EVENT_LOOP, OTEL_SQL_SPANS as every service
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     host: str = "127.0.0.1"
+    # The version of OrderPaid payment hands its handlers, as payment's own setting; the
+    # dispatcher upcasts version 1, as a consumer does.
+    order_paid_version: int = Field(1, ge=1, le=2)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @field_validator("*")

@@ -1,8 +1,11 @@
 """The wire contract: the versioned event envelope every service publishes and consumes.
 
-docs/design.md (section 2, "Messages") fixes this shape. Parsing is strict: unknown fields,
-unknown event types and unknown versions are rejected, so a consumer can tell a poison message
-from one it knows how to handle.
+docs/design.md (section 2, "Messages") fixes this shape; docs/evolution.md says how it
+changes. Building an event is strict (an unknown field is an error). Reading one is a tolerant
+reader: a field it does not know is kept, untouched, and never poison; an unknown event type
+or version, a known field of the wrong type, a body that is not JSON or too large is poison,
+so a consumer can tell a poison message from one it knows how to handle. An older version is
+upcast to the current one as it is read (contracts/upcasting.py), so handlers see one shape.
 """
 
 from __future__ import annotations
@@ -79,17 +82,38 @@ class PoisonMessage(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The schema of what is sent (mode="serialization") lists every field as required: a
+    # body always carries event_type and version, their defaults only spare the producer.
+    model_config = ConfigDict(extra="forbid", frozen=True,
+                              json_schema_serialization_defaults_required=True)
 
 
 class PaymentData(_Strict):
-    """The payment an order event is about: the `data` of OrderPaid and OrderRefunded (v1)."""
+    """The payment an order event is about: the `data` of OrderRefunded (v1) and of OrderPaid
+    version 1."""
 
     payment_id: uuid.UUID
     customer_id: CustomerId
     email: Email
     amount: Amount
     currency: Currency
+
+
+class Money(_Strict):
+    """An amount in minor units of its currency (1200 JPY, 1200 USD cents): never one without
+    the other."""
+
+    value: Amount
+    currency: Currency
+
+
+class PaymentDataV2(_Strict):
+    """The `data` of OrderPaid version 2: the amount is Money (docs/evolution.md says why)."""
+
+    payment_id: uuid.UUID
+    customer_id: CustomerId
+    email: Email
+    amount: Money
 
 
 class ShipmentData(_Strict):
@@ -138,13 +162,49 @@ class _Envelope(_Strict):
         return routing_key_for(self.event_type)  # type: ignore[attr-defined]  # every event sets it
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        """The body: the fields of the contract, and any field a newer producer added that
+        this reader does not know (kept untouched, `model_extra`)."""
+        if not _has_extras(self):
+            return self.model_dump_json().encode()
+        return orjson.dumps(_with_extras(self, self.model_dump(mode="json")))
 
 
-class OrderPaid(_Envelope):
+def _parts(model: BaseModel) -> list[BaseModel]:
+    """The model and the models nested in it (data, data.amount)."""
+    nested = [getattr(model, name) for name in type(model).model_fields]
+    return [model, *(p for value in nested if isinstance(value, BaseModel) for p in _parts(value))]
+
+
+def _has_extras(model: BaseModel) -> bool:
+    return any(part.model_extra for part in _parts(model))
+
+
+def _with_extras(model: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
+    """`dumped` (model_dump of `model`) with the unknown fields read into it put back."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _with_extras(value, dumped[name])
+    dumped.update(model.model_extra or {})  # JSON values as they were read
+    return dumped
+
+
+class OrderPaidV1(_Envelope):
+    """OrderPaid version 1: the amount and its currency as two fields of `data`. Still read
+    (upcast to version 2) and published when payment's ORDER_PAID_VERSION is 1."""
+
     stream: ClassVar[str] = "payment"
     event_type: Literal["OrderPaid"] = "OrderPaid"
     data: PaymentData
+
+
+class OrderPaid(_Envelope):
+    """OrderPaid, the current version (2): the amount is Money, {value, currency}."""
+
+    stream: ClassVar[str] = "payment"
+    event_type: Literal["OrderPaid"] = "OrderPaid"
+    version: Literal[2] = 2  # type: ignore[assignment]  # each version its own literal
+    data: PaymentDataV2
 
 
 class OrderRefunded(_Envelope):
@@ -165,10 +225,22 @@ class OrderShipped(_Envelope):
     data: ShipmentData
 
 
+# The current version of each event type: what handlers see.
 Event = OrderPaid | OrderRefunded | OrderShipped
 EVENT_TYPES: dict[str, type[Event]] = {
     "OrderPaid": OrderPaid, "OrderRefunded": OrderRefunded, "OrderShipped": OrderShipped,
 }
+# Any version a producer may publish and a consumer reads: the current ones and the older.
+WireEvent = Event | OrderPaidV1
+VERSIONS: dict[str, dict[int, type[WireEvent]]] = {
+    "OrderPaid": {1: OrderPaidV1, 2: OrderPaid},
+    "OrderRefunded": {1: OrderRefunded},
+    "OrderShipped": {1: OrderShipped},
+}
+
+
+def version_of(model: type[WireEvent]) -> int:
+    return int(model.model_fields["version"].default)
 
 
 def routing_key_for(event_type: str) -> str:
@@ -177,7 +249,19 @@ def routing_key_for(event_type: str) -> str:
 
 
 def parse_event(body: bytes) -> Event:
-    """Decode and validate one message body, or raise PoisonMessage saying why."""
+    """Decode and validate one message body as its event type's current version (an older
+    one upcast), or raise PoisonMessage saying why. Fields it does not know are kept on the
+    event (`model_extra`, and in `to_json()`) and never checked."""
+    event = read_event(body)
+    try:
+        return upcast(event)
+    except ValidationError as exc:  # an unknown field of the older version the newer knows
+        raise PoisonMessage(f"{event.event_type} version {event.version} does not upcast: "
+                            f"{_brief(exc)}") from None
+
+
+def read_event(body: bytes) -> WireEvent:
+    """`parse_event` without the upcast: the event in the version it was published in."""
     if len(body) > MAX_BODY_BYTES:
         raise PoisonMessage(f"body is {len(body)} bytes, larger than {MAX_BODY_BYTES}")
     try:
@@ -189,13 +273,17 @@ def parse_event(body: bytes) -> Event:
     if not isinstance(raw, dict):
         raise PoisonMessage(f"body is a JSON {type(raw).__name__}, not an object")
     event_type = raw.get("event_type")
-    model = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
-    if model is None:
+    versions = VERSIONS.get(event_type) if isinstance(event_type, str) else None
+    if versions is None:
         raise PoisonMessage(f"unknown event_type {event_type!r}")
-    if raw.get("version") != 1:
-        raise PoisonMessage(f"unknown version {raw.get('version')!r} of {event_type}")
+    version = raw.get("version")
+    # `type(...) is int`: JSON's true is no version 1.
+    model = versions.get(version) if type(version) is int else None
+    if model is None:
+        raise PoisonMessage(f"unknown version {version!r} of {event_type}")
     try:
-        return model.model_validate(raw)
+        # Tolerant reader: unknown fields are allowed here (and only here), and kept.
+        return model.model_validate(raw, extra="allow")
     except ValidationError as exc:
         raise PoisonMessage(f"{event_type} does not match the contract: {_brief(exc)}") from None
 
@@ -208,3 +296,7 @@ def _brief(exc: ValidationError) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# Last: the upcasters are written in terms of the models above.
+from contracts.upcasting import upcast as upcast  # noqa: E402  (re-exported)

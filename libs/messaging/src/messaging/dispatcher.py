@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from contracts import EVENT_TYPES, Event
+from contracts import EVENT_TYPES, Event, WireEvent, upcast
 from messaging import correlation, metrics, telemetry
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,11 @@ class Dispatcher:
     def handlers_for(self, event_type: str) -> list[str]:
         return [name for name, _ in self._handlers.get(event_type, [])]
 
-    async def dispatch(self, event: Event) -> list[HandlerFailure]:
-        """Await each handler of `event` in turn; return the ones that raised."""
+    async def dispatch(self, published: WireEvent) -> list[HandlerFailure]:
+        """Await each handler of the event in turn; return the ones that raised. An event
+        published in an older version is upcast first, as a consumer reading it from the
+        broker upcasts it (contracts.upcasting): handlers see one shape in both modes."""
+        event = upcast(published)
         failures: list[HandlerFailure] = []
         # Outside an HTTP request (a script, a test) the event still names its correlation.
         token = correlation.current.set(correlation.get() or event.correlation_id)
@@ -85,7 +88,7 @@ class Dispatcher:
             correlation.current.reset(token)
         return failures
 
-    async def dispatch_all(self, events: Iterable[Event]) -> list[HandlerFailure]:
+    async def dispatch_all(self, events: Iterable[WireEvent]) -> list[HandlerFailure]:
         """Dispatch events in the order they were recorded (paid before refunded)."""
         failures: list[HandlerFailure] = []
         for event in events:

@@ -15,7 +15,7 @@ from opentelemetry import propagate
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from contracts import Event, utcnow
+from contracts import WireEvent, utcnow
 from messaging.db import UtcDateTime
 
 if TYPE_CHECKING:
@@ -44,15 +44,15 @@ outbox_table = Table(
 
 
 # The events staged in the current context, while `staged_events()` collects them.
-_staging: ContextVar[list[Event] | None] = ContextVar("outbox_staging", default=None)
+_staging: ContextVar[list[WireEvent] | None] = ContextVar("outbox_staging", default=None)
 
 
 @contextmanager
-def staged_events() -> Iterator[list[Event]]:
+def staged_events() -> Iterator[list[WireEvent]]:
     """Collect the events `add_to_outbox` stages inside the block (also in tasks started
     there). For the synchronous mode, which hands a consumer's events on in-process; what
     was staged in a transaction that rolled back is in the list too: see `committed`."""
-    collected: list[Event] = []
+    collected: list[WireEvent] = []
     token = _staging.set(collected)
     try:
         yield collected
@@ -61,7 +61,7 @@ def staged_events() -> Iterator[list[Event]]:
 
 
 async def committed(sessions: async_sessionmaker[AsyncSession],
-                    events: Sequence[Event]) -> list[Event]:
+                    events: Sequence[WireEvent]) -> list[WireEvent]:
     """Those of `events` whose outbox row is committed, once each, in the given order."""
     ids = {str(e.event_id) for e in events}
     if not ids:
@@ -115,7 +115,7 @@ class NoHandOff:
 _INSERT = insert(outbox_table)
 
 
-async def add_to_outbox(session: AsyncSession | AsyncConnection, event: Event) -> OutboxRow:
+async def add_to_outbox(session: AsyncSession | AsyncConnection, event: WireEvent) -> OutboxRow:
     """Stage `event` for publishing, in the caller's transaction, with the current trace.
     Returns the row as written (with its id), for an `OutboxHandOff` after the commit."""
     collecting = _staging.get()

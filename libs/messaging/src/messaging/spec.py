@@ -15,13 +15,13 @@ group `mini_ec.services` (a table of the `project` section):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from contracts import EVENT_TYPES, Event, routing_key_for
+from contracts import EVENT_TYPES, Event, routing_key_for, version_of
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -128,6 +128,33 @@ class Consumes:
         return any(_topic_match(b, routing_key_for(event_type)) for b in self.bindings)
 
 
+# What every consumer reads of every event, whatever its handlers do: the inbox, the order
+# check, the traces and the logs (JSON Schema types). Part of every declared reader.
+ENVELOPE_READS: Mapping[str, str] = {
+    "event_id": "string", "event_type": "string", "version": "integer",
+    "occurred_at": "string", "correlation_id": "string", "order_id": "string",
+    "sequence": "integer",
+}
+
+
+@dataclass(frozen=True)
+class Reads:
+    """The consumer-driven contract of one event type in one version: the fields (dotted
+    paths into the body, `data.amount.value`) a consuming service reads, with the JSON type
+    it expects of each. The envelope (ENVELOPE_READS) is read anyway. `make test` holds the
+    producer's published schema to it (docs/evolution.md, "Consumer-driven contracts"):
+    removing or retyping a field read here, or publishing a version of the event type that
+    no `Reads` of a subscriber names, fails."""
+
+    event_type: str
+    version: int
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def every_field(self) -> dict[str, str]:
+        return {**ENVELOPE_READS, **self.fields}
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str  # also its module (`python -m <name>`) and its broker user
@@ -140,6 +167,16 @@ class ServiceSpec:
     # Settings the local stack (devstack) sets for it besides PORT, DATABASE_URL, RABBITMQ_URL;
     # "{smtp_port}" is replaced by the local SMTP sink's port.
     local_env: dict[str, str] = field(default_factory=dict)
+    # The versions of a produced event type it can publish (a setting picks one), where
+    # that is not just the type's current version.
+    versions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # A consumer: what it reads of each event type and version it takes (Reads).
+    reads: tuple[Reads, ...] = ()
+
+    def published(self) -> list[tuple[str, int]]:
+        """(event type, version) of everything it can publish."""
+        return [(t, v) for t in self.produces
+                for v in self.versions.get(t, (version_of(EVENT_TYPES[t]),))]
 
     @property
     def port(self) -> int:

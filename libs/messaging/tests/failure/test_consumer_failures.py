@@ -37,7 +37,7 @@ POISON = {
                     "does not match the contract"),
     "unknown event type": (json.dumps({**_valid(), "event_type": "OrderCancelled"}).encode(),
                            "unknown event_type 'OrderCancelled'"),
-    "unknown version": (json.dumps({**_valid(), "version": 2}).encode(), "unknown version 2"),
+    "unknown version": (json.dumps({**_valid(), "version": 3}).encode(), "unknown version 3"),
     "oversized": (json.dumps({**_valid(), "pad": "x" * MAX_BODY_BYTES}).encode(),
                   "larger than"),
 }

@@ -21,5 +21,8 @@ async def record_event(event: Event, session: AsyncSession) -> None:
         correlation_id=event.correlation_id,
         trace_id=format(span.trace_id, "032x") if span.is_valid else None,
         received_at=utcnow(),
+        # As its handlers read it: the current version (an older one upcast), and every
+        # field a newer producer added, untouched.
+        body=event.to_json().decode(),
     )
 

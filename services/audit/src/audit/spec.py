@@ -2,8 +2,8 @@
 
 from audit import api, handlers, store
 from audit.settings import Settings
-from contracts import EVENT_TYPES
-from messaging.spec import Consumes, ServiceSpec, Subscription
+from contracts import EVENT_TYPES, VERSIONS
+from messaging.spec import Consumes, Reads, ServiceSpec, Subscription
 
 
 def subscriptions(_settings: Settings) -> list[Subscription]:
@@ -16,6 +16,8 @@ SPEC = ServiceSpec(
     settings=Settings,
     tables=store.metadata,
     router=api.router,
-    routes=("GET /events",),
+    routes=("GET /events", "GET /events/{event_id}"),
     consumes=Consumes(queue="audit.events", bindings=("#",), subscriptions=subscriptions),
+    # The envelope of every version of every type; the rest it keeps without reading it.
+    reads=tuple(Reads(t, v) for t, versions in VERSIONS.items() for v in versions),
 )

@@ -43,7 +43,7 @@ def subject_for(event: Event) -> str:
 def body_for(event: Event) -> str:
     match event:
         case OrderPaid():
-            amount = f"{event.data.amount} {event.data.currency} (minor units)"
+            amount = f"{event.data.amount.value} {event.data.amount.currency} (minor units)"
             return (f"Hello {event.data.customer_id},\n\nwe received your payment of {amount} "
                     f"for order {event.order_id}.\n\nThank you for shopping with Mini EC.\n")
         case OrderRefunded():

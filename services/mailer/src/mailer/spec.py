@@ -9,7 +9,7 @@ from mailer.message import MailTemplate, UnsafeMail
 from mailer.settings import Settings
 from mailer.smtp import SmtpSender
 from messaging.consumer import PermanentError
-from messaging.spec import Consumes, ServiceSpec, Subscription
+from messaging.spec import Consumes, Reads, ServiceSpec, Subscription
 
 
 async def _send_mail(event: Event, *, sender: MailSender, template: MailTemplate) -> None:
@@ -43,4 +43,15 @@ SPEC = ServiceSpec(
     routes=("GET /mails",),
     consumes=Consumes(queue="mailer.events", bindings=("order.*",), subscriptions=subscriptions),
     local_env={"SMTP_HOST": "127.0.0.1", "SMTP_PORT": "{smtp_port}"},
+    reads=(
+        Reads("OrderPaid", 1, {"data.customer_id": "string", "data.email": "string",
+                               "data.amount": "integer", "data.currency": "string"}),
+        Reads("OrderPaid", 2, {"data.customer_id": "string", "data.email": "string",
+                               "data.amount.value": "integer",
+                               "data.amount.currency": "string"}),
+        Reads("OrderRefunded", 1, {"data.customer_id": "string", "data.email": "string",
+                                   "data.amount": "integer", "data.currency": "string"}),
+        Reads("OrderShipped", 1, {"data.customer_id": "string", "data.email": "string",
+                                  "data.carrier": "string", "data.tracking_number": "string"}),
+    ),
 )

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from contracts import Event, OrderPaid, OrderRefunded, PaymentData
+from contracts import Event, Money, OrderPaid, OrderRefunded, PaymentData, PaymentDataV2
 
 
 class PaymentStatus(enum.StrEnum):
@@ -60,15 +60,22 @@ class Order:
         return events
 
     def _record(self, event_cls: type[OrderPaid] | type[OrderRefunded], now: datetime) -> None:
+        """The event in the current version of its type (payment.publishing may send an
+        older one)."""
         self.sequence += 1
-        self._events.append(
-            event_cls(
-                event_id=uuid.uuid4(),
-                occurred_at=now,
-                correlation_id=self.correlation_id,
-                order_id=self.order_id,
-                sequence=self.sequence,
+        event_id, order_id, sequence = uuid.uuid4(), self.order_id, self.sequence
+        event: Event
+        if event_cls is OrderPaid:
+            event = OrderPaid(
+                event_id=event_id, occurred_at=now, correlation_id=self.correlation_id,
+                order_id=order_id, sequence=sequence,
+                data=PaymentDataV2(payment_id=self.payment_id, customer_id=self.customer_id,
+                                   email=self.email,
+                                   amount=Money(value=self.amount, currency=self.currency)))
+        else:
+            event = OrderRefunded(
+                event_id=event_id, occurred_at=now, correlation_id=self.correlation_id,
+                order_id=order_id, sequence=sequence,
                 data=PaymentData(payment_id=self.payment_id, customer_id=self.customer_id,
-                                 email=self.email, amount=self.amount, currency=self.currency),
-            )
-        )
+                                 email=self.email, amount=self.amount, currency=self.currency))
+        self._events.append(event)

@@ -25,13 +25,15 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from contracts import Event, utcnow
+from contracts import WireEvent, utcnow
 from messaging.grouping import GroupCommit
 from messaging.outbox_store import NoHandOff, OutboxHandOff, OutboxRow, add_to_outbox
 from payment import store
 from payment.domain import NotRefundable, Order
+from payment.publishing import as_published
 
-EventsCommitted = Callable[[list[Event]], Awaitable[None]]
+# Gets the events as published (in the versions ORDER_PAID_VERSION picks).
+EventsCommitted = Callable[[list[WireEvent]], Awaitable[None]]
 
 # Payments per shared transaction, at most: enough for every concurrent request of a busy
 # instance, small enough that one group's statements hold the connection only briefly.
@@ -70,7 +72,7 @@ class IdempotencyKeyReused(Exception):
         super().__init__(f"Idempotency-Key {key!r} was already used with a different request")
 
 
-async def _nothing(_events: list[Event]) -> None:
+async def _nothing(_events: list[WireEvent]) -> None:
     return None
 
 
@@ -81,7 +83,7 @@ class _Paid:
 
     order: Order
     replayed: bool
-    events: list[Event] = field(default_factory=list)
+    events: list[WireEvent] = field(default_factory=list)
     rows: list[OutboxRow] = field(default_factory=list)
 
 
@@ -101,11 +103,13 @@ class PaymentService:
         *,
         hand_off: OutboxHandOff | None = None,
         max_group: int = MAX_GROUP,
+        order_paid_version: int = 1,
     ):
         self._sessions = sessions
         self._events_committed = events_committed
         self._hand_off = hand_off if hand_off is not None else NoHandOff()
         self._max_group = max_group
+        self._order_paid_version = order_paid_version
         self._group: GroupCommit[PayCommand, _Outcome] = GroupCommit(
             self._pay_group, max_group=max_group, name="payment-group-commit")
 
@@ -176,9 +180,14 @@ class PaymentService:
                 raise RuntimeError(f"payment {order.payment_id} conflicts with no payment of "
                                    f"order {cmd.order_id} or of its key")
             return _Paid(earlier, replayed=True)
-        events = order.pull_domain_events()
+        events = self._published(order)
         rows = [await add_to_outbox(conn, event) for event in events]
         return _Paid(order, replayed=False, events=events, rows=rows)
+
+    def _published(self, order: Order) -> list[WireEvent]:
+        """The order's new events, in the versions payment publishes."""
+        return [as_published(event, self._order_paid_version)
+                for event in order.pull_domain_events()]
 
     async def refund(self, payment_id: uuid.UUID) -> Order:
         try:
@@ -190,7 +199,7 @@ class PaymentService:
                     read_sequence = order.sequence
                     order.refund(now=utcnow())
                     await store.save(session, order, read_sequence=read_sequence)
-                    events = order.pull_domain_events()
+                    events = self._published(order)
                     rows.extend([await add_to_outbox(session, event) for event in events])
                     self._hand_off.reserve(rows)
         except store.ConcurrentChange:

@@ -32,7 +32,8 @@ def create_app(settings: Settings) -> FastAPI:
         batch_size=settings.outbox_batch_size, poll_interval=settings.outbox_poll_seconds,
     )
     # The relay gets each committed outbox row in-process and publishes it without a read.
-    payments = PaymentService(sessions, hand_off=relay)
+    payments = PaymentService(sessions, hand_off=relay,
+                              order_paid_version=settings.order_paid_version)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

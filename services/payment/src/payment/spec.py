@@ -2,6 +2,7 @@
 
 from messaging.spec import ServiceSpec
 from payment import api, store
+from payment.publishing import ORDER_PAID_VERSIONS
 from payment.settings import Settings
 
 SPEC = ServiceSpec(
@@ -12,4 +13,5 @@ SPEC = ServiceSpec(
     routes=("POST /payments", "GET /payments/{payment_id}",
             "POST /payments/{payment_id}/refund"),
     produces=("OrderPaid", "OrderRefunded"),
+    versions={"OrderPaid": ORDER_PAID_VERSIONS},  # ORDER_PAID_VERSION picks one
 )

@@ -21,7 +21,7 @@ async def grant_points(event: OrderPaid, session: AsyncSession) -> None:
         customer_id=event.data.customer_id,
         order_id=str(event.order_id),
         event_id=str(event.event_id),
-        delta=points_for(event.data.amount),
+        delta=points_for(event.data.amount.value),
         reason="order paid",
         at=event.occurred_at,
     )

@@ -3,7 +3,7 @@
 from functools import partial
 
 from contracts import OrderPaid, OrderRefunded
-from messaging.spec import Consumes, ServiceSpec, Subscription
+from messaging.spec import Consumes, Reads, ServiceSpec, Subscription
 from shipping import api, handlers, store
 from shipping.settings import Settings
 
@@ -26,4 +26,9 @@ SPEC = ServiceSpec(
     produces=("OrderShipped",),
     consumes=Consumes(queue="shipping.events", bindings=("order.paid", "order.refunded"),
                       subscriptions=subscriptions),
+    reads=(
+        Reads("OrderPaid", 1, {"data.customer_id": "string", "data.email": "string"}),
+        Reads("OrderPaid", 2, {"data.customer_id": "string", "data.email": "string"}),
+        Reads("OrderRefunded", 1),  # the envelope: which order
+    ),
 )

@@ -3,9 +3,11 @@
     python -m devstack.asyncapi           # rewrite docs/asyncapi.yaml
     python -m devstack.asyncapi --check   # exit 1 if the committed file is not current
 
-Sources: payloads from the pydantic models (contracts), the services from their specs
-(messaging.spec: what each produces; each consumer's queue, bindings and the events those
-route to it), the queue names from messaging.topology, header names from messaging.headers.
+Sources: payloads from the pydantic models (contracts, one message per published version:
+`OrderPaidV1`, `OrderPaidV2`), the services from their specs (messaging.spec: what each
+produces, in which versions; each consumer's queue, bindings, the events those route to it
+and what it reads of each, `x-reads`), the queue names from messaging.topology, header
+names from messaging.headers.
 A new service, binding or event type changes the document, and `make test` says when it
 was not regenerated.
 Validation against the AsyncAPI 3.0 schema: tools/asyncapi (make check-asyncapi).
@@ -72,19 +74,24 @@ def _headers_schema(dead_letter: bool) -> dict:
     return {"type": "object", "properties": props}
 
 
-def _message(event_type: str, dead_letter: bool) -> dict:
+def message_name(event_type: str, version: int) -> str:
+    """`OrderPaid`, 2 -> `OrderPaidV2`: the message (and its payload schema) of one version."""
+    return f"{event_type}V{version}"
+
+
+def _message(event_type: str, version: int, dead_letter: bool) -> dict:
     key = contracts.routing_key_for(event_type)
-    model = contracts.EVENT_TYPES[event_type]
+    model = contracts.VERSIONS[event_type][version]
     return {
-        "name": event_type + ("DeadLettered" if dead_letter else ""),
-        "title": f"{event_type} v1" + (" (dead-lettered)" if dead_letter else ""),
+        "name": message_name(event_type, version) + ("DeadLettered" if dead_letter else ""),
+        "title": f"{event_type} v{version}" + (" (dead-lettered)" if dead_letter else ""),
         "summary": (model.__doc__ or event_type).strip().splitlines()[0]
         if model.__doc__ else f"{event_type}, routing key {key}",
         "contentType": "application/json",
         "correlationId": {"$ref": "#/components/correlationIds/orderCorrelation"},
         "headers": {"$ref": "#/components/schemas/"
                     + ("DeadLetterHeaders" if dead_letter else "EnvelopeHeaders")},
-        "payload": {"$ref": SCHEMA_REF.format(model=model.__name__)},
+        "payload": {"$ref": SCHEMA_REF.format(model=message_name(event_type, version))},
         "bindings": {"amqp": {"contentEncoding": "utf-8", "messageType": event_type,
                               "bindingVersion": AMQP_BINDING}},
         "x-routing-key": key,
@@ -92,12 +99,14 @@ def _message(event_type: str, dead_letter: bool) -> dict:
     }
 
 
-def _schemas() -> dict:
+def _schemas(published: list[tuple[str, int]]) -> dict:
     schemas: dict = {}
-    for model in contracts.EVENT_TYPES.values():
-        schema = model.model_json_schema(ref_template=SCHEMA_REF)
+    for event_type, version in published:
+        model = contracts.VERSIONS[event_type][version]
+        # What is sent: every field required, event_type and version included.
+        schema = model.model_json_schema(ref_template=SCHEMA_REF, mode="serialization")
         schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
+        schemas[message_name(event_type, version)] = schema
     schemas["EnvelopeHeaders"] = _headers_schema(dead_letter=False)
     schemas["DeadLetterHeaders"] = _headers_schema(dead_letter=True)
     return schemas
@@ -124,10 +133,17 @@ def _ref(channel: str, messages: list[str]) -> dict:
     }
 
 
+def published() -> list[tuple[str, int]]:
+    """(event type, version) of every message some service can publish, in contract order."""
+    can = {pair for producer in spec.installed() for pair in producer.published()}
+    return [(t, v) for t, versions in contracts.VERSIONS.items() for v in versions
+            if (t, v) in can]
+
+
 def build() -> dict:
-    events = list(contracts.EVENT_TYPES)
+    messages = published()
+    events = [message_name(t, v) for t, v in messages]
     vhost = "/"
-    dead = [e + "DeadLettered" for e in events]
     channels: dict = {
         "shopEvents": {
             "address": topology.EXCHANGE,
@@ -147,12 +163,15 @@ def build() -> dict:
     operations: dict = {}
     for producer in spec.installed():
         for event in producer.produces:
+            versions = [message_name(t, v) for t, v in producer.published() if t == event]
             operations[f"{producer.name}Publish{event}"] = {
                 "action": "send",
                 "title": f"{producer.name}'s outbox relay publishes {event}",
                 "description": "Published from the transactional outbox with publisher "
-                               "confirms; at least once (consumers deduplicate by message_id).",
-                **_ref("shopEvents", [event]),
+                               "confirms; at least once (consumers deduplicate by message_id)."
+                               + (" One version at a time, picked by a setting: "
+                                  + ", ".join(versions) + "." if len(versions) > 1 else ""),
+                **_ref("shopEvents", versions),
                 "bindings": {"amqp": {**publish_binding["amqp"],
                                       "cc": [contracts.routing_key_for(event)]}},
                 "x-service": producer.name,
@@ -161,7 +180,7 @@ def build() -> dict:
         assert consumer.consumes is not None
         service = consumer.name
         queues = topology.QueueTopology.for_service(service)
-        handled = [e for e in events if consumer.consumes.receives(e)]
+        handled = [message_name(t, v) for t, v in messages if consumer.consumes.receives(t)]
         handled_dead = [e + "DeadLettered" for e in handled]
         work = _name(queues.name)
         channels[work] = _queue_channel(
@@ -194,6 +213,9 @@ def build() -> dict:
             **_ref(work, handled),
             "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
             "x-service": service,
+            # Its consumer-driven contract (messaging.spec.Reads): checked by `make test`.
+            "x-reads": {message_name(r.event_type, r.version): r.every_field
+                        for r in consumer.reads},
         }
         for channel in retry_channels:
             operations[f"{service}{channel[len(work):]}"] = {
@@ -232,8 +254,11 @@ def build() -> dict:
             "version": "1.0.0",
             "description": "The messages between Mini EC's services over RabbitMQ (AMQP 0-9-1). "
                            "Generated by `python -m devstack.asyncapi` from the code; do not "
-                           "edit by hand. Every message is one JSON envelope (version 1) with "
-                           "its AMQP properties set from the envelope (x-amqp-properties).",
+                           "edit by hand. Every message is one JSON envelope, one message per "
+                           "version of an event type (OrderPaidV1, OrderPaidV2), with its AMQP "
+                           "properties set from the envelope (x-amqp-properties). Readers are "
+                           "tolerant: a field they do not know is kept, never an error "
+                           "(docs/evolution.md).",
         },
         "defaultContentType": "application/json",
         "servers": {
@@ -246,10 +271,11 @@ def build() -> dict:
         "channels": channels,
         "operations": operations,
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(messages),
             "messages": {
-                **{e: _message(e, dead_letter=False) for e in events},
-                **{d: _message(e, dead_letter=True) for e, d in zip(events, dead, strict=True)},
+                **{message_name(t, v): _message(t, v, dead_letter=False) for t, v in messages},
+                **{message_name(t, v) + "DeadLettered": _message(t, v, dead_letter=True)
+                   for t, v in messages},
             },
             "correlationIds": {
                 "orderCorrelation": {
