@@ -117,6 +117,7 @@ test-compose: install ## cross-service tests against a running compose stack (do
 	MAILER_URL=$${MAILER_URL:-http://127.0.0.1:$${MAILER_HOST_PORTS%%-*}} \
 	AUDIT_URL=$${AUDIT_URL:-http://127.0.0.1:$${AUDIT_HOST_PORTS%%-*}} \
 	SHIPPING_URL=$${SHIPPING_URL:-http://127.0.0.1:$${SHIPPING_HOST_PORTS%%-*}} \
+	CONSOLE_URL=$${CONSOLE_URL:-http://127.0.0.1:$${CONSOLE_PORT}} \
 	JAEGER_URL=$${JAEGER_URL:-http://127.0.0.1:$${JAEGER_UI_PORT}} \
 	MAILPIT_URL=$${MAILPIT_URL:-http://127.0.0.1:$${MAILPIT_UI_PORT}} \
 	RABBITMQ_MANAGEMENT_URL=$${RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:$${RABBITMQ_UI_PORT}} \

@@ -149,3 +149,36 @@ def test_the_broker_runs_the_definitions_topology_with_consumers_and_no_guest(pa
     users = {u["name"] for u in _management("/api/users")}
     assert {"admin", "payment", "points", "mailer", "audit", "shipping"} <= users
     assert "guest" not in users
+
+
+CONSOLE_URL = os.environ.get("CONSOLE_URL")
+CONSOLE_AUTH = (os.environ.get("CONSOLE_USER", ""), os.environ.get("CONSOLE_PASSWORD", ""))
+
+
+def test_a_poison_message_appears_in_the_console_as_a_group_per_service():
+    """Published as the admin through the management API (no service user may write a body
+    that is not an event): every consumer parks it as poison, the console takes each DLQ."""
+    assert CONSOLE_URL, "CONSOLE_URL is not set (make test-compose sets it from .env)"
+    assert httpx.get(f"{CONSOLE_URL}/api/groups", timeout=10).status_code == 401
+    message_id = str(uuid.uuid4())
+    published = httpx.post(
+        f"{MANAGEMENT_URL}/api/exchanges/{quote(VHOST, safe='')}/shop.events/publish",
+        auth=MANAGEMENT_AUTH, timeout=10,
+        json={"routing_key": "order.paid", "payload": "this is not json",
+              "payload_encoding": "string",
+              "properties": {"message_id": message_id, "type": "OrderPaid",
+                             "content_type": "application/json", "delivery_mode": 2}},
+    )
+    assert published.status_code == 200 and published.json()["routed"], published.text
+
+    def parked_everywhere() -> set[str] | None:
+        rows = httpx.get(f"{CONSOLE_URL}/api/dead-letters", auth=CONSOLE_AUTH, timeout=10,
+                         params={"event_type": "OrderPaid", "error_class": "poison"}).json()
+        services = {r["service"] for r in rows if r["event_id"] == message_id}
+        return services if len(services) == 4 else None
+
+    services = eventually(parked_everywhere, timeout=SLOW, interval=1.0,
+                          message="the poison message in the console for every consumer")
+    assert services == {"points", "mailer", "audit", "shipping"}
+    groups = httpx.get(f"{CONSOLE_URL}/api/groups", auth=CONSOLE_AUTH, timeout=10).json()
+    assert {g["service"] for g in groups if g["error_class"] == "poison"} >= services
