@@ -152,6 +152,9 @@ def test_poison_and_refused_mails_are_grouped_replayed_once_archived_and_audited
                                                            "error_class": "exhausted"}).json()
     assert len(rows) == ORDERS
     assert {(r["status"], r["replay_count"]) for r in rows} == {("replayed", 2)}
+    assert metric(console.url, "console_dead_letters_ingested_total", service="mailer",
+                  error_class="exhausted") == ORDERS
+    assert metric(console.url, "console_replayed_total", service="mailer") == 2 * 2 * ORDERS
 
     # Archiving the points poison group takes it off the list.
     points_poison = next(g for g in groups(console)
