@@ -212,6 +212,8 @@ def test_the_console_is_built_from_apps_published_on_8005_with_credentials_from_
     env = _environment(console)
     assert {env["CONSOLE_USER"], env["CONSOLE_PASSWORD"]} <= {"operator", "console-local-only"}
     assert env["CONSOLE_EDIT_AND_REPLAY"] == "off"
+    # Its image holds the console alone, so it is told which DLQs to take: every consumer's.
+    assert env["CONSOLE_SERVICES"].split(",") == list(CONSUMERS)
 
 
 def test_durations_are_read_as_compose_reads_them():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -28,16 +29,25 @@ from messaging.topology import QueueTopology
 SERVICE = "console"
 
 
-def consuming_queues() -> dict[str, str]:
-    """{work queue: service} of every installed consuming service (their specs)."""
-    return {QueueTopology.for_service(s.name).name: s.name for s in spec.consumers()}
+def consuming_queues(settings: Settings) -> dict[str, str]:
+    """{work queue: service}: of the services CONSOLE_SERVICES names, else of every consuming
+    service installed (their specs). None at all is a start-up error: a console that watches
+    nothing would look like a system with no dead letters."""
+    if settings.console_services:
+        return {f"{name}.events": name for name in settings.console_services.split(",")}
+    queues = {QueueTopology.for_service(s.name).name: s.name for s in spec.consumers()}
+    if not queues:  # exit 2 with one line, as a bad setting does (load_settings)
+        print("console: no consuming service installed and CONSOLE_SERVICES is empty: name "
+              "the services whose DLQs to take", file=sys.stderr)
+        raise SystemExit(2)
+    return queues
 
 
 def create_app(settings: Settings) -> FastAPI:
     engine = db.create_engine(settings.database_url)
     sessions = db.session_factory(engine)
     broker = BrokerLink(settings.rabbitmq_url, SERVICE)
-    work_queues = consuming_queues()
+    work_queues = consuming_queues(settings)
     ingest = Ingest(sessions, broker, {f"{q}.dlq": s for q, s in work_queues.items()},
                     batch=settings.console_ingest_batch)
     replayer = Replayer(sessions, broker, list(work_queues))

@@ -26,6 +26,10 @@ class Settings(ServiceSettings):
     console_replay_batch: int = Field(10, ge=1, le=1000)
     # Dead letters taken from the DLQs per transaction (each acked after its commit).
     console_ingest_batch: int = Field(200, ge=1, le=1000)
+    # The consuming services whose DLQs it takes, comma-separated (their work queue is
+    # `<service>.events`, docs/design.md). Empty: every consuming service installed beside
+    # it (make run); an image with the console alone names them (docker-compose.yml).
+    console_services: str = Field("", pattern=r"^([a-z][a-z0-9-]*(,[a-z][a-z0-9-]*)*)?$")
     # Where a dead letter's trace opens (its traceparent's trace id).
     jaeger_ui_url: str = "http://127.0.0.1:16686"
 
