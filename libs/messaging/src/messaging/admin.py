@@ -10,8 +10,8 @@ What changes message flow needs credentials and leaves an audit record: the two 
 set) and each attempt, let in or refused, is one line on the `messaging.audit` logger.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations, which
+# name the closure's `operator` dependency.
 import logging
 import secrets
 from typing import Annotated, Any
