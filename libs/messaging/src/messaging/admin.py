@@ -26,8 +26,9 @@ from messaging.http import problem
 audit = logging.getLogger("messaging.audit")
 
 _BEARER = HTTPBearer(auto_error=False, description="ADMIN_TOKEN of the service")
-_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: problem("No valid `Authorization: Bearer <ADMIN_TOKEN>`, or "
-                              "ADMIN_TOKEN is not set on the service")}
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: problem("No valid `Authorization: Bearer <ADMIN_TOKEN>`, or ADMIN_TOKEN is not set"),
+}
 
 
 class ConsumerState(BaseModel):

@@ -16,8 +16,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -156,14 +156,21 @@ class ConsumerSettings(ServiceSettings):
     kill_switch_cooldown_seconds: float = Field(5.0, gt=0, le=3600)
     kill_switch_max_cooldown_seconds: float = Field(30.0, gt=0, le=86_400)
     # Bearer token of the operator routes (pause/resume the consumer); unset: they answer 401.
-    admin_token: SecretStr | None = Field(None, min_length=16, max_length=256)
+    admin_token: SecretStr | None = None
 
-    @model_validator(mode="after")
-    def _cooldown_cap(self) -> ConsumerSettings:
-        if self.kill_switch_max_cooldown_seconds < self.kill_switch_cooldown_seconds:
-            raise ValueError("KILL_SWITCH_MAX_COOLDOWN_SECONDS must be at least "
-                             "KILL_SWITCH_COOLDOWN_SECONDS")
-        return self
+    @field_validator("admin_token")
+    @classmethod
+    def _token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not 16 <= len(value.get_secret_value()) <= 256:
+            raise ValueError("must be 16-256 characters (a guessable token guards nothing)")
+        return value
+
+    @field_validator("kill_switch_max_cooldown_seconds")
+    @classmethod
+    def _cooldown_cap(cls, value: float, info: ValidationInfo) -> float:
+        if value < info.data.get("kill_switch_cooldown_seconds", 0):
+            raise ValueError("must be at least KILL_SWITCH_COOLDOWN_SECONDS")
+        return value
 
     @property
     def kill_switch(self) -> Policy:
