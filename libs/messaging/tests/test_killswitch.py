@@ -108,6 +108,24 @@ def test_a_straggler_failing_while_probing_is_not_spent_and_does_not_decide():
     assert switch.status.mode is Mode.PROBING
 
 
+def test_a_probe_settled_without_a_verdict_lets_the_next_message_probe():
+    switch = tripped(KillSwitch(POLICY))
+    switch.probe_due(6)
+    assert switch.admit()  # the probe: say, an event deferred as out of order
+    switch.release_probe()
+    assert switch.status.mode is Mode.PROBING
+    assert switch.admit()
+
+
+def test_releasing_a_decided_probe_changes_nothing():
+    switch = tripped(KillSwitch(POLICY))
+    switch.probe_due(6)
+    switch.admit()
+    switch.outcome(6.1, failed=False, probe=True)
+    switch.release_probe()
+    assert switch.status.mode is Mode.RUNNING and not switch.admit()
+
+
 def test_an_operator_pause_holds_without_a_probe_until_an_operator_resumes():
     switch = KillSwitch(POLICY)
     status = switch.pause("mail server maintenance")

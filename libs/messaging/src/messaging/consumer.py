@@ -168,6 +168,8 @@ class EventConsumer:
             self._last_moved = time.monotonic()
             if task is not None:
                 self._in_flight.discard(task)
+            if probe:
+                self.flow.release_probe()
 
     async def _handle(self, message: AbstractIncomingMessage, probe: bool = False) -> None:
         # Set before the span starts: the span processor puts it on the span (and its children).

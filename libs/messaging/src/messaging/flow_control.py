@@ -84,6 +84,10 @@ class FlowControl:
         """A message was delivered: True when it is the probe."""
         return self.switch.admit()
 
+    def release_probe(self) -> None:
+        """The probe's message is settled; if that said nothing, the next one probes."""
+        self.switch.release_probe()
+
     async def outcome(self, *, failed: bool, probe: bool, error: str = "") -> bool:
         """A handler's outcome (success, or a transient failure); True: a failure spends
         its retry budget as usual, False: it goes back to the work queue unspent."""
@@ -130,7 +134,10 @@ class FlowControl:
                                                   name=f"{self.service}-probe-timer")
 
     async def _probe_at(self, until: float) -> None:
-        await asyncio.sleep(max(0.0, until - time.monotonic()))
+        # The loop's clock (uvloop's is libuv's, in milliseconds) may wake us a hair before
+        # `until` by time.monotonic(), which the switch decides by: sleep until it agrees.
+        while (left := until - time.monotonic()) > 0:
+            await asyncio.sleep(left + 0.001)
         status = self.switch.probe_due(time.monotonic())
         if status is not None:
             await self._changed(status)

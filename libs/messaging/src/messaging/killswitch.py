@@ -80,6 +80,12 @@ class KillSwitch:
             return True
         return False
 
+    def release_probe(self) -> None:
+        """The probe's message was settled without a verdict (poison, permanent, conflict,
+        out of order: nothing about the dependency): the next message delivered probes."""
+        if self.status.mode is Mode.PROBING:
+            self._probe_taken = False
+
     def outcome(self, now: float, *, failed: bool, probe: bool = False,
                 error: str = "") -> Verdict:
         """A message's handler succeeded, or failed transiently (`error` says how)."""
