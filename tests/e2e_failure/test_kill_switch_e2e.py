@@ -147,8 +147,11 @@ def _an_operator_pauses_and_resumes_the_mailer_with_the_cli(stack, mailer: str) 
                                "mailer", "--url", mailer], capture_output=True, text=True,
                               timeout=30, env=env)
 
-    refused = ctl("pause", "--reason", "SMTP maintenance", token=None)
+    no_token = ctl("pause", "--reason", "SMTP maintenance", token=None)
+    assert no_token.returncode == 2 and "ADMIN_TOKEN is not set" in no_token.stderr, no_token
+    refused = ctl("pause", "--reason", "SMTP maintenance", token="not-the-token-at-all")
     assert refused.returncode == 1 and "refused" in refused.stderr, refused
+    assert ctl("status", token=None).stdout.strip() == "mailer consumer: running"
     paused = ctl("pause", "--reason", "SMTP maintenance")
     assert paused.returncode == 0, paused.stderr
     assert paused.stdout.strip() == \

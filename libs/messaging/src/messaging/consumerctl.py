@@ -9,8 +9,8 @@ service's default port on 127.0.0.1, as `make run` and a compose container have 
 `Authorization: Bearer $ADMIN_TOKEN`. With several replicas, each is its own consumer:
 give each one's `--url`.
 
-Exit codes: 0 done, 1 refused (token) or the service unreachable, 2 unknown service or bad
-arguments.
+Exit codes: 0 done, 1 refused (token) or the service unreachable, 2 unknown service, bad
+arguments or no ADMIN_TOKEN in the environment.
 """
 
 from __future__ import annotations
@@ -45,8 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"consumerctl: {service.name} consumes no events", file=sys.stderr)
         return 2
     url = (args.url or f"http://127.0.0.1:{service.port}").rstrip("/")
+    token = os.environ.get("ADMIN_TOKEN", "")
+    if args.action != "status" and not token:
+        print("consumerctl: ADMIN_TOKEN is not set: pause and resume need the service's token",
+              file=sys.stderr)
+        return 2
     try:
-        state = _call(url, args.action, args.reason, os.environ.get("ADMIN_TOKEN", ""))
+        state = _call(url, args.action, args.reason, token)
     except httpx.HTTPError as exc:
         print(f"consumerctl: {url} unreachable: {exc}", file=sys.stderr)
         return 1

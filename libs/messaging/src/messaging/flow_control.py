@@ -70,6 +70,7 @@ class FlowControl:
         async with self._lock:
             self._channel, self._queue, self._on_message = channel, queue, on_message
             self._tag = None
+            self.switch.release_probe()  # a probe taken on a channel now gone decides nothing
             await self._enact(self.switch.status)
 
     async def detach(self) -> None:
@@ -106,11 +107,14 @@ class FlowControl:
         return self.view()
 
     async def _changed(self, status: Status) -> None:
-        log.warning("%s consumer %s%s%s", self.service, status.mode.value,
-                    f" by the {status.by}" if status.by else "",
-                    f": {status.reason}" if status.reason else "")
-        if status.until is not None:
-            log.warning("%s consumer: a probe in %.0fs", self.service, status.cooldown)
+        if status.mode is Mode.PAUSED:
+            probe = f"; a probe in {status.cooldown:g}s" if status.until is not None else ""
+            log.warning("%s consumer paused by the %s: %s%s", self.service, status.by,
+                        status.reason, probe)
+        elif status.mode is Mode.PROBING:
+            log.warning("%s consumer probing: the next message decides", self.service)
+        else:
+            log.warning("%s consumer running", self.service)
         metrics.CONSUMER_STATE.labels(self.service).state(status.mode.value)
         if status.mode is Mode.PAUSED:
             metrics.CONSUMER_PAUSES.labels(self.service, status.by or "").inc()

@@ -100,6 +100,33 @@ async def test_a_dependency_down_for_everyone_pauses_and_nothing_spends_its_budg
     assert await consumers_on(connection, POINTS.name) == 1
 
 
+async def test_a_probe_that_says_nothing_about_the_dependency_passes_the_probe_on(
+    connection, publish, start_consumer
+):
+    service = f"ks-{uuid.uuid4().hex[:6]}"
+    handler = Dependency()
+    flow = FlowControl(service, Policy(failure_ratio=0.8, window_seconds=10, min_messages=3,
+                                       cooldown_seconds=2, max_cooldown_seconds=2), prefetch=8)
+    await start_consumer(handler, flow=flow, service=service)
+    for _ in range(3):
+        await publish(events.order_paid())
+    await eventually_async(lambda: _count_is(connection, POINTS.name, 3), timeout=10,
+                           message="tripped, the three back in the queue")
+    assert flow.switch.status.mode is Mode.PAUSED
+    channel = await connection.channel()
+    await (await channel.get_queue(POINTS.name)).purge()  # the next message is the poison
+    await channel.close()
+    poison_id = await publish(b"this is not json")
+    good = events.order_paid()
+    await publish(good)
+    handler.down = False
+
+    # The poison is the first probe: parked, and no verdict; the good one probes next.
+    await eventually_async(lambda: _all_applied(handler, [str(good.event_id)]), timeout=10)
+    await eventually_async(lambda: _running(flow), timeout=5, message="resumed")
+    assert [m.message_id for m in await dlq.show(connection, "points")] == [poison_id]
+
+
 async def test_a_poison_message_and_a_handler_bug_take_the_ladder_to_the_dlq_without_tripping(
     connection, publish, start_consumer
 ):
@@ -191,6 +218,10 @@ async def test_without_an_admin_token_set_the_operator_routes_refuse_everyone(st
 
 async def _paused_by_switch(flow: FlowControl) -> bool:
     return flow.switch.status.mode is not Mode.RUNNING
+
+
+async def _running(flow: FlowControl) -> bool:
+    return flow.switch.status.mode is Mode.RUNNING
 
 
 async def _at_least(value: float, minimum: float) -> bool:
