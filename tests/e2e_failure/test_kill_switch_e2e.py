@@ -170,6 +170,5 @@ def _an_operator_pauses_and_resumes_the_mailer_with_the_cli(stack, mailer: str) 
     eventually(lambda: len(get(mailer, "/mails", order_id=waiting["order_id"])) == 2,
                timeout=15, message="the held mails after the resume")
     log = stack.log_tail("mailer", lines=400)
-    assert "audit: mailer consumer paused by the operator at 127.0.0.1: SMTP maintenance" \
-        in log
-    assert "audit: mailer refused /consumer/pause" in log
+    assert "operator action: mailer consumer paused from 127.0.0.1: SMTP maintenance" in log
+    assert "operator action refused: mailer /consumer/pause from 127.0.0.1" in log

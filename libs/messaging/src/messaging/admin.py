@@ -5,9 +5,9 @@ hand (planned maintenance of the mail server) and resume it.
     POST /consumer/pause    {"reason": "..."}: stop taking messages until a resume
     POST /consumer/resume   full speed now
 
-What changes message flow needs credentials and leaves an audit record: the two POSTs take
+What changes message flow needs credentials and leaves a record of who did it: the POSTs take
 `Authorization: Bearer <ADMIN_TOKEN>` (401 without it, and always while ADMIN_TOKEN is not
-set) and each attempt, let in or refused, is one line on the `messaging.audit` logger.
+set) and each attempt, let in or refused, is one line on the `messaging.operator` logger.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, which
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from messaging.flow_control import FlowControl
 from messaging.http import problem
 
-audit = logging.getLogger("messaging.audit")
+record = logging.getLogger("messaging.operator")
 
 _BEARER = HTTPBearer(auto_error=False, description="ADMIN_TOKEN of the service")
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
@@ -56,7 +56,7 @@ def consumer_router(service: str, flow: FlowControl, token: SecretStr | None) ->
         if token is None or credentials is None or not secrets.compare_digest(
                 credentials.credentials.encode(), token.get_secret_value().encode()):
             why = "ADMIN_TOKEN is not set" if token is None else "no valid bearer token"
-            audit.warning("audit: %s refused %s from %s: %s", service, action, who, why)
+            record.warning("operator action refused: %s %s from %s: %s", service, action, who, why)
             raise HTTPException(401, f"{why}: operator routes need "
                                      "Authorization: Bearer <ADMIN_TOKEN>",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -68,13 +68,13 @@ def consumer_router(service: str, flow: FlowControl, token: SecretStr | None) ->
 
     @router.post("/pause", response_model=ConsumerState, responses=_UNAUTHORIZED)
     async def pause(body: Pause, who: Annotated[str, Depends(operator)]) -> dict[str, Any]:
-        audit.warning("audit: %s consumer paused by the operator at %s: %s",
-                      service, who, body.reason)
+        record.warning("operator action: %s consumer paused from %s: %s",
+                       service, who, body.reason)
         return await flow.pause(body.reason)
 
     @router.post("/resume", response_model=ConsumerState, responses=_UNAUTHORIZED)
     async def resume(who: Annotated[str, Depends(operator)]) -> dict[str, Any]:
-        audit.warning("audit: %s consumer resumed by the operator at %s", service, who)
+        record.warning("operator action: %s consumer resumed from %s", service, who)
         return await flow.resume()
 
     return router
