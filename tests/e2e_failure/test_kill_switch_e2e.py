@@ -152,6 +152,8 @@ def _an_operator_pauses_and_resumes_the_mailer_with_the_cli(stack, mailer: str) 
     refused = ctl("pause", "--reason", "SMTP maintenance", token="not-the-token-at-all")
     assert refused.returncode == 1 and "refused" in refused.stderr, refused
     assert ctl("status", token=None).stdout.strip() == "mailer consumer: running"
+    invalid = ctl("pause", "--reason", "two\nlines")  # would forge a second log line
+    assert invalid.returncode == 2 and "invalid" in invalid.stderr, invalid
     paused = ctl("pause", "--reason", "SMTP maintenance")
     assert paused.returncode == 0, paused.stderr
     assert paused.stdout.strip() == \
