@@ -119,7 +119,8 @@ class FlowControl:
         if status.mode is Mode.PAUSED:
             metrics.CONSUMER_PAUSES.labels(self.service, status.by or "").inc()
         async with self._lock:
-            await self._enact(status)
+            # The state now, not `status`: another change may have come while we waited.
+            await self._enact(self.switch.status)
 
     async def _enact(self, status: Status) -> None:
         if self._timer is not None and self._timer is not asyncio.current_task():
