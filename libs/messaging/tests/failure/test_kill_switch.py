@@ -73,8 +73,6 @@ async def test_a_dependency_down_for_everyone_pauses_and_nothing_spends_its_budg
     sent = [await publish(events.order_paid()) for _ in range(8)]
 
     await eventually_async(lambda: _paused_by_switch(flow), timeout=10, message="tripped")
-    assert await consumers_on(connection, POINTS.name) == 0 or flow.switch.status.mode \
-        is Mode.PROBING  # paused: no subscription; probing: one, taking one message
     # Keep it down through more failed probes than the delivery limit would survive, and
     # longer than the retry ladder (1 s, 2 s) takes to park a message.
     await eventually_async(
