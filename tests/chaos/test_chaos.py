@@ -1,5 +1,6 @@
 """The chaos check in its short form (the full one is `make chaos`): payments and refunds
-while every consumer is SIGKILLed and restarted and the broker is restarted once.
+while every consumer is SIGKILLed and restarted, has its two broker connections closed
+under it once (the mail server slow meanwhile), and the broker is restarted once.
 
 It restarts the local RabbitMQ application (`rabbitmqctl stop_app` / `start_app`): every
 connection on the node drops for a few seconds, so it is marked `chaos` and deselectable
@@ -14,7 +15,7 @@ import pytest
 from devstack import chaos
 
 SHORT = chaos.ChaosConfig(payments=300, refund_ratio=0.10, seconds=20, kills_per_consumer=1,
-                          broker_restarts=1, settle_timeout=90)
+                          connection_drops_per_consumer=1, broker_restarts=1, settle_timeout=90)
 
 
 @pytest.mark.chaos
@@ -28,6 +29,7 @@ def test_under_kills_and_a_broker_restart_nothing_is_lost_duplicated_or_unexpect
         print("\n" + report.table())
     assert report.kills == {"points": 1, "mailer": 1, "audit": 1, "shipping": 1}
     assert report.broker_restarts == 1
+    assert report.connection_drops == len(chaos.CONSUMERS)
     assert report.settled
     paid, refunded = report.payments, report.refunds
     # Each payment is shipped once (no shipment for a refund); the mailer and audit also

@@ -210,13 +210,38 @@ async def test_a_consumer_cannot_read_another_services_queues(broker, service, o
 
 async def test_points_works_its_own_retry_and_dead_letter_path(broker):
     body = f'{{"probe": "{uuid.uuid4()}"}}'.encode()
-    # To the 1 s wait queue: after the TTL the broker dead-letters it back to the work queue.
-    await _publish(broker["points"], "", "points.events.retry.1s", body)
+    # To the 1 s wait queue, through its own exchange: after the TTL the broker dead-letters
+    # it back to the work queue (through the same exchange).
+    await _publish(broker["points"], "points.events.copies", "points.events.retry.1s", body)
     message = await _get(broker["points"], "points.events", deadline=15)
     assert message.body == body
     # To its DLQ, and read it back from there (the DLQ tool does this).
-    await _publish(broker["points"], "", "points.events.dlq", body)
+    await _publish(broker["points"], "points.events.copies", "points.events.dlq", body)
     assert (await _get(broker["points"], "points.events.dlq")).body == body
+
+
+@pytest.mark.parametrize(
+    ("service", "other"), [("points", "mailer"), ("mailer", "points"), ("audit", "mailer"),
+                           ("shipping", "mailer"), ("points", "points")]
+)
+async def test_a_consumer_cannot_publish_through_the_default_exchange(broker, service, other):
+    """Issue 27, finding 6: the default exchange routes to any queue by name, so a consumer
+    allowed to write to it could put an event straight into another service's work queue (a
+    compromised points into mailer.events: mail sent). No service user may."""
+    with pytest.raises(ChannelAccessRefused):
+        await _publish(broker[service], "", f"{other}.events")
+    async with await aio_pika.connect(broker["admin"]) as connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(f"{other}.events", ensure=True)
+        assert await queue.get(fail=False) is None  # nothing arrived
+
+
+@pytest.mark.parametrize(("service", "other"), [("points", "mailer"), ("mailer", "audit")])
+async def test_a_consumer_cannot_publish_through_another_services_exchange(
+    broker, service, other
+):
+    with pytest.raises(ChannelAccessRefused):
+        await _publish(broker[service], f"{other}.events.copies", f"{other}.events")
 
 
 async def test_a_consumer_redeclares_its_own_queues_but_not_the_exchange(broker):

@@ -39,8 +39,10 @@ def _allowed(user: str, kind: str, resource: str) -> bool:
 
 def test_names_are_exactly_the_designed_ones():
     assert [v["name"] for v in DEFINITIONS["vhosts"]] == ["shop"]
+    # shop.events, and each consuming service's own exchange for its copies (retry, DLQ).
     assert [(e["name"], e["type"], e["durable"]) for e in DEFINITIONS["exchanges"]] == [
-        ("shop.events", "topic", True)
+        ("shop.events", "topic", True),
+        *((QueueTopology.for_service(s).exchange, "direct", True) for s in CONSUMERS),
     ]
     expected = set()
     for service in CONSUMERS:
@@ -54,12 +56,18 @@ def test_names_are_exactly_the_designed_ones():
 
 
 def test_bindings_follow_the_design():
-    bindings = {(b["destination"], b["routing_key"]) for b in DEFINITIONS["bindings"]}
-    assert bindings == {
-        (s.consumes.queue, key) for s in spec.consumers() if s.consumes
+    bindings = {(b["source"], b["destination"], b["routing_key"]) for b in DEFINITIONS["bindings"]}
+    from_shop_events = {
+        ("shop.events", s.consumes.queue, key) for s in spec.consumers() if s.consumes
         for key in s.consumes.bindings
     }
-    assert all(b["source"] == "shop.events" for b in DEFINITIONS["bindings"])
+    # A service's own exchange reaches each of its queues, by the queue's name, and no other.
+    own = {
+        (topology.exchange, queue, queue)
+        for topology in map(QueueTopology.for_service, CONSUMERS)
+        for _, queue in topology.queues()
+    }
+    assert bindings == from_shop_events | own
 
 
 @pytest.mark.parametrize("service", CONSUMERS)
@@ -80,7 +88,7 @@ def test_the_work_queues_are_quorum_queues_with_a_delivery_limit_and_a_dlq():
         assert args["x-queue-type"] == "quorum"
         assert args["x-delivery-limit"] == 5
         assert (args["x-dead-letter-exchange"], args["x-dead-letter-routing-key"]) == (
-            "",
+            f"{service}.events.copies",
             f"{service}.events.dlq",
         )
         assert args["x-dead-letter-strategy"] == "at-least-once"
@@ -112,7 +120,9 @@ def test_a_consumer_may_only_touch_its_own_queues(service):
     assert not _allowed(service, "write", "shop.events.x")
     assert not _allowed(service, "configure", "shop.events")
     assert _allowed(service, "read", "shop.events")  # to bind its queue
-    assert _allowed(service, "write", "amq.default")  # to re-publish to its retry queues / DLQ
+    # Its copies go through its own exchange; the default one would reach any queue by name.
+    assert _allowed(service, "write", f"{service}.events.copies")
+    assert not _allowed(service, "write", "amq.default")
     assert not _allowed(service, "configure", f"{service}.eventsX")
 
 

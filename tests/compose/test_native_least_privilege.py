@@ -239,7 +239,8 @@ async def test_the_dlq_tool_cannot_take_another_services_dead_letters_as_the_mai
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         parked = aio_pika.Message(b"{}", message_id=uuid.uuid4().hex,
                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-        await publish_confirmed(channel.default_exchange, parked, routing_key="points.events.dlq")
+        own = await channel.get_exchange("points.events.copies", ensure=False)
+        await publish_confirmed(own, parked, routing_key="points.events.dlq")
 
     refused = await asyncio.to_thread(_dlq_tool, secured, "replay", "points", "--all")
 

@@ -177,10 +177,16 @@ def test_a_message_with_unexpected_headers_is_poison_and_never_stalls_a_consumer
 
 # Finding 9 (envelope): poison at once, not four transient attempts.
 
+# Issue 27, finding 4: an instant past the contract's window (the mailer's Date header
+# failed on it, as transient, four times, then parked it as exhausted).
+
 @pytest.mark.parametrize("changes", [
     {"occurred_at": "9999-12-31T23:59:59-23:59"},
+    {"occurred_at": "9999-12-31T23:59:59.999999Z"},
+    {"occurred_at": "1970-01-01T00:00:00Z"},
     {"correlation_id": "c-1\r\nBcc: victim@example.com"},
-], ids=["occurred_at-overflows", "correlation_id-crlf"])
+], ids=["occurred_at-overflows", "occurred_at-past-the-window", "occurred_at-before-the-window",
+        "correlation_id-crlf"])
 def test_an_envelope_that_parses_but_cannot_be_handled_is_poison_at_once(stack, changes):
     body = json.loads(events.order_paid().to_json()) | changes
     message_id = body["event_id"]

@@ -136,6 +136,25 @@ def test_an_envelope_no_retry_can_fix_is_poison_at_once(changes, says):
         parse_event(encode(envelope(**changes)))
 
 
+# Issue 27, finding 4: an instant the contract accepted and the mailer could not render.
+
+@pytest.mark.parametrize("occurred_at", [
+    "9999-12-31T23:59:59.999999Z", "2100-01-01T00:00:00Z", "2100-01-01T09:00:00+09:00",
+    "1999-12-31T23:59:59.999999Z", "2000-01-01T08:59:59+09:00", "0001-01-01T00:00:00Z",
+])
+def test_an_occurred_at_outside_the_window_is_poison_naming_the_window(occurred_at):
+    with pytest.raises(PoisonMessage, match="occurred_at is outside the contract's window"):
+        parse_event(encode(envelope(occurred_at=occurred_at)))
+
+
+@pytest.mark.parametrize("occurred_at", [
+    "2000-01-01T00:00:00Z", "2000-01-01T09:00:00+09:00", "2099-12-31T23:59:59.999999Z",
+])
+def test_the_window_s_edges_inside_it_are_accepted(occurred_at):
+    event = parse_event(encode(envelope(occurred_at=occurred_at)))
+    assert event.occurred_at == datetime.fromisoformat(occurred_at)
+
+
 def test_a_whole_number_written_as_a_float_is_the_same_amount():
     body = envelope()
     body["data"]["amount"] = 1200.0

@@ -48,11 +48,14 @@ async def publish(connection, event) -> None:
     await channel.close()
 
 
-async def start_consumer(amqp_url, sessions, handler, outcomes=None, before=None):
+async def start_consumer(amqp_url, sessions, handler, outcomes=None, before=None, tasks=None):
+    """`tasks`, when given, gets each message's task (the one aio-pika cancels)."""
     connection = await aio_pika.connect_robust(amqp_url)
     box = Inbox(sessions)
 
     async def process(event):
+        if tasks is not None:
+            tasks.append(asyncio.current_task())
         outcome = await box.process(event, every(handler, before=before))
         if outcomes is not None:
             outcomes.append(outcome)
@@ -130,14 +133,14 @@ async def test_a_mail_sent_just_before_the_connection_drops_is_recorded_and_not_
 
     async def send_mail(event):
         sent.append(event.event_id)
-        delivery_tasks.append(asyncio.current_task())  # the message's task
 
     async def slow_record(event, session):
         entered.set()
         await release.wait()
         await record_effect(event, session)
 
-    connection, consumer = await start_consumer(amqp_url, sessions, slow_record, before=send_mail)
+    connection, consumer = await start_consumer(amqp_url, sessions, slow_record, before=send_mail,
+                                                tasks=delivery_tasks)
     paid = events.order_paid()
     await publish(connection, paid)
     await asyncio.wait_for(entered.wait(), timeout=10)
@@ -159,6 +162,46 @@ async def test_a_mail_sent_just_before_the_connection_drops_is_recorded_and_not_
         assert outcomes == [Outcome.DUPLICATE]
         assert sent == [paid.event_id]
         assert await eventually_async(lambda: queue_is_empty(amqp_url), message="acked")
+    finally:
+        await consumer.stop()
+        await connection.close()
+
+
+async def test_a_mail_under_way_when_the_connection_drops_is_finished_recorded_and_sent_once(
+    amqp_url, sessions
+):
+    """Issue 27, finding 2: the link drops while the SMTP server has the whole mail and has
+    not answered yet (aio-pika cancels the message's task). The send runs to its end and is
+    recorded; the redelivered copy is a duplicate, not a second mail."""
+    sent, writing, answer = [], asyncio.Event(), asyncio.Event()
+    delivery_tasks = []
+
+    async def send_mail(event):
+        writing.set()
+        await answer.wait()  # the mail's end is written; the 250 is on its way
+        sent.append(event.event_id)
+
+    connection, consumer = await start_consumer(amqp_url, sessions, record_effect,
+                                                before=send_mail, tasks=delivery_tasks)
+    paid = events.order_paid()
+    await publish(connection, paid)
+    await asyncio.wait_for(writing.wait(), timeout=10)
+    closing = asyncio.create_task(connection.close())  # unacked: the broker redelivers it
+    [delivery] = delivery_tasks
+    await eventually_async(lambda: _true(delivery.cancelling() > 0), message="task cancelled")
+    answer.set()  # the server's 250 comes after the cancellation
+    await asyncio.wait_for(closing, timeout=10)
+    await asyncio.wait([delivery], timeout=10)
+    assert delivery.done()
+    assert await effect_count(sessions, paid) == 1
+
+    outcomes: list[Outcome] = []
+    connection, consumer = await start_consumer(amqp_url, sessions, record_effect, outcomes,
+                                                before=send_mail)
+    try:
+        await eventually_async(lambda: _ready(outcomes, 1), message="redelivered and settled")
+        assert outcomes == [Outcome.DUPLICATE]
+        assert sent == [paid.event_id]
     finally:
         await consumer.stop()
         await connection.close()

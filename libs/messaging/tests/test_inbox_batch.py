@@ -353,6 +353,34 @@ async def test_a_message_cancelled_after_its_side_effect_still_commits_and_its_c
     await batcher.close()
 
 
+async def test_a_message_cancelled_during_its_side_effect_finishes_it_and_its_copy_sends_nothing(
+    box, sessions
+):
+    """Issue 27, finding 2: the channel closed while the mail was under way (its 250 still
+    to come). The mail runs to its end and commits; the redelivery is a duplicate."""
+    paid = events.order_paid()
+    sent, writing, answer = [], asyncio.Event(), asyncio.Event()
+
+    async def send_mail(event) -> None:
+        writing.set()
+        await answer.wait()
+        sent.append(event.event_id)
+
+    batcher = InboxBatcher(box, every(Recorder(), before=send_mail))
+    delivery = asyncio.create_task(batcher.process(paid))
+    await asyncio.wait_for(writing.wait(), timeout=10)
+    delivery.cancel()
+    redelivered = asyncio.create_task(batcher.process(paid))
+    await asyncio.sleep(0)
+    answer.set()
+    with pytest.raises(asyncio.CancelledError):
+        await delivery
+    assert await redelivered == Outcome.DUPLICATE
+    assert sent == [paid.event_id]
+    assert [e for e, _ in await effects_in_order(sessions)] == [str(paid.event_id)]
+    await batcher.close()
+
+
 class Statements:
     """The statements the engine sends, as (first words, executemany), while recording."""
 

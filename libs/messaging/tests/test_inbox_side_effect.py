@@ -105,6 +105,30 @@ async def test_a_side_effect_whose_task_is_cancelled_before_the_commit_is_still_
     assert sent == [paid.event_id]
 
 
+async def test_a_side_effect_cancelled_midway_runs_to_its_end_and_is_recorded(sessions):
+    """Issue 27, finding 2: the task is cancelled while the mail is under way (its end
+    written, the server's 250 still to come). The mail may have gone out, so it is neither
+    released as "not sent" nor left unrecorded: it runs to its end and commits."""
+    sent, writing, answer = [], asyncio.Event(), asyncio.Event()
+
+    async def send(event):
+        writing.set()
+        await answer.wait()
+        sent.append(event.event_id)
+
+    paid = events.order_paid()
+    delivery = asyncio.create_task(Inbox(sessions).process(paid, every(record, before=send)))
+    await asyncio.wait_for(writing.wait(), timeout=10)
+    delivery.cancel()
+    await asyncio.sleep(0)  # the cancellation is delivered before the answer
+    answer.set()
+    with pytest.raises(asyncio.CancelledError):
+        await delivery
+    assert await recorded(sessions) == [str(paid.event_id)]
+    assert await Inbox(sessions).process(paid, every(record, before=send)) is Outcome.DUPLICATE
+    assert sent == [paid.event_id]
+
+
 async def test_a_copy_that_finds_a_live_claim_of_another_copy_waits_and_sends_nothing(sessions):
     """Two mailers (two Inboxes on one database) get copies of one event at once: the one
     that claimed it sends; the other raises InProgress (deferred like an early event)."""

@@ -119,10 +119,11 @@ def assert_failed(span: ReadableSpan, error_type: str) -> None:
 
 
 def assert_parked_in(spans, span: ReadableSpan, queue: str) -> None:
-    """The copy to a retry queue or the DLQ: a PRODUCER child through the default exchange."""
+    """The copy to a retry queue or the DLQ: a PRODUCER child through the service's own
+    exchange."""
     copy = child_publish(spans, span)
-    assert copy.name == "publish amq.default"
-    assert copy.attributes["messaging.destination.name"] == "amq.default"
+    assert copy.name == f"publish {QUEUE}.copies"
+    assert copy.attributes["messaging.destination.name"] == f"{QUEUE}.copies"
     assert copy.attributes["messaging.rabbitmq.destination.routing_key"] == queue
     assert copy.attributes["messaging.operation.type"] == "send"
     assert copy.attributes["messaging.operation.name"] == "publish"
@@ -178,7 +179,7 @@ async def test_a_transient_failure_is_retried_then_exhausted_each_attempt_in_the
     assert second.parent.span_id == child_publish(spans, first).context.span_id
     assert second.context.trace_id == first.context.trace_id
     assert second.attributes["messaging.rabbitmq.destination.routing_key"] == QUEUE
-    assert second.attributes["mini_ec.exchange"] == "amq.default"
+    assert second.attributes["mini_ec.exchange"] == f"{QUEUE}.copies"
     assert_failed(second, "exhausted")
     assert_parked_in(spans, second, f"{QUEUE}.dlq")
 
@@ -216,7 +217,7 @@ async def test_a_replay_is_a_publish_to_the_work_queue_inside_the_parked_message
     assert result.done == [message_id]
     [replay] = [s for s in publishes(spans)
                 if s.attributes["messaging.rabbitmq.destination.routing_key"] == QUEUE]
-    assert replay.name == "publish amq.default"
+    assert replay.name == f"publish {QUEUE}.copies"
     assert replay.context.trace_id == span.context.trace_id
     assert replay.parent.span_id == parked.context.span_id
     assert replay.attributes["mini_ec.correlation_id"] == "cid-replay"

@@ -34,6 +34,11 @@ pytestmark = pytest.mark.unit
         ("HOST", "bad host", "HOST: 'bad host' is neither"),
         ("HTTP_MAX_BODY_BYTES", "10", "HTTP_MAX_BODY_BYTES: Input should be greater than"),
         ("HTTP_HEADER_TIMEOUT_SECONDS", "inf", "HTTP_HEADER_TIMEOUT_SECONDS: Input should be"),
+        ("HTTP_CLIENT_CONNECTION_SHARE", "0", "HTTP_CLIENT_CONNECTION_SHARE: Input should be "
+         "greater than 0"),
+        ("HTTP_CLIENT_CONNECTION_SHARE", "1.5", "HTTP_CLIENT_CONNECTION_SHARE: Input should be "
+         "less than or equal to 1"),
+        ("HTTP_CLIENT_CONNECTION_SHARE", "nan", "HTTP_CLIENT_CONNECTION_SHARE: Input should be"),
         ("EVENT_LOOP", "trio", "EVENT_LOOP: Input should be 'uvloop' or 'asyncio'"),
         ("OTEL_SQL_SPANS", "yes", "OTEL_SQL_SPANS: Input should be 'on' or 'off'"),
         ("OTEL_SQL_SPANS", "", "OTEL_SQL_SPANS: Input should be 'on' or 'off'"),

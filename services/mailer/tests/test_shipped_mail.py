@@ -6,27 +6,9 @@ from __future__ import annotations
 import pytest
 
 from devstack import events, smtp_sink
-from devstack.stack import free_port
-from mailer import store
-from mailer.settings import Settings
-from mailer.spec import SPEC
-from messaging import db, inbox
-from messaging.inbox import Inbox, Outcome, OutOfOrder
+from messaging.inbox import Outcome, OutOfOrder
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def mailer(tmp_path):
-    """(inbox, subscriptions, mail directory) of a mailer on a real SMTP sink."""
-    controller, _ = smtp_sink.start(tmp_path / "mail", port=free_port())
-    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/mailer.db")
-    await db.create_schema(engine, store.metadata, inbox.metadata)
-    settings = Settings(smtp_host="127.0.0.1", smtp_port=controller.port)
-    assert SPEC.consumes is not None
-    yield Inbox(db.session_factory(engine)), SPEC.consumes.registry(settings), tmp_path / "mail"
-    await engine.dispose()
-    controller.stop()
 
 
 async def test_the_shipped_mail_carries_its_own_message_id_the_correlation_and_tracking(

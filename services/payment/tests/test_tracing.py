@@ -293,9 +293,9 @@ async def test_a_retried_message_keeps_its_trace_each_attempt_a_child_of_the_ret
 
     assert traces(finished) == {server.context.trace_id}
     assert parent_of(retry_publish) == first.context.span_id
-    # Through the default exchange: named by the conventions, the queue is the routing key.
-    assert retry_publish.name == "publish amq.default"
-    assert retry_publish.attributes["messaging.destination.name"] == "amq.default"
+    # Through points' own exchange: named by the conventions, the queue is the routing key.
+    assert retry_publish.name == "publish points.events.copies"
+    assert retry_publish.attributes["messaging.destination.name"] == "points.events.copies"
     assert retry_publish.attributes["messaging.rabbitmq.destination.routing_key"] == (
         "points.events.retry.1s")
     assert retry_publish.attributes["messaging.operation.type"] == "send"
@@ -305,7 +305,7 @@ async def test_a_retried_message_keeps_its_trace_each_attempt_a_child_of_the_ret
     assert first.events and first.events[0].name == "exception"
     assert second.name == first.name == "process points.events"
     assert second.status.status_code is StatusCode.UNSET and ERROR_TYPE not in second.attributes
-    assert second.attributes["mini_ec.exchange"] == "amq.default"
+    assert second.attributes["mini_ec.exchange"] == "points.events.copies"
     assert all(s.attributes.get(CID) == cid for s in finished)
 
 

@@ -34,6 +34,14 @@ def test_shipping_is_a_consumer_that_is_killed_and_a_producer_whose_outbox_is_co
     assert Counter(what for _, what in schedule)["kill:shipping"] == 2
 
 
+def test_the_schedule_closes_every_consumers_connections_inside_the_window():
+    config = chaos.ChaosConfig(connection_drops_per_consumer=3)
+    schedule = chaos.fault_schedule(config, random.Random(7))
+    drops = Counter(what for _, what in schedule if what.startswith("drop:"))
+    assert drops == {f"drop:{name}": 3 for name in chaos.CONSUMERS}
+    assert all(0 < at < config.seconds for at, what in schedule if what.startswith("drop:"))
+
+
 def test_each_paid_order_wants_one_order_shipped_and_refunds_only_from_payment():
     wanted = chaos.wanted_events(ORDERS)
     assert wanted["shipping"] == Counter({("o1", "OrderShipped"): 1, ("o2", "OrderShipped"): 1})

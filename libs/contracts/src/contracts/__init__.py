@@ -27,6 +27,13 @@ from pydantic import (
 )
 from pydantic_extra_types.currency_code import ISO4217
 
+# Every consumer must be able to handle any instant the contract accepts: a mail's Date
+# header, a database column, a lag metric. 9999-12-31T23:59:59.999999Z passed the time-zone
+# check and rounded into the year 10000 in the mailer; no producer's clock is that far off.
+OCCURRED_AT_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+OCCURRED_AT_END = datetime(2100, 1, 1, tzinfo=UTC)  # exclusive
+OCCURRED_AT_RULE = "from 2000-01-01T00:00:00Z up to (not including) 2100-01-01T00:00:00Z"
+
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 CORRELATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_AMOUNT = 10_000_000
@@ -106,7 +113,7 @@ class _Envelope(_Strict):
 
     event_id: uuid.UUID
     version: Literal[1] = 1
-    occurred_at: datetime
+    occurred_at: datetime = Field(description=f"with a time zone, {OCCURRED_AT_RULE}")
     # The same characters an HTTP X-Correlation-ID may have: it goes into log lines, mail
     # headers and span attributes, where a CR or LF would forge a line or a header.
     correlation_id: str = Field(pattern=CORRELATION_ID_PATTERN)
@@ -119,9 +126,11 @@ class _Envelope(_Strict):
         if value.tzinfo is None:
             raise ValueError("occurred_at must carry a time zone")
         try:
-            value.astimezone(UTC)  # 9999-12-31T23:59:59-23:59 is past the year 9999 in UTC
+            in_utc = value.astimezone(UTC)  # 9999-12-31T23:59:59-23:59 is past 9999 in UTC
         except OverflowError:
             raise ValueError("occurred_at is out of range once in UTC") from None
+        if not OCCURRED_AT_EARLIEST <= in_utc < OCCURRED_AT_END:
+            raise ValueError(f"occurred_at is outside the contract's window: {OCCURRED_AT_RULE}")
         return value
 
     @property

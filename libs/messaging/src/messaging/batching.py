@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from functools import partial
 
 from contracts import Event
 from messaging.grouping import GroupCommit
-from messaging.inbox import Inbox, Outcome, OutOfOrder, record_despite_cancellation
+from messaging.inbox import Inbox, Outcome, OutOfOrder
 from messaging.spec import Subscriptions
 
 # How long an early event waits here for the event it waits for, when that one is being
@@ -99,9 +100,8 @@ class InboxBatcher:
         early = await self._claim(event)
         if early is not None:
             return early
-        await self._inbox.run_before(event, before)
-        # Its mail went out: the record commits even if the message's task is cancelled now.
-        return await record_despite_cancellation(self._record(event))
+        # The mail and its record run to their end even if the message's task is cancelled.
+        return await self._inbox.step_then_record(event, before, partial(self._record, event))
 
     async def _claim(self, event: Event) -> Outcome | None:
         """`Inbox.claim`, in a group with the claims of other messages when they come

@@ -15,10 +15,12 @@ work queue as a fresh copy with its retry budget unspent (docs/failure.md#the-ki
 
 The copy to a retry or dead-letter queue is confirmed by the broker before the original
 is acked, so a crash in between yields a duplicate (the inbox absorbs it), never a loss.
-A message that kills the process never reaches that point; the broker redelivers it and
-the queue's delivery limit dead-letters it if it keeps doing so. A message whose copy
-cannot be made at all is rejected, and the broker's own dead-lettering (the work queue's
-dead-letter target is the DLQ) takes it: no delivery is left unsettled.
+While the publishing connection is away, the original stays unacked and the copy waits
+for it (`_copy_when_connected`). A message that kills the process never reaches that
+point; the broker redelivers it and the queue's delivery limit dead-letters it if it keeps
+doing so. A copy that cannot be encoded with the message's own headers is made with ours
+only; one that cannot be encoded at all is rejected, and the broker's own dead-lettering
+(the work queue's dead-letter target is the DLQ) takes it: no delivery is left unsettled.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aio_pika import Message
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq.exceptions import ChannelPreconditionFailed
 from opentelemetry import trace
 from opentelemetry.trace import Span
 from pamqp.common import FieldValue
@@ -44,11 +49,13 @@ from contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging import correlation, instrumentation, metrics
 from messaging import headers as h
 from messaging.broker import close_within
+from messaging.broker_cancel import CancelWatch
 from messaging.flow_control import FlowControl
 from messaging.inbox import Conflict, Outcome, OutOfOrder
 from messaging.publisher import (
     PublishFailed,
     copy_message,
+    encodable,
     open_confirm_channel,
     publish_confirmed,
 )
@@ -57,6 +64,11 @@ from messaging.topology import QueueTopology, ensure_exchange
 log = logging.getLogger(__name__)
 
 Process = Callable[[Event], Awaitable[Outcome]]
+
+# How often a copy waiting for the publishing connection looks whether it is back, and the
+# longest pause between tries of a copy that keeps failing on a connection that is up.
+PUBLISH_RECONNECT_POLL_SECONDS = 0.2
+PUBLISH_RETRY_MAX_SECONDS = 5.0
 
 
 class PermanentError(Exception):
@@ -84,6 +96,7 @@ class EventConsumer:
         # a broker alarm blocks a publishing connection, and must not block our acks with it.
         self._publish_connection = publish_connection or connection
         self._publish_channel: AbstractChannel | None = None
+        self._copies: AbstractExchange | None = None  # the service's own (topology.exchange)
         self._process = process
         self._prefetch = prefetch
         self._max_deferrals = max_deferrals
@@ -93,6 +106,7 @@ class EventConsumer:
         # Subscribes, pauses and probes as the kill switch says; the runtime passes its own
         # so that the state outlives this consumer.
         self.flow = flow or FlowControl(service, prefetch=prefetch)
+        self._cancel_watch: CancelWatch | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         # When in-flight work last moved (a message settled, or work began after a lull):
         # readiness fails when it stops moving (see `stalled_for`).
@@ -103,6 +117,13 @@ class EventConsumer:
         """Subscribed, or paused on purpose (kill switch, operator), on an open channel."""
         return (self.flow.subscribed or self.flow.on_purpose) and self._channel is not None \
             and not self._channel.is_closed
+
+    async def consuming(self) -> bool:
+        """`is_consuming`, and while subscribed the broker has not cancelled the consumer
+        (broker_cancel); paused on purpose, there is nothing for it to cancel."""
+        if not self.is_consuming or self._cancel_watch is None:
+            return False
+        return await self._cancel_watch.consuming() if self.flow.subscribed else True
 
     def stalled_for(self) -> float:
         """Seconds that messages have been in flight without any of them settling (0 when
@@ -117,8 +138,21 @@ class EventConsumer:
         self._publish_channel = await open_confirm_channel(self._publish_connection)
         self._channel = await self._connection.channel()
         try:
-            self._queue = await self.topology.declare(self._channel)
+            try:
+                self._queue = await self.topology.declare(self._channel)
+            except ChannelPreconditionFailed as exc:
+                log.warning("%s: queues exist with other arguments than this version "
+                            "declares (%s); using them as they are", self.topology.name, exc)
+                await close_within(self._channel, f"{self.topology.name} channel")
+                self._channel = await self._connection.channel()
+                self._queue = await self.topology.declare(self._channel, as_they_are=True)
+            self._copies = await self._publish_channel.get_exchange(
+                self.topology.exchange, ensure=False)
+            self._cancel_watch = CancelWatch(self.service, self.topology.name, self._channel,
+                                             self._connection)
+            # The subscription (its prefetch, its tag) is the kill switch's to make.
             await self.flow.attach(self._channel, self._queue, self._on_message)
+            await self._cancel_watch.start(lambda: self.flow.tag)
         except BaseException:
             # The caller retries with a new consumer, or is stopping (cancelled): bounded.
             await asyncio.gather(
@@ -135,6 +169,8 @@ class EventConsumer:
         grace for in-flight messages, STOP_STEP_SECONDS for the closes. Whatever is still
         unacked when the channel (or, at the latest, the process) goes is requeued.
         """
+        if self._cancel_watch is not None:
+            self._cancel_watch.stop()
         await self.flow.detach()
         if self._in_flight:
             _, pending = await asyncio.wait(self._in_flight, timeout=self._grace)
@@ -318,26 +354,68 @@ class EventConsumer:
         own = _own_headers(message) if keep_headers else {}
         try:
             copy = copy_message(message, {**own, **extra_headers})
-            await publish_confirmed(
-                self._publish_channel.default_exchange, copy, routing_key=queue
-            )
+            if not encodable(copy):
+                raise ValueError("a header or property AMQP cannot encode")
+        except Exception as exc:
+            if keep_headers:
+                # Its own headers may be what cannot go on the wire: ours alone, so the copy
+                # still carries our counters or our reason (error-*).
+                log.warning("could not copy message %s to %s with its headers (%s: %s); "
+                            "copying it with ours only", message.message_id, queue,
+                            type(exc).__name__, exc)
+                await self._republish(message, queue, extra_headers, keep_headers=False)
+                return
+            # The copy itself cannot be made: the broker's own dead-lettering takes the
+            # original to the DLQ rather than leave it hanging; the reason is logged.
+            log.error("could not copy message %s to %s (%s: %s); rejected to the broker's "
+                      "dead-lettering", message.message_id, queue, type(exc).__name__, exc)
+            await message.reject(requeue=False)
+            metrics.DEAD_LETTERED.labels(self.service, _label(message.type), "rejected").inc()
+            return
+        try:
+            await self._copy_when_connected(message, copy, queue)
         except PublishFailed:
             # Could not park it: give it back to the queue rather than lose it.
             log.exception("could not move message %s to %s; requeued", message.message_id, queue)
             await message.nack(requeue=True)
             return
-        except Exception as exc:
-            if not self._publish_channel.is_closed:
-                # The copy itself cannot be made (an unencodable property, say): the broker's
-                # own dead-lettering takes the original to the DLQ rather than leave it hanging.
-                log.error("could not copy message %s to %s (%s: %s); rejected to the broker's "
-                          "dead-lettering", message.message_id, queue, type(exc).__name__, exc)
-                await message.reject(requeue=False)
-                metrics.DEAD_LETTERED.labels(self.service, _label(message.type),
-                                             "rejected").inc()
-                return
-            raise
         await message.ack()
+
+    async def _copy_when_connected(
+        self, message: AbstractIncomingMessage, copy: Message, queue: str
+    ) -> None:
+        """Publish the copy, confirmed. A copy that fails for the connection (it is away,
+        its channel closed) is tried again once the publishing connection is back, while
+        the original stays unacked; if the consuming channel goes meanwhile, the broker
+        redelivers the original and this gives up (raises)."""
+        assert self._copies is not None
+        pause = PUBLISH_RECONNECT_POLL_SECONDS
+        while True:
+            try:
+                await publish_confirmed(self._copies, copy, routing_key=queue)
+                return
+            except PublishFailed:
+                raise
+            except Exception as exc:
+                if self._channel is None or self._channel.is_closed:
+                    raise
+                log.warning("could not copy message %s to %s (%s: %s): the publishing "
+                            "connection is away; kept unacked until it is back",
+                            message.message_id, queue, type(exc).__name__, exc)
+            await self._publishing_back()
+            # Back, but failing again (a flapping link): try less and less often.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, PUBLISH_RETRY_MAX_SECONDS)
+
+    async def _publishing_back(self) -> None:
+        """Return once the publishing connection and channel are up again (raises
+        ConnectionError if the consuming channel closes meanwhile)."""
+        assert self._publish_channel is not None
+        while not (self._publish_connection.connected.is_set()
+                   and not self._publish_channel.is_closed):
+            if self._channel is None or self._channel.is_closed:
+                raise ConnectionError("the consuming channel closed: redelivered")
+            await asyncio.sleep(PUBLISH_RECONNECT_POLL_SECONDS)
 
 
 def _label(event_type: str | None) -> str:

@@ -122,9 +122,11 @@ async def replay(connection: AbstractConnection, service: str,
         raise DlqError(f"work queue {topology.name} does not exist", exit_code=2)
 
     async def move(channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
+        # Through the service's own exchange (its user may not write to the default one).
         # In the order's trace: the replay's publish is a child of the parked message's context.
+        own = await channel.get_exchange(topology.exchange, ensure=False)
         await publish_confirmed(
-            channel.default_exchange, replay_copy(message), routing_key=topology.name,
+            own, replay_copy(message), routing_key=topology.name,
             parent=instrumentation.trace_context(message),
         )
 

@@ -50,6 +50,11 @@ class FlowControl:
         return self._tag is not None
 
     @property
+    def tag(self) -> str | None:
+        """The consumer tag of the subscription now (None while paused)."""
+        return self._tag
+
+    @property
     def on_purpose(self) -> bool:
         """Not taking messages at full speed because the switch or an operator said so."""
         return self.switch.status.mode is not Mode.RUNNING

@@ -14,9 +14,10 @@ import contextvars
 import enum
 import hashlib
 import logging
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
@@ -208,17 +209,19 @@ def decide(event: Event, state: State,
     return None
 
 
-async def record_despite_cancellation(record: Coroutine[Any, Any, Outcome]) -> Outcome:
-    """Run `record` (the commit of an event whose step outside the database has happened) to
-    its end even when the caller is cancelled meanwhile, then let the cancellation through.
+async def despite_cancellation(work: Coroutine[Any, Any, Outcome]) -> Outcome:
+    """Run `work` (an event's step outside the database and its record) to its end even when
+    the caller is cancelled meanwhile, then let the cancellation through.
 
     aio-pika cancels a message's task when its channel closes (a broker restart, a dropped
-    link). After the mail went out, that cancellation must not roll its record back: the
-    claim would stay, and the redelivered copy would send the mail again once the claim's
-    lease ran out. Committed, the copy finds a duplicate. The record is database work only,
-    so waiting for it is bounded as any transaction is.
+    link). A mail cut off there may have gone out anyway: its end was written and the
+    server's 250 was on its way. Released as "not sent", the redelivered copy would send it
+    again; left claimed and unrecorded, the copy would send it again once the claim's lease
+    ran out. Run to its end, the mail's outcome is known and recorded, and the copy finds a
+    duplicate (or, after a failed send, claims it again). Bounded as the step is (every SMTP
+    step by SMTP_TIMEOUT) and as any transaction is.
     """
-    task = asyncio.ensure_future(record)
+    task = asyncio.ensure_future(work)
     cancelled = False
     while not task.done():
         try:
@@ -237,9 +240,10 @@ class _LostRace(Exception):
 class Inbox:
     """Applies events once and in order, each with the handler its Subscriptions name for it.
 
-    One path: `process` is `prepare` (the read-only check and the step outside the database,
-    when the subscription has one) and then `apply`, which commits a batch of one; a batcher
-    (messaging/batching.py) commits several with `process_batch`, the same code.
+    One path: `process` is `prepare` (the read-only check and claim, when the subscription
+    has a step outside the database), the step, and then `apply`, which commits a batch of
+    one; a batcher (messaging/batching.py) commits several with `process_batch`, the same
+    code.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
@@ -257,24 +261,33 @@ class Inbox:
         early = await self.prepare(event, subscriptions)
         if early is not None:
             return early
-        if subscriptions.before_for(event) is not None:
-            return await record_despite_cancellation(self.apply(event, subscriptions))
+        before = subscriptions.before_for(event)
+        if before is not None:
+            return await self.step_then_record(
+                event, before, partial(self.apply, event, subscriptions))
         return await self.apply(event, subscriptions)
 
     async def prepare(self, event: Event, subscriptions: Subscriptions) -> Outcome | None:
-        """The part of `process` before its transaction: for an event with a `before` step,
-        decide on what is committed (an outcome to skip it; OutOfOrder raised), claim it, and
-        run the step."""
+        """The part of `process` before its transaction: an outcome for an event nobody
+        subscribed to; for an event with a `before` step, decide on what is committed (an
+        outcome to skip it; OutOfOrder raised) and claim it."""
         if subscriptions.handler_for(event) is None:
             return decide(event, State(seen=False), subscriptions)  # ignored, nothing read
-        before = subscriptions.before_for(event)
-        if before is None:
+        if subscriptions.before_for(event) is None:
             return None
-        early = await self.claim(event, subscriptions)
-        if early is not None:
-            return early
-        await self.run_before(event, before)
-        return None
+        return await self.claim(event, subscriptions)
+
+    async def step_then_record(self, event: Event, before: SideEffect,
+                               record: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        """The claimed event's step outside the database (its mail), then `record` (its
+        commit), as one piece that a cancellation of the caller does not cut short
+        (`despite_cancellation`)."""
+
+        async def step_and_record() -> Outcome:
+            await self.run_before(event, before)
+            return await record()
+
+        return await despite_cancellation(step_and_record())
 
     async def claim(self, event: Event, subscriptions: Subscriptions) -> Outcome | None:
         """Decide on what is committed (an outcome to skip the event; OutOfOrder or Conflict
@@ -318,10 +331,12 @@ class Inbox:
 
     async def run_before(self, event: Event, before: SideEffect) -> None:
         """The claimed event's step outside the database (its mail). If it fails, the claim
-        is released: the next copy (the retry of this one) claims it again."""
+        is released: the next copy (the retry of this one) claims it again. If it is
+        cancelled (only the event loop's end cancels it: `step_then_record`), whether its
+        effect happened is not known: the claim stays until its lease ends."""
         try:
             await before(event)
-        except BaseException:
+        except Exception:
             with contextlib.suppress(Exception):
                 await self._release(event)
             raise

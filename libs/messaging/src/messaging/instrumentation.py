@@ -7,8 +7,9 @@ instrumentation is needed (aio-pika's emits the pre-1.26 names and attributes):
     publish <exchange>   PRODUCER  messaging.operation.type=send, .name=publish
     process <queue>      CONSUMER  messaging.operation.type=process, .name=process
 
-The default exchange (retry queues, DLQ, replays) is named `amq.default`, its routing key
-(the queue) is in `messaging.rabbitmq.destination.routing_key`. A failure sets the span's
+A service's own exchange (`<queue>.copies`: retry queues, DLQ, replays) routes by the queue's
+name, which is in `messaging.rabbitmq.destination.routing_key`; the default exchange, if a
+message ever came through it, is named `amq.default`. A failure sets the span's
 status to ERROR and `error.type`: for a delivery, the class the consumer gave it
 (`transient`, `poison`, `permanent`, `exhausted`, `out-of-order`); for a publish, why it was
 not confirmed (`nack`, `unroutable`, `timeout`). Project attributes are namespaced
@@ -125,7 +126,7 @@ def processing(queue: str, message: AbstractIncomingMessage) -> Iterator[Span]:
         "messaging.message.id": message.message_id,
         "messaging.message.conversation_id": message.correlation_id,
         "messaging.message.body.size": len(message.body),
-        # Where it was published to: shop.events, or amq.default for a retry or a replay.
+        # Where it was published to: shop.events, or <queue>.copies for a retry or a replay.
         telemetry.EXCHANGE: destination(message.exchange or ""),
     })
     with _tracer.start_as_current_span(

@@ -23,6 +23,11 @@ DEAD_LETTERED = Counter(
     "messages_dead_lettered", "Messages sent to the dead-letter queue",
     ["service", "event_type", "error_class"],
 )
+# The broker cancelled a consumer (its queue deleted): messages routed meanwhile missed it.
+CONSUMER_CANCELLED = Counter(
+    "consumer_cancelled", "Consumers cancelled by the broker (their queue deleted)",
+    ["service", "queue"],
+)
 EVENT_ID_CLASHES = Counter(
     "inbox_event_id_clashes",
     "Messages whose event id was applied before with other content (skipped, logged)",
@@ -36,6 +41,13 @@ HANDLER_SECONDS = Histogram(
 PUBLISHED = Counter("publish_confirmed", "Publishes confirmed by the broker", ["service"])
 PUBLISH_FAILED = Counter(
     "publish_failed", "Publishes not confirmed (nack, unroutable, timeout)", ["service"]
+)
+# Readiness says a producer accepts work; this says whether its events get out: 0 from a
+# publish the broker did not confirm (a memory or disk alarm blocks the publishing
+# connection) until the next confirmed one.
+OUTBOX_PUBLISHING = Gauge(
+    "outbox_publishing", "1 when the relay's last publish was confirmed, 0 when it was not",
+    ["service"],
 )
 OUTBOX_PENDING = Gauge("outbox_pending_rows", "Outbox rows not yet published", ["service"])
 OUTBOX_OLDEST_AGE = Gauge(

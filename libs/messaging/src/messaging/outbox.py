@@ -402,8 +402,10 @@ class OutboxRelay:
                 await publish_confirmed(exchange, message, routing_key=row.routing_key)
             except PublishFailed:
                 metrics.PUBLISH_FAILED.labels(self._service).inc()
+                metrics.OUTBOX_PUBLISHING.labels(self._service).set(0)
                 raise
             metrics.PUBLISHED.labels(self._service).inc()
+            metrics.OUTBOX_PUBLISHING.labels(self._service).set(1)
 
     async def _record(
         self, session: AsyncSession, rows: Sequence[OutboxRow],

@@ -21,6 +21,7 @@ from aiormq.exceptions import DeliveryError
 from opentelemetry.context import Context
 from pamqp.commands import Basic
 from pamqp.common import FieldValue
+from pamqp.header import ContentHeader
 
 from messaging import instrumentation
 
@@ -73,6 +74,16 @@ def copy_message(
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         headers=dict(headers),
     )
+
+
+def encodable(message: aio_pika.Message) -> bool:
+    """Whether the message's properties and headers can go on the wire at all (a header
+    value AMQP has no type for cannot): a publish of it fails whatever the connection."""
+    try:
+        ContentHeader(0, len(message.body), message.properties).marshal()
+    except Exception:
+        return False
+    return True
 
 
 async def open_confirm_channel(connection: AbstractConnection) -> AbstractChannel:

@@ -174,7 +174,7 @@ class ConsumerRuntime:
         kill switch or an operator: healthy, and the state is in /readyz's body)."""
         await self.broker.check()
         await self.publisher.check()
-        if self._consumer is None or not self._consumer.is_consuming:
+        if self._consumer is None or not await self._consumer.consuming():
             raise ConnectionError("not consuming")
         stalled = self._consumer.stalled_for()
         if stalled > self._settings.consumer_stall_seconds:

@@ -5,7 +5,11 @@
   (a broker connection, a relay) that would keep it alive.
 - Each request gets `header_timeout` seconds for its request line and headers and then
   `body_timeout` seconds for its body; a client slower than that is disconnected.
-- At most `max_connections` connections are open at once; one more is closed on arrival.
+- At most `max_connections` connections hold a slot, one client address at most
+  `client_share` of them (messaging.connection_slots decides): idle connections make room
+  for new ones, oldest first, and keep-alive is cut short once three quarters are taken; a
+  connection that finds no room gets `503` with `Retry-After` on its first request. What
+  is refused or closed to make room is logged as counts, one line per `TALLY_SECONDS`.
 
 The event loop is uvloop's unless `EVENT_LOOP=asyncio`; the consumer and the
 outbox relay run on the same loop as the HTTP server (the app's lifespan starts them).
@@ -33,6 +37,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from messaging import telemetry
+from messaging.connection_slots import ConnectionSlots, Drop, Refuse
+from messaging.log_tally import LogTally
 from messaging.runtime import HTTP_DRAIN_SECONDS, SPAN_FLUSH_SECONDS
 from messaging.settings import ServiceSettings
 
@@ -43,20 +49,55 @@ log = logging.getLogger(__name__)
 CANNOT_START = 3
 
 
+# Keep-alive between requests once the slots are under pressure (uvicorn's own is 5 s).
+PRESSURE_KEEP_ALIVE_SECONDS = 1  # whole seconds, as uvicorn's setting
+# What a connection refused for want of a slot is told to wait, and how long it is held
+# at most to read the request it is answered on.
+RETRY_AFTER_SECONDS = 1
+REFUSED_READ_SECONDS = 2.0
+# Refused, dropped, evicted and too-slow connections: one log line per this many seconds.
+TALLY_SECONDS = 5.0
+
+
 @dataclass(frozen=True)
 class Limits:
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     max_connections: int = 512
+    client_share: float = 0.5
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> Limits:
         return cls(settings.http_header_timeout_seconds, settings.http_body_timeout_seconds,
-                   settings.http_max_connections)
+                   settings.http_max_connections, settings.http_client_connection_share)
+
+
+async def too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer on a connection that found no slot: try again shortly, on a new one."""
+    body = (b'{"detail":"too many connections; retry after %d s"}' % RETRY_AFTER_SECONDS)
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+        (b"retry-after", b"%d" % RETRY_AFTER_SECONDS), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def bounded_protocol(limits: Limits) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a read deadline per request and a connection cap."""
+    """uvicorn's h11 protocol with a read deadline per request and connection slots."""
+    slots: ConnectionSlots[H11Protocol] = ConnectionSlots(limits.max_connections,
+                                                          limits.client_share)
+    tally = LogTally()
+
+    def note(loop: asyncio.AbstractEventLoop, what: str, client: str) -> None:
+        if tally.add(what, client):
+            log.warning("HTTP connection from %s: %s (more are counted: one line per %g s)",
+                        client, what, TALLY_SECONDS)
+            loop.call_later(TALLY_SECONDS, summarise, loop)
+
+    def summarise(loop: asyncio.AbstractEventLoop) -> None:
+        line = tally.summary()
+        if line is not None:
+            log.warning("HTTP connections in the last %g s: %s", TALLY_SECONDS, line)
+            loop.call_later(TALLY_SECONDS, summarise, loop)
 
     class BoundedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
@@ -64,15 +105,27 @@ def bounded_protocol(limits: Limits) -> type[H11Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn types it
             super().connection_made(transport)
-            if len(self.connections) > limits.max_connections:
-                log.warning("%d connections open: closing a new one", len(self.connections) - 1)
+            client = _address(self)
+            decision = slots.admit(self, client)
+            if isinstance(decision, Drop):
+                note(self.loop, f"closed unanswered ({decision.reason})", client)
                 transport.abort()
                 return
+            if isinstance(decision, Refuse):
+                note(self.loop, f"answered 503 ({decision.reason})", client)
+                self.app = too_many_connections  # whatever its first request is
+                self._arm(min(limits.header_timeout, REFUSED_READ_SECONDS))
+                return
+            if decision.evict is not None:
+                note(self.loop, "idle closed to make room", _address(decision.evict))
+                decision.evict.transport.close()
             self._arm(limits.header_timeout)
 
         def data_received(self, data: bytes) -> None:
-            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
-                self._arm(limits.header_timeout)  # the first bytes of a new request
+            if self.cycle is None or self.cycle.response_complete:  # a new request begins
+                slots.busy(self)
+                if self._deadline is None:  # not a new connection's: the next on a kept one
+                    self._arm(limits.header_timeout)
             super().data_received(data)
             cycle = self.cycle
             if cycle is None or cycle.response_complete:
@@ -83,8 +136,17 @@ def bounded_protocol(limits: Limits) -> type[H11Protocol]:
             if not cycle.more_body:
                 self._disarm()
 
+        def on_response_complete(self) -> None:
+            # Read by uvicorn's own on_response_complete, which arms the keep-alive timer.
+            self.timeout_keep_alive = (PRESSURE_KEEP_ALIVE_SECONDS if slots.under_pressure
+                                       else self.config.timeout_keep_alive)
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.cycle.response_complete:
+                slots.idle(self)  # not when a pipelined request has begun already
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            slots.leave(self)
             super().connection_lost(exc)
 
         def _arm(self, seconds: float) -> None:
@@ -99,11 +161,15 @@ def bounded_protocol(limits: Limits) -> type[H11Protocol]:
         def _too_slow(self) -> None:
             self._deadline = None
             if not self.transport.is_closing():
-                log.warning("closing a connection from %s: request not read in time",
-                            self.client[0] if self.client else "?")
+                note(self.loop, "closed: request not read in time", _address(self))
                 self.transport.abort()
 
     return BoundedH11Protocol
+
+
+def _address(connection: H11Protocol) -> str:
+    """The client's address, the key of its share of the slots."""
+    return connection.client[0] if connection.client else "?"
 
 
 def loop_factory(name: Literal["uvloop", "asyncio"]) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -107,11 +107,13 @@ class ServiceSettings(ProcessSettings):
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # HTTP limits (docs/limits.md): a larger request body gets 413 before it is parsed; a
     # client gets this long to send its request's headers, then as long again for its body;
-    # connections beyond the cap are closed at once.
+    # at most this many connections are served at once, one client address holding at most
+    # this share of them (1 = no per-client cap: behind a proxy every client has its address).
     http_max_body_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)
     http_body_timeout_seconds: float = Field(10.0, gt=0, le=300)
     http_max_connections: int = Field(512, ge=8, le=65536)
+    http_client_connection_share: float = Field(0.5, gt=0, le=1)
 
     # Validators by field name, so they hold for a service that overrides the default.
     _check_database_url = field_validator("database_url")(_database_url)

@@ -8,6 +8,12 @@ For a consuming service's queue `Q`:
                                 ^
     Q.retry.<N>s --(TTL expires, dead-letter)--'   (one wait queue per delay)
 
+Every move between a service's own queues goes through its own direct exchange
+`Q.copies`, bound to Q, each wait queue and Q.dlq with the queue's name as routing key:
+the consumer's copies (retry, DLQ), the DLQ tool's replays and the broker's dead-lettering.
+So no service's user needs `write` on the default exchange, which routes to any queue of
+the vhost by name (another service's work queue among them).
+
 Every queue is a durable quorum queue. The arguments here must match
 `deploy/rabbitmq/definitions.json`, or the broker refuses the second declaration.
 """
@@ -60,6 +66,11 @@ class QueueTopology:
     def dlq(self) -> str:
         return f"{self.name}.dlq"
 
+    @property
+    def exchange(self) -> str:
+        """The service's own direct exchange: routing key = one of its queues' names."""
+        return f"{self.name}.copies"
+
     def retry_queue(self, delay_seconds: int) -> str:
         return f"{self.name}.retry.{delay_seconds}s"
 
@@ -79,7 +90,7 @@ class QueueTopology:
             **_QUORUM,
             **_SAFE_DEAD_LETTERING,
             "x-delivery-limit": DELIVERY_LIMIT,
-            "x-dead-letter-exchange": "",
+            "x-dead-letter-exchange": self.exchange,
             "x-dead-letter-routing-key": self.dlq,
         }
 
@@ -88,26 +99,42 @@ class QueueTopology:
             **_QUORUM,
             **_SAFE_DEAD_LETTERING,
             "x-message-ttl": delay_seconds * 1000,
-            "x-dead-letter-exchange": "",
+            "x-dead-letter-exchange": self.exchange,
             "x-dead-letter-routing-key": self.name,
         }
 
-    async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
-        """Declare DLQ, wait queues and the work queue bound to the exchange; returns the queue.
+    async def declare(
+        self, channel: AbstractChannel, *, as_they_are: bool = False
+    ) -> aio_pika.abc.AbstractQueue:
+        """Declare the service's own exchange, DLQ, wait queues and the work queue bound to
+        `shop.events`; returns the work queue.
 
-        The exchange must exist (`ensure_exchange`): a consumer may bind to it, not own it.
+        `shop.events` must exist (`ensure_exchange`): a consumer may bind to it, not own it.
+        `as_they_are`: the queues exist with other arguments. Queues declared before each
+        service had its own exchange dead-letter through the default one, and RabbitMQ cannot
+        change a queue's arguments in place; so they are used as they are (the broker's own
+        dead-lettering needs no user's permission, and our copies go through the service's
+        exchange either way), and only the least-privilege step waits until they are
+        re-declared (docs/failure.md#queues-from-an-earlier-version).
         """
-        await channel.declare_queue(self.dlq, durable=True, arguments=self.dlq_arguments())
+
+        async def queue(name: str, arguments: dict[str, Any]) -> aio_pika.abc.AbstractQueue:
+            if as_they_are:
+                return await channel.declare_queue(name, passive=True)
+            return await channel.declare_queue(name, durable=True, arguments=arguments)
+
+        own = await channel.declare_exchange(
+            self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        dlq = await queue(self.dlq, self.dlq_arguments())
+        await dlq.bind(own, routing_key=self.dlq)
         for delay in self.retry_delays:
-            await channel.declare_queue(
-                self.retry_queue(delay), durable=True, arguments=self.retry_arguments(delay)
-            )
-        queue = await channel.declare_queue(
-            self.name, durable=True, arguments=self.work_arguments()
-        )
+            wait = await queue(self.retry_queue(delay), self.retry_arguments(delay))
+            await wait.bind(own, routing_key=wait.name)
+        work = await queue(self.name, self.work_arguments())
+        await work.bind(own, routing_key=self.name)
         for key in self.bindings:
-            await queue.bind(EXCHANGE, routing_key=key)
-        return queue
+            await work.bind(EXCHANGE, routing_key=key)
+        return work
 
 
 async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:

@@ -48,6 +48,34 @@ async def test_a_message_whose_dlq_copy_cannot_be_made_goes_to_the_dlq_by_the_br
     assert applied == [str(good.event_id)]
 
 
+async def test_a_message_whose_own_headers_cannot_be_copied_is_parked_with_our_reason(
+    connection, publish, start_consumer, monkeypatch
+):
+    """Issue 27: only a copy that cannot be made for the message itself ends with the
+    broker, and first a copy with our headers alone is tried, so the DLQ says why."""
+    real_copy = consumer_module.copy_message
+
+    def unencodable_own_headers(message, headers):
+        if "tracestate" in headers:  # its own header, carried on every copy of it
+            raise TypeError("Unsupported numeric value: 1e+38")  # what pamqp raised
+        return real_copy(message, headers)
+
+    monkeypatch.setattr(consumer_module, "copy_message", unencodable_own_headers)
+    await start_consumer(_applied)
+    poison_id = await publish(b"not json", headers={"tracestate": "vendor=value"})
+
+    parked = await eventually_async(lambda: dlq.show(connection, "points", limit=10),
+                                    timeout=20, message="the poison in the DLQ")
+    [message] = parked
+    assert message.message_id == poison_id
+    assert message.headers[h.ERROR_CLASS] == "poison"  # our copy, not the broker's
+    assert "x-death" not in message.headers
+
+
+async def _applied(_event) -> Outcome:
+    return Outcome.APPLIED
+
+
 async def test_in_flight_work_that_stops_moving_is_reported_as_a_stall(
     publish, start_consumer
 ):

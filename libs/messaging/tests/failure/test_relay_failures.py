@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from devstack import events
@@ -53,6 +54,7 @@ async def test_an_unroutable_event_is_logged_kept_in_the_outbox_and_retried_unti
         kept = await eventually_async(retried_unroutable, timeout=20)
         assert "NO_ROUTE" in kept.last_error
         assert f"outbox: event {event.event_id} not published" in caplog.text
+        assert publishing() == 0  # accepting (the row is kept), not publishing
 
         # A consumer binds its queue: the next retry delivers the event, once.
         queue = await channel.declare_queue("", exclusive=True)
@@ -62,6 +64,7 @@ async def test_an_unroutable_event_is_logged_kept_in_the_outbox_and_retried_unti
             return (await row(sessions, event)).published_at is not None
 
         await eventually_async(published, timeout=20)
+        assert publishing() == 1
         message = await queue.get(no_ack=True, timeout=10)
         assert message.message_id == str(event.event_id)
         assert await queue.get(no_ack=True, fail=False) is None
@@ -74,3 +77,8 @@ async def test_an_unroutable_event_is_logged_kept_in_the_outbox_and_retried_unti
 
 async def _same(connection):
     return connection
+
+
+def publishing() -> float | None:
+    """outbox_publishing of the relay (its default service label)."""
+    return REGISTRY.get_sample_value("outbox_publishing", {"service": "producer"})

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event, OrderPaid, OrderRefunded, OrderShipped, utcnow
 from mailer import store
-from mailer.message import Mail, MailTemplate
+from mailer.message import Mail, MailTemplate, UnsafeMail
 
 CORRELATION_HEADER = "X-Correlation-ID"
 
@@ -72,8 +72,16 @@ async def send_mail(event: Event, *, sender: MailSender, template: MailTemplate)
     """Hand the mail to the SMTP server. Runs before the inbox transaction (mailer/spec.py).
 
     Raises UnsafeMail, before anything is sent, for an event whose values cannot go into a
-    mail safely (mailer/spec.py makes that permanent)."""
-    await sender.send(compose(event, template))
+    mail (mailer/spec.py makes that permanent). Composing is a pure function of the event,
+    so whatever it raises it would raise again on every retry."""
+    try:
+        mail = compose(event, template)
+    except UnsafeMail:
+        raise
+    except Exception as exc:  # e.g. a Date header past the year 9999
+        raise UnsafeMail(f"{event.event_type} cannot be written as a mail: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    await sender.send(mail)
 
 
 async def record_mail(event: Event, session: AsyncSession) -> None:

@@ -47,7 +47,8 @@ _ADDR_SPEC = re.compile(r'[^\s<>()\[\],;:"\\@\x00-\x1f\x7f]+@[^\s<>()\[\],;:"\\@
 
 
 class UnsafeMail(ValueError):
-    """A value that cannot go into the mail as given: a line break, or not an address."""
+    """A value that cannot go into the mail as given: a line break, not an address, a date
+    no Date header can hold. The same event fails the same way every time."""
 
 
 def _refuse_line_breaks(name: str, value: str) -> None:

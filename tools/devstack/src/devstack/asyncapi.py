@@ -199,8 +199,9 @@ def build() -> dict:
             operations[f"{service}{channel[len(work):]}"] = {
                 "action": "send",
                 "title": f"{service} parks a failed or early message to wait",
-                "description": "Through the default exchange (amq.default), routing key = "
-                               "the queue name; confirmed before the original is acked.",
+                "description": f"Through {service}'s own exchange ({queues.exchange}), "
+                               "routing key = the queue name; confirmed before the original "
+                               "is acked.",
                 **_ref(channel, handled),
                 "bindings": publish_binding,
                 "x-service": service,
@@ -208,8 +209,8 @@ def build() -> dict:
         operations[f"{service}DeadLetter"] = {
             "action": "send",
             "title": f"{service} dead-letters a message it gives up on",
-            "description": "Through the default exchange (amq.default); confirmed before the "
-                           "original is acked.",
+            "description": f"Through {service}'s own exchange ({queues.exchange}), routing "
+                           "key = the queue name; confirmed before the original is acked.",
             **_ref(dlq, handled_dead),
             "bindings": publish_binding,
             "x-service": service,
@@ -219,8 +220,8 @@ def build() -> dict:
             "title": f"{service} sends a message that failed while paused back to its queue",
             "description": "The kill switch (docs/failure.md#the-kill-switch): a fresh copy "
                            "with the same body, ids and headers (retry counters unchanged), "
-                           "through the default exchange; confirmed before the original is "
-                           "acked.",
+                           f"through {queues.exchange} (routing key = the work queue's name); "
+                           "confirmed before the original is acked.",
             **_ref(work, handled),
             "bindings": publish_binding,
             "x-service": service,
@@ -229,8 +230,8 @@ def build() -> dict:
             "action": "send",
             "title": f"the DLQ tool replays {queues.dlq} to {queues.name}",
             "description": "`make dlq ARGS=\"replay <service> ...\"`: the same body and ids, "
-                           "error-* headers and retry counters dropped, through the default "
-                           "exchange.",
+                           f"error-* headers and retry counters dropped, through {queues.exchange} "
+                           "(routing key = the work queue's name).",
             **_ref(work, handled),
             "bindings": publish_binding,
             "x-service": "dlq-tool",

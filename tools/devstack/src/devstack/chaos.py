@@ -1,6 +1,7 @@
 """The chaos check: payments and refunds under load while every consumer is SIGKILLed and
-restarted at random moments and the broker is restarted once; then count, per service,
-what happened to every event in Jepsen's categories.
+restarted at random moments, has its broker connections (consuming and publishing) closed
+under it, and the broker is restarted once; the mail server is slow meanwhile. Then count,
+per service, what happened to every event in Jepsen's categories.
 
     python -m devstack.chaos                      # the full run (make chaos): 2,000 payments
     python -m devstack.chaos --payments 300 --seconds 20 --kills 1   # the short form
@@ -8,6 +9,7 @@ what happened to every event in Jepsen's categories.
 Loopback only: the local RabbitMQ (a throwaway vhost), SQLite files under a temporary
 directory, an in-process SMTP sink. Restarting the broker uses `rabbitmqctl stop_app` /
 `start_app`, which drops every connection on the node: don't run it while others test.
+The connection drops close only the check's own vhost's connections (management API).
 
 Categories, per service, over the events the producers committed (payment's outbox, and
 shipping's: a consumer that publishes OrderShipped for every paid order):
@@ -20,8 +22,9 @@ The mailer's effect is counted twice: the row it records, and the mail the SMTP 
 received (by Message-ID). The mailer hands a mail to SMTP before it commits its record; a
 SIGKILL in between sends it again with the same Message-ID. Such resends are reported per
 fault, not as duplicated effects, up to what the fault can explain: the messages in flight
-(the prefetch) at a mailer kill; none at a broker restart or a node's death (a dropped
-connection never makes the mailer send again). Beyond that they count as duplicated.
+(the prefetch) at a mailer kill; none at a broker restart, a node's death or a closed
+connection (a dropped connection never makes the mailer send again). Beyond that they
+count as duplicated.
 Across producers: "mails out of causal order" counts the orders whose "Your order has
 shipped" reached the SMTP server before their "Thank you for your order" (must be 0).
 """
@@ -46,7 +49,7 @@ from pathlib import Path
 
 import httpx
 
-from devstack import smtp_sink, throwaway
+from devstack import broker_faults, smtp_sink, throwaway
 from devstack.stack import SERVICES, Stack, free_port
 from messaging import spec
 from messaging.settings import ConsumerSettings
@@ -91,7 +94,12 @@ class ChaosConfig:
     refund_ratio: float = 0.10
     seconds: float = 50.0  # the load is spread over this window; faults happen inside it
     kills_per_consumer: int = 3
+    # Each closes both broker connections of a consumer (`<name>`, `<name>-publish`).
+    connection_drops_per_consumer: int = 2
     broker_restarts: int = 1
+    # The mail server holds each mail this long before its 250: a dropped connection then
+    # finds mails whose end was written and whose answer has not come yet.
+    smtp_delay_seconds: float = 0.3
     broker_down_seconds: float = 2.0
     concurrency: int = 16
     settle_timeout: float = 90.0
@@ -188,6 +196,7 @@ class Report:
     mails_out_of_order: int = 0
     kills: Counter = field(default_factory=Counter)
     broker_restarts: int = 0
+    connection_drops: int = 0
     payments: int = 0
     refunds: int = 0
     http_retries: int = 0
@@ -205,7 +214,9 @@ class Report:
             f"chaos: {self.payments} payments, {self.refunds} refunds over "
             f"{self.load_seconds:.0f}s (seed {self.seed}); SIGKILL+restart: "
             + ", ".join(f"{s} x{self.kills[s]}" for s in CONSUMERS)
-            + f"; broker restarts: {self.broker_restarts}; HTTP retries: {self.http_retries}",
+            + f"; connections closed: {self.connection_drops} (slow SMTP: "
+            f"{self.config.smtp_delay_seconds}s); broker restarts: {self.broker_restarts}; "
+            f"HTTP retries: {self.http_retries}",
             f"settled {'in' if self.settled else 'NOT within'} {self.settle_seconds:.0f}s after "
             f"the load; dead-lettered: {self.dead_lettered}",
             "",
@@ -219,7 +230,8 @@ class Report:
             f"mails resent (same Message-ID): {self.resends.total}, reported apart from "
             "duplicated effects: a mail handed to SMTP whose record had not committed when "
             "the mailer was SIGKILLed goes out again with its Message-ID, at most the "
-            f"{IN_FLIGHT} (prefetch) in flight; a dropped connection resends none. Per fault:",
+            f"{IN_FLIGHT} (prefetch) in flight; a dropped or closed connection resends none. "
+            "Per fault:",
             *self.resends.lines(),
             f"mails out of causal order (an order's shipped mail before its thank-you mail): "
             f"{self.mails_out_of_order}",
@@ -245,12 +257,56 @@ def fault_schedule(config: ChaosConfig, rng: random.Random) -> list[tuple[float,
     window = config.seconds
     faults = [(rng.uniform(0.05, 0.95) * window, f"kill:{name}")
               for name in CONSUMERS for _ in range(config.kills_per_consumer)]
+    faults += [(rng.uniform(0.05, 0.95) * window, f"drop:{name}")
+               for name in CONSUMERS for _ in range(config.connection_drops_per_consumer)]
     faults += [(rng.uniform(0.3, 0.6) * window, "broker") for _ in range(config.broker_restarts)]
     return sorted(faults)
 
 
-def run_faults(stack: Stack, schedule, started: float, report: Report, stop: threading.Event,
-               config: ChaosConfig) -> None:
+# The management API lists a (re)connected service only after its statistics interval, and
+# a consumer SIGKILLed just before may take long to start on a busy machine: a drop waits
+# this long for the connections it is to close.
+DROP_WAIT_SECONDS = 60.0
+
+
+def drop_connections(vhost: str, name: str) -> bool:
+    """Close a consumer's two broker connections, as an admin (or a broken network) would;
+    the service reconnects by itself. False if it had none to close in time."""
+    try:
+        for connection in (name, f"{name}-publish"):
+            broker_faults.close(vhost, connection, reason="chaos: connection drop",
+                                timeout=DROP_WAIT_SECONDS)
+    except AssertionError:
+        return False
+    return True
+
+
+_DROPS_LOCK = threading.Lock()  # drops run in threads of their own
+
+
+def _drop(vhost: str, name: str, offset: float, report: Report) -> None:
+    began = time.time()
+    if drop_connections(vhost, name):
+        with _DROPS_LOCK:
+            report.connection_drops += 1
+    # A fault whatever was closed: it explains no resend.
+    report.faults.append(connection_drop(
+        f"{name}'s connections closed at {offset:.1f}s", began, time.time()))
+
+
+def run_faults(stack: Stack, vhost: str, schedule, started: float, report: Report,
+               stop: threading.Event, config: ChaosConfig) -> None:
+    drops: list[threading.Thread] = []
+    try:
+        _run_schedule(stack, vhost, schedule, started, report, stop, config, drops)
+    finally:
+        for drop in drops:
+            drop.join()
+
+
+def _run_schedule(stack: Stack, vhost: str, schedule, started: float, report: Report,
+                  stop: threading.Event, config: ChaosConfig,
+                  drops: list[threading.Thread]) -> None:
     for at, what in schedule:
         if stop.wait(max(0.0, started + at - time.monotonic())):
             return
@@ -261,7 +317,15 @@ def run_faults(stack: Stack, schedule, started: float, report: Report, stop: thr
             report.faults.append(connection_drop(
                 f"broker restart {report.broker_restarts} at {offset:.1f}s", began, time.time()))
             continue
-        name = what.split(":", 1)[1]
+        kind, name = what.split(":", 1)
+        if kind == "drop":
+            # In a thread of its own: finding the connections to close may take seconds
+            # (the management API's statistics lag), and the schedule goes on meanwhile.
+            drop = threading.Thread(target=_drop, args=(vhost, name, offset, report),
+                                    name=f"chaos-drop-{name}", daemon=True)
+            drop.start()
+            drops.append(drop)
+            continue
         stack.signal(name, signal.SIGKILL)
         stack.wait_exit(name, timeout=30)
         report.kills[name] += 1
@@ -498,7 +562,8 @@ def run(config: ChaosConfig, workdir: Path, out=sys.stdout) -> Report:
     rng = random.Random(seed)
     report = Report(config=config, seed=seed)
     smtp_port = free_port()
-    controller, _ = smtp_sink.start(workdir / "mail", port=smtp_port)
+    controller, _ = smtp_sink.start(workdir / "mail", port=smtp_port,
+                                    delay_seconds=config.smtp_delay_seconds)
     try:
         with throwaway.throwaway_vhost("chaos") as (vhost, amqp_url):
             stack = Stack(
@@ -527,7 +592,7 @@ def _run_under_faults(stack: Stack, vhost: str, config: ChaosConfig, rng: random
     stop = threading.Event()
     started = time.monotonic()
     faults = threading.Thread(target=run_faults, name="chaos-faults", daemon=True,
-                              args=(stack, schedule, started, report, stop, config))
+                              args=(stack, vhost, schedule, started, report, stop, config))
     faults.start()
     try:
         orders = asyncio.run(generate_load(stack.url("payment"), config, rng, report))
@@ -580,6 +645,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="window the load (and the faults) are spread over")
     parser.add_argument("--kills", type=int, default=defaults.kills_per_consumer,
                         help="SIGKILL + restart per consumer")
+    parser.add_argument("--connection-drops", type=int,
+                        default=defaults.connection_drops_per_consumer,
+                        help="closes of both broker connections, per consumer")
+    parser.add_argument("--smtp-delay", type=float, default=defaults.smtp_delay_seconds,
+                        help="seconds the mail server holds each mail before its 250")
     parser.add_argument("--broker-restarts", type=int, default=defaults.broker_restarts)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", type=Path, default=None,
@@ -587,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = ChaosConfig(payments=args.payments, refund_ratio=args.refund_ratio,
                          seconds=args.seconds, kills_per_consumer=args.kills,
+                         connection_drops_per_consumer=args.connection_drops,
+                         smtp_delay_seconds=args.smtp_delay,
                          broker_restarts=args.broker_restarts, seed=args.seed)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

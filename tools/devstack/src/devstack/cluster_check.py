@@ -190,7 +190,9 @@ def run(payments: int, seconds: float, workdir: Path, out=sys.stdout) -> Result:
     started = time.monotonic()
     rabbit4.ensure_apt_packages("haproxy")
     report = chaos.Report(config=chaos.ChaosConfig(payments=payments, seconds=seconds,
-                                                   refund_ratio=0.2, concurrency=8),
+                                                   refund_ratio=0.2, concurrency=8,
+                                                   connection_drops_per_consumer=0,
+                                                   smtp_delay_seconds=0.0),
                           seed=random.randrange(1 << 30))
     result = Result(chaos=report)
     rng = random.Random(report.seed)

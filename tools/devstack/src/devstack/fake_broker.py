@@ -73,8 +73,9 @@ class _Queue:
         self.messages: list[Delivery] = []  # waiting, no consumer
         self.consumer: Any = None
 
-    async def bind(self, exchange: str, routing_key: str) -> None:
-        self._broker.bindings.append((exchange, routing_key, self.name))
+    async def bind(self, exchange: Any, routing_key: str) -> None:
+        name = exchange if isinstance(exchange, str) else exchange.name
+        self._broker.bindings.append((name, routing_key, self.name))
 
     async def consume(self, callback: Any) -> str:
         self.consumer = callback
@@ -92,9 +93,20 @@ class _Channel:
         self._broker = broker
         self.is_closed = False
         self.default_exchange = _Exchange(broker)
+        self.on_consumer_cancel_callbacks: set[Any] = set()  # never cancelled here
+
+    async def get_underlay_channel(self) -> _Channel:
+        return self
+
+    @property
+    def consumers(self) -> set[str]:
+        return {f"ctag-{q.name}" for q in self._broker.queues.values() if q.consumer}
 
     async def get_exchange(self, name: str, ensure: bool = True) -> _Exchange:
         return self.default_exchange
+
+    async def declare_exchange(self, name: str, *_: Any, **__: Any) -> _Exchange:
+        return self.default_exchange  # every exchange routes by queue name here
 
     async def set_qos(self, **_: Any) -> None:
         return None
@@ -122,6 +134,7 @@ class FakeBroker:
         self._order = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         self.confirm = True  # False: the broker nacks every publish
+        self.reconnect_callbacks: set[Any] = set()  # it never reconnects
 
     # what the consumer calls -------------------------------------------------------------
     async def channel(self, **_: Any) -> _Channel:

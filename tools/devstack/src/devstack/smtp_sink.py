@@ -3,7 +3,8 @@
     python -m devstack.smtp_sink --port 1025 --dir var/mail
 
 It can also refuse service for a while (`--fail-for`, or `fail_until` when embedded), which
-is how the tests play a mail server that is down, and it can be slow (`--delay`). Like
+is how the tests play a mail server that is down, refuse each mail's first try
+(`refuse_first_tries`: a greylisting server), and it can be slow (`--delay`). Like
 Mailpit it offers PIPELINING (RFC 2920), unless told not to (`pipelining=False`).
 """
 
@@ -32,6 +33,10 @@ class SaveToDirectory:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.delay_seconds = delay_seconds
         self.fail_until = 0.0  # time.monotonic() before which mails are refused with 451
+        # 451 to the first try of each Message-ID, 250 to the next (greylisting).
+        self.refuse_first_tries = False
+        self._tried: set[str] = set()
+        self.holding = 0  # mails fully received whose 250 is being held back (`delay`)
 
     async def handle_EHLO(self, server, session, envelope, hostname,  # noqa: N802 (aiosmtpd API)
                           responses: list[str]) -> list[str]:
@@ -45,12 +50,19 @@ class SaveToDirectory:
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd API)
         if time.monotonic() < self.fail_until:
             return "451 4.3.0 mail server temporarily unavailable (test fault)"
-        if self.delay_seconds:
-            await asyncio.sleep(self.delay_seconds)  # the behaviour under test: a slow server
         # Only the headers, read as they are: the file name is all this needs, and a full
         # parse cost the sink more CPU per mail than the mailer spends building one.
         headers = _HEADERS.parsebytes(envelope.content, headersonly=True)
         message_id = str(headers.get("Message-ID") or "").strip()
+        if self.refuse_first_tries and message_id not in self._tried:
+            self._tried.add(message_id)
+            return "451 4.7.1 greylisted, try again later (test fault)"
+        if self.delay_seconds:
+            self.holding += 1
+            try:
+                await asyncio.sleep(self.delay_seconds)  # the behaviour under test: slow
+            finally:
+                self.holding -= 1
         name = (message_id or f"<{uuid.uuid4()}>").strip("<>").replace("/", "_")
         target = self.directory / f"{name}.eml"
         # Same Message-ID twice (a resend): keep both, numbered, so duplicates stay visible.
