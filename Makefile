@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV
 PY := .venv/bin/python
 
-.PHONY: help install preflight run run-sync test test-rules check-asyncapi asyncapi test-unit test-integration test-e2e test-compose test-cluster chaos bench lint dlq clean
+.PHONY: help install preflight run run-sync load test test-browser test-rules check-asyncapi asyncapi test-unit test-integration test-e2e test-compose test-cluster chaos bench lint dlq clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -23,12 +23,15 @@ $(UV):
 
 install: .venv/.synced ## create the workspace environment (.venv) from uv.lock
 
-run: install ## start the four services and a local SMTP sink (Ctrl-C stops all)
+run: install ## start the services, the failed-message console (prints its credentials) and a local SMTP sink (Ctrl-C stops all)
 	$(PY) -m devstack
 
 run-sync: install ## synchronous mode: one process (ports 8000-8003, no broker) and a local SMTP sink
 	@$(PY) -m devstack.smtp_sink --port $${SMTP_PORT:-1025} --dir var/mail & sink=$$!; \
 	trap "kill $$sink" EXIT; $(PY) -m inprocess
+
+load: install ## shop traffic against `make run` (Locust, headless): make load ARGS="--users 20 --rate 10 --duration 2m"
+	$(PY) -m load $(ARGS)
 
 preflight: install ## check what the tests need (RabbitMQ, its management API, PostgreSQL); enable the plugin if off
 	$(PY) -m devstack.preflight
@@ -39,10 +42,24 @@ preflight: install ## check what the tests need (RabbitMQ, its management API, P
 TEST_WORKERS ?= 3
 
 test: preflight test-rules check-asyncapi ## everything: alert rules, AsyncAPI, unit, integration, end-to-end (needs a running RabbitMQ + PostgreSQL)
-	@echo "make test: tests marked 'compose' are deselected (they need a running compose stack: make test-compose)"
-	$(PY) -m pytest -m "not compose and not chaos" -n $(TEST_WORKERS) --dist loadgroup
+	@echo "make test: tests marked 'compose' are deselected (they need a running compose stack: make test-compose), and 'browser' (make test-browser)"
+	$(PY) -m pytest -m "not compose and not chaos and not browser" -n $(TEST_WORKERS) --dist loadgroup
 	@echo "make test: the chaos test restarts the broker under everyone: it runs alone, after the rest"
 	$(PY) -m pytest -m "chaos and not compose"
+
+# The browser test's driver, pinned by package-lock.json; reinstalled when the lock file changes.
+BROWSER_NODE := tests/browser/node_modules/.package-lock.json
+$(BROWSER_NODE): tests/browser/package.json tests/browser/package-lock.json
+	@command -v npm >/dev/null || { echo "make: npm not found: install Node.js 20 (apt-get install nodejs npm)"; exit 1; }
+	cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test-browser: preflight $(BROWSER_NODE) ## the console in headless Chromium: replay a group, login, CSRF (installs Debian's chromium; root)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make test-browser: /usr/bin/chromium is missing and installing it needs root (apt-get install chromium); not run"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+	$(PY) -m pytest -m browser tests/browser -n 0
 
 test-rules: ## Prometheus alert rules: promtool check + unit tests (deploy/prometheus)
 	@promtool="$$(tools/promtool.sh)" && \

@@ -14,6 +14,8 @@ WORKDIR /src
 # Declared after the uv layer, so that layer is shared by every service's build.
 ARG SERVICE
 ARG PORT
+# Where the package lives: services/ (a service), or apps/ (the console).
+ARG SOURCE_DIR=services
 # Without them the image would have no package to install or no port to serve: stop here.
 RUN test -n "$SERVICE" && test -n "$PORT" \
  || { echo "build args SERVICE and PORT are required (--build-arg SERVICE=points --build-arg PORT=8001)" >&2; exit 1; }
@@ -21,12 +23,12 @@ RUN test -n "$SERVICE" && test -n "$PORT" \
 COPY pyproject.toml uv.lock ./
 COPY libs/contracts/pyproject.toml libs/contracts/
 COPY libs/messaging/pyproject.toml libs/messaging/
-COPY services/${SERVICE}/pyproject.toml services/${SERVICE}/
+COPY ${SOURCE_DIR}/${SERVICE}/pyproject.toml ${SOURCE_DIR}/${SERVICE}/
 RUN uv sync --frozen --no-dev --no-default-groups --package ${SERVICE} --no-install-workspace
 # Then the code, installed as ordinary packages so the runtime image needs no source tree.
 COPY libs/contracts libs/contracts
 COPY libs/messaging libs/messaging
-COPY services/${SERVICE} services/${SERVICE}
+COPY ${SOURCE_DIR}/${SERVICE} ${SOURCE_DIR}/${SERVICE}
 RUN uv sync --frozen --no-dev --no-default-groups --package ${SERVICE} --no-editable
 
 FROM ${PYTHON_IMAGE}

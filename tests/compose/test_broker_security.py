@@ -313,3 +313,26 @@ async def test_rabbitmq_4_boots_from_the_rendered_definitions_with_no_guest(rabb
     async with await aio_pika.connect(rabbit4.urls["points"]) as connection:
         channel = await connection.channel()
         await channel.get_queue("points.events", ensure=True)
+
+
+async def test_the_console_reads_the_dlqs_and_replays_only_through_its_own_exchange(broker):
+    """The failed-message console (docs/console.md): it takes dead letters, and writes only to
+    console.replay, which the definitions bind to each work queue by the queue's name."""
+    body = f'{{"probe": "{uuid.uuid4()}"}}'.encode()
+    await _publish(broker["mailer"], "mailer.events.copies", "mailer.events.dlq", body)
+    assert (await _get(broker["console"], "mailer.events.dlq")).body == body
+
+    await _publish(broker["console"], "console.replay", "mailer.events", body)
+    assert (await _get(broker["mailer"], "mailer.events")).body == body
+
+    for exchange, key in (("", "mailer.events"), ("shop.events", "order.paid"),
+                          ("mailer.events.copies", "mailer.events")):
+        with pytest.raises(ChannelAccessRefused):
+            await _publish(broker["console"], exchange, key)
+    with pytest.raises(ChannelAccessRefused):
+        await _consume_once(broker["console"], "mailer.events")
+    async with await aio_pika.connect(broker["console"]) as connection:
+        channel = await connection.channel()
+        with pytest.raises(ChannelAccessRefused):
+            await channel.declare_exchange("console.replay", aio_pika.ExchangeType.DIRECT,
+                                           durable=True)

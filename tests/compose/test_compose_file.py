@@ -22,6 +22,11 @@ SERVICE_DOCKERFILE = ROOT / "deploy" / "service.Dockerfile"
 APP_SERVICES = spec.names()
 CONSUMERS = tuple(s.name for s in spec.consumers())
 CONTRACT_PORTS = {s.name: str(s.port) for s in spec.installed()}
+# The failed-message console (apps/console) runs beside them: no spec, the same checks.
+CONSOLE_SETTINGS = importlib.import_module("console.settings").Settings
+CONSOLE_PORT = str(CONSOLE_SETTINGS.model_fields["port"].default)
+PROCESSES = (*APP_SERVICES, "console")
+PROCESS_PORTS = {**CONTRACT_PORTS, "console": CONSOLE_PORT}
 # Read by the OpenTelemetry SDK itself, not by the service's Settings.
 SDK_VARIABLES = re.compile(r"^OTEL_\w+$")
 
@@ -62,6 +67,7 @@ def test_the_stack_has_the_designed_services(compose):
     assert {"rabbitmq", "postgres", "jaeger", "mailpit", *APP_SERVICES} <= services
     assert {"rabbitmq-2", "rabbitmq-3"} <= services
     assert {"prometheus", "grafana"} <= services
+    assert "load" in services
 
 
 def test_every_long_running_service_has_a_healthcheck(compose):
@@ -117,7 +123,7 @@ def test_consumers_can_scale(compose):
 
 
 def test_app_services_wait_for_healthy_dependencies(compose):
-    for name in APP_SERVICES:
+    for name in PROCESSES:
         depends = compose["services"][name]["depends_on"]
         assert {"rabbitmq", "postgres", "jaeger"} <= set(depends), name
         assert all(dep["condition"] == "service_healthy" for dep in depends.values()), name
@@ -125,9 +131,9 @@ def test_app_services_wait_for_healthy_dependencies(compose):
 
 
 def test_app_services_use_their_own_credentials_and_the_contract_ports(compose):
-    for name in APP_SERVICES:
+    for name in PROCESSES:
         env = _environment(compose["services"][name])
-        assert env["PORT"] == CONTRACT_PORTS[name]
+        assert env["PORT"] == PROCESS_PORTS[name]
         assert env["RABBITMQ_URL"].startswith(f"amqp://{name}:"), name
         assert env["RABBITMQ_URL"].endswith("@rabbitmq:5672/shop"), name
         assert re.fullmatch(
@@ -167,7 +173,7 @@ def _dockerfile_env() -> set[str]:
     return names - {"PATH", "PYTHONUNBUFFERED", "SERVICE"}
 
 
-@pytest.mark.parametrize("service", APP_SERVICES)
+@pytest.mark.parametrize("service", PROCESSES)
 def test_every_variable_given_is_a_setting_and_every_required_setting_is_given(compose, service):
     settings = importlib.import_module(f"{service}.settings").Settings
     fields = {name.upper(): field for name, field in settings.model_fields.items()}
@@ -193,12 +199,39 @@ def test_every_node_and_service_has_time_to_stop_cleanly_before_it_is_killed(com
 
     for name in ("rabbitmq", "rabbitmq-2", "rabbitmq-3"):
         assert _seconds(compose["services"][name]["stop_grace_period"]) >= 60, name
-    for name in APP_SERVICES:
+    for name in PROCESSES:
         grace = _seconds(compose["services"][name]["stop_grace_period"])
         assert grace > STOP_BOUND_SECONDS, f"{name}: {grace}s, its stop may take longer"
+
+
+def test_the_console_is_built_from_apps_published_on_8005_with_credentials_from_env(compose):
+    console = compose["services"]["console"]
+    assert console["build"]["args"]["SOURCE_DIR"] == "apps"
+    assert console["build"]["args"]["SERVICE"] == "console"
+    assert console["ports"] == [f"127.0.0.1:{CONSOLE_PORT}:{CONSOLE_PORT}"]
+    env = _environment(console)
+    assert {env["CONSOLE_USER"], env["CONSOLE_PASSWORD"]} <= {"operator", "console-local-only"}
+    assert env["CONSOLE_EDIT_AND_REPLAY"] == "off"
 
 
 def test_durations_are_read_as_compose_reads_them():
     assert [_seconds(d) for d in ("40s", "1m30s", "500ms", "2h")] == [40, 90, 0.5, 7200]
     with pytest.raises(AssertionError):
         _seconds("40 s")
+
+
+def test_the_load_profile_serves_locusts_ui_on_loopback_against_every_service(compose):
+    from load.options import SERVICE_URLS  # what the scenario reads (tools/load)
+
+    load = compose["services"]["load"]
+    assert load["profiles"] == ["load"]
+    assert load["ports"] == ["127.0.0.1:8089:8089"]  # LOAD_UI_PORT of .env
+    command = load["command"]
+    assert command[:3] == ["python", "-m", "load"] and "--web" in command
+    assert command[command.index("--web-host") + 1] == "0.0.0.0"  # published on loopback only
+    assert command[command.index("--host") + 1] == f"http://payment:{CONTRACT_PORTS['payment']}"
+    assert _environment(load) == {variable: f"http://{name}:{CONTRACT_PORTS[name]}"
+                                  for name, (variable, _) in SERVICE_URLS.items()}
+    assert set(SERVICE_URLS) | {"payment"} == set(APP_SERVICES)
+    assert {name: dep["condition"] for name, dep in load["depends_on"].items()} == {
+        name: "service_healthy" for name in APP_SERVICES}

@@ -21,6 +21,8 @@ DEFINITIONS = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text(e
 # The definitions are checked against the specs: every consuming service's queues and user.
 CONSUMERS = tuple(s.name for s in spec.consumers())
 PRODUCERS = tuple(s.name for s in spec.installed() if s.consumes is None)
+# The failed-message console (apps/console): reads the DLQs, replays through its own exchange.
+CONSOLE, CONSOLE_EXCHANGE = "console", "console.replay"
 
 
 def _queues() -> dict[str, dict]:
@@ -43,6 +45,7 @@ def test_names_are_exactly_the_designed_ones():
     assert [(e["name"], e["type"], e["durable"]) for e in DEFINITIONS["exchanges"]] == [
         ("shop.events", "topic", True),
         *((QueueTopology.for_service(s).exchange, "direct", True) for s in CONSUMERS),
+        (CONSOLE_EXCHANGE, "direct", True),
     ]
     expected = set()
     for service in CONSUMERS:
@@ -50,7 +53,8 @@ def test_names_are_exactly_the_designed_ones():
         expected |= {q, f"{q}.dlq", f"{q}.retry.1s", f"{q}.retry.5s", f"{q}.retry.30s"}
     assert set(_queues()) == expected
     assert all(q["durable"] and not q["auto_delete"] for q in DEFINITIONS["queues"])
-    assert {u["name"] for u in DEFINITIONS["users"]} == {"admin", *PRODUCERS, *CONSUMERS}
+    assert {u["name"] for u in DEFINITIONS["users"]} == {"admin", *PRODUCERS, *CONSUMERS,
+                                                        CONSOLE}
     assert [u["tags"] for u in DEFINITIONS["users"] if u["name"] == "admin"] == [["administrator"]]
     assert all(u["tags"] == [] for u in DEFINITIONS["users"] if u["name"] != "admin")
 
@@ -67,7 +71,10 @@ def test_bindings_follow_the_design():
         for topology in map(QueueTopology.for_service, CONSUMERS)
         for _, queue in topology.queues()
     }
-    assert bindings == from_shop_events | own
+    # The console's exchange reaches each work queue (where a replay goes), by its name.
+    replays = {(CONSOLE_EXCHANGE, s.consumes.queue, s.consumes.queue)
+               for s in spec.consumers() if s.consumes}
+    assert bindings == from_shop_events | own | replays
 
 
 @pytest.mark.parametrize("service", CONSUMERS)
@@ -124,6 +131,18 @@ def test_a_consumer_may_only_touch_its_own_queues(service):
     assert _allowed(service, "write", f"{service}.events.copies")
     assert not _allowed(service, "write", "amq.default")
     assert not _allowed(service, "configure", f"{service}.eventsX")
+
+
+def test_the_console_reads_only_the_dlqs_and_writes_only_its_own_exchange():
+    for name in _queues():
+        assert _allowed(CONSOLE, "read", name) is name.endswith(".dlq"), name
+        assert not _allowed(CONSOLE, "write", name), name
+        assert not _allowed(CONSOLE, "configure", name), name
+    assert _allowed(CONSOLE, "write", CONSOLE_EXCHANGE)
+    for exchange in ("amq.default", "shop.events", *(QueueTopology.for_service(s).exchange
+                                                     for s in CONSUMERS)):
+        assert not _allowed(CONSOLE, "write", exchange), exchange
+    assert not _allowed(CONSOLE, "configure", CONSOLE_EXCHANGE)
 
 
 def test_no_password_is_committed():

@@ -21,6 +21,8 @@ from messaging import spec
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "service.Dockerfile"
+# The load generator's (compose profile `load`): no service, so an image of its own.
+LOAD_DOCKERFILE = ROOT / "deploy" / "load.Dockerfile"
 # From the specs: every service is built from the one Dockerfile and exposes its default port.
 APP_SERVICES = spec.names()
 CONTRACT_PORTS = {s.name: str(s.port) for s in spec.installed()}
@@ -211,10 +213,11 @@ def uv() -> str:
     return found
 
 
-def _replay_build_stage(build_args: Mapping[str, str], workdir: Path, venv: Path) -> list[str]:
+def _replay_build_stage(build_args: Mapping[str, str], workdir: Path, venv: Path,
+                        dockerfile: Path = DOCKERFILE) -> list[str]:
     """Run the build stage's COPY steps and its RUN steps but the uv install (the build-arg
     check, `uv sync`) in `workdir`; returns the `uv sync` commands run."""
-    text = DOCKERFILE.read_text(encoding="utf-8")
+    text = dockerfile.read_text(encoding="utf-8")
     build = _stages(text, build_args)[0]
     ran = []
     for kind, args, scope in build:
@@ -302,6 +305,47 @@ def test_a_build_without_the_service_or_its_port_stops_at_once(missing, tmp_path
 def test_a_service_without_a_folder_does_not_build(tmp_path):
     with pytest.raises(FileNotFoundError, match="no-such-service"):
         _replay_build_stage({"SERVICE": "no-such-service", "PORT": "8009"}, tmp_path, tmp_path)
+
+
+@pytest.mark.unit
+def test_the_load_image_has_its_own_dockerfile_serving_the_web_ui_as_no_root(compose):
+    build = compose["services"]["load"]["build"]
+    assert (build["context"], build["dockerfile"]) == (".", "deploy/load.Dockerfile")
+    stages = _stages(LOAD_DOCKERFILE.read_text(encoding="utf-8"), {})
+    check_build_stage(stages, "load")
+    runtime = {kind: args for kind, args, _ in stages[-1]}
+    assert runtime["USER"] not in ("", "root", "0")
+    assert runtime["EXPOSE"] == "8089"
+    assert _command(runtime["CMD"], {}) == ["python", "-m", "load", "--web",
+                                            "--web-host", "0.0.0.0"]
+    assert "urllib.request" in runtime["HEALTHCHECK"] and ":8089/" in runtime["HEALTHCHECK"]
+    # The same Python as the services' images.
+    pythons = {re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", f.read_text(encoding="utf-8"), re.M)[0]
+               for f in (DOCKERFILE, LOAD_DOCKERFILE)}
+    assert len(pythons) == 1, pythons
+
+
+@pytest.mark.integration
+def test_the_load_install_step_works_natively(tmp_path):
+    workdir, venv = tmp_path / "src", tmp_path / "venv"
+    workdir.mkdir()
+
+    ran = _replay_build_stage({}, workdir, venv, dockerfile=LOAD_DOCKERFILE)
+    assert len(ran) == 2
+
+    shutil.rmtree(workdir)  # like the runtime image: only the venv
+    probe = (
+        "import importlib.util, json\n"
+        "names = ['load', 'load.shop', 'load.__main__', 'locust', 'messaging', 'ruff']\n"
+        "print(json.dumps({n: bool(importlib.util.find_spec(n.split('.')[0]))"
+        " and bool(importlib.util.find_spec(n)) for n in names}))\n"
+    )
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"load": True, "load.shop": True,
+                                         "load.__main__": True, "locust": True,
+                                         "messaging": False, "ruff": False}
 
 
 @pytest.mark.integration

@@ -85,7 +85,8 @@ def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard(compose):
     grafana = compose["services"]["grafana"]
     mounts = _mounts(grafana)
     provisioning = ROOT / mounts["/etc/grafana/provisioning"]
-    (datasource,) = _yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    sources = _yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    (datasource,) = [d for d in sources if d["type"] == "prometheus"]
     assert datasource["url"] == "http://prometheus:9090"
     assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
     (provider,) = _yaml(provisioning / "dashboards" / "mini-ec.yml")["providers"]
@@ -110,3 +111,33 @@ def test_the_dashboard_shows_what_the_issue_asks_for():
                    "histogram_quantile(0.99, sum by (service, le) (rate(handler_duration",
                    "queue_messages", "event_lag_seconds_bucket"):
         assert needle in exprs, needle
+
+
+def _datasources() -> dict[str, dict]:
+    path = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    return {d["type"]: d for d in _yaml(path)["datasources"]}
+
+
+def test_prometheus_keeps_exemplars(compose):
+    command = compose["services"]["prometheus"]["command"]
+    assert "--enable-feature=exemplar-storage" in command
+
+
+def test_an_exemplars_trace_id_links_to_the_trace_in_jaeger(compose):
+    sources = _datasources()
+    jaeger = sources["jaeger"]
+    # Grafana's server reaches Jaeger's query API by its compose name and UI port.
+    assert jaeger["url"] == "http://jaeger:16686" and "jaeger" in compose["services"]
+    (link,) = sources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    # The exemplar label the services write (messaging.metrics.trace_exemplar).
+    assert link == {"name": "trace_id", "datasourceUid": jaeger["uid"]}
+
+
+def test_the_latency_panels_show_exemplars():
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "mini-ec.json").read_text())
+    with_exemplars = {
+        histogram for panel in dashboard["panels"] for target in panel["targets"]
+        if target.get("exemplar") is True
+        for histogram in re.findall(r"(\w+_seconds)_bucket", target["expr"])}
+    assert with_exemplars == {"http_request_duration_seconds", "handler_duration_seconds",
+                              "event_lag_seconds", "outbox_publish_lag_seconds"}

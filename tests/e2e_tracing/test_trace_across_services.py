@@ -1,4 +1,5 @@
-"""One payment, one trace, across five processes; the same ids in every service's logs.
+"""One payment, one trace, across five processes; the same ids in every service's logs; the
+latency histograms' exemplars name the traces the services exported.
 
 The trace continues through the second producer: shipping's CONSUMER span of the OrderPaid
 -> its outbox row -> its relay -> its publish of OrderShipped -> the CONSUMER spans of the
@@ -24,6 +25,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 
 from conftest import start_stack
 from devstack.smtp_sink import mails_in
@@ -303,3 +307,73 @@ def test_one_payment_is_one_trace_across_payment_points_mailer_audit_and_shippin
         assert about_it, f"{service} logged nothing with {cid}"
         assert {line["trace_id"] for line in about_it} == {trace_id}, service
         assert {line["service"] for line in about_it} == {service}
+
+
+# The latency histograms and the services that observe them in one payment's course.
+EXEMPLARS_EXPECTED = {
+    "payment": {"http_request_duration_seconds", "outbox_publish_lag_seconds"},
+    "points": {"handler_duration_seconds", "event_lag_seconds"},
+    "mailer": {"handler_duration_seconds", "event_lag_seconds"},
+    "audit": {"handler_duration_seconds", "event_lag_seconds", "http_request_duration_seconds"},
+    "shipping": {"handler_duration_seconds", "event_lag_seconds",
+                 "outbox_publish_lag_seconds"},
+}
+
+
+def exemplars(url: str) -> dict[str, set[str]]:
+    """{histogram: the trace ids of its exemplars} of one service's OpenMetrics exposition."""
+    response = httpx.get(f"{url}/metrics", headers={"Accept": "application/openmetrics-text"},
+                         timeout=10)
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    found: dict[str, set[str]] = {}
+    for family in openmetrics_families(response.text):
+        for sample in family.samples:
+            if sample.exemplar is not None:
+                found.setdefault(family.name, set()).add(sample.exemplar.labels["trace_id"])
+    return found
+
+
+def test_the_latency_histograms_carry_exemplars_naming_traces_the_services_exported(
+    tmp_path, amqp_url, smtp, receiver
+):
+    stack = start_stack(tmp_path, amqp_url, smtp.port,
+                        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+                        OTEL_BSP_SCHEDULE_DELAY="200")
+    try:
+        orders = [str(uuid.uuid4()) for _ in range(3)]
+        for order_id in orders:
+            response = httpx.post(f"{stack.url('payment')}/payments", timeout=10, json={
+                "order_id": order_id, "customer_id": "alice", "email": "alice@example.com",
+                "amount": 1200, "currency": "JPY"})
+            assert response.status_code == 201, response.text
+        order_traces: set[str] = set()
+        for order_id in orders:
+            rows = eventually(
+                lambda order_id=order_id: rows if len(rows := httpx.get(
+                    f"{stack.url('audit')}/events", params={"order_id": order_id},
+                    timeout=5).json()) == 2 else None,
+                timeout=30, message="both events of the order reached audit")
+            order_traces |= {row["trace_id"] for row in rows}
+        # Every consumer observed both events of the last order (the mailer and points
+        # last): then each histogram holds what it will hold.
+        eventually(lambda: all(
+            httpx.get(url, params={"order_id": orders[-1]}, timeout=5).json()[-1:]
+            for url in (f"{stack.url('mailer')}/mails", f"{stack.url('shipping')}/shipments")),
+            timeout=30, message="the last order's mails and shipment")
+        eventually(lambda: all(exemplars(stack.url(s)).keys() >= expected
+                               for s, expected in EXEMPLARS_EXPECTED.items()),
+                   timeout=30, message="every latency histogram has an exemplar")
+        found = {service: exemplars(stack.url(service)) for service in EXEMPLARS_EXPECTED}
+    finally:
+        stack.stop()  # SIGTERM: each service flushes its last spans on the way out
+
+    print(f"\nexemplar trace ids per service and histogram: {found}")
+    exported = {s.trace_id for s in receiver.received()}
+    for service, histograms in found.items():
+        assert histograms.keys() >= EXEMPLARS_EXPECTED[service], service
+        for histogram, trace_ids in histograms.items():
+            # Each exemplar names a trace the services exported...
+            assert trace_ids <= exported, (service, histogram)
+            # ...and the messaging paths' name the payments' own traces (audit stored them).
+            if histogram != "http_request_duration_seconds":
+                assert trace_ids <= order_traces, (service, histogram)

@@ -235,7 +235,8 @@ class EventConsumer:
                 await self._dead_letter(message, "poison", exc)
                 return
             metrics.EVENT_LAG.labels(self.service, event_type).observe(
-                max(0.0, (utcnow() - event.occurred_at).total_seconds())
+                max(0.0, (utcnow() - event.occurred_at).total_seconds()),
+                exemplar=metrics.trace_exemplar(),
             )
             instrumentation.set_event(span, order_id=event.order_id, event_id=event.event_id,
                                       event_type=event.event_type)
@@ -276,7 +277,7 @@ class EventConsumer:
                 log.info("applied %s %s", event_type, event.event_id)
         finally:
             metrics.HANDLER_SECONDS.labels(self.service, event_type).observe(
-                time.perf_counter() - started
+                time.perf_counter() - started, exemplar=metrics.trace_exemplar()
             )
 
     async def _retry_or_dead_letter(

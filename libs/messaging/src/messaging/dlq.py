@@ -26,14 +26,17 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
+    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
 )
@@ -41,6 +44,7 @@ from aio_pika.abc import (
 from messaging import headers as h
 from messaging import instrumentation, spec, telemetry
 from messaging.publisher import (
+    CopySource,
     PublishFailed,
     copy_message,
     open_confirm_channel,
@@ -123,12 +127,8 @@ async def replay(connection: AbstractConnection, service: str,
 
     async def move(channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
         # Through the service's own exchange (its user may not write to the default one).
-        # In the order's trace: the replay's publish is a child of the parked message's context.
         own = await channel.get_exchange(topology.exchange, ensure=False)
-        await publish_confirmed(
-            own, replay_copy(message), routing_key=topology.name,
-            parent=instrumentation.trace_context(message),
-        )
+        await publish_replay(own, message, topology.name)
 
     return await _settle(connection, dlq, event_ids, move)
 
@@ -144,7 +144,26 @@ async def purge(connection: AbstractConnection, service: str,
     return await _settle(connection, dlq, event_ids, drop)
 
 
-def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
+@dataclass(frozen=True)
+class ParkedMessage:
+    """A dead letter kept outside its queue (the console's store): what a replay needs."""
+
+    body: bytes
+    headers: Mapping[str, Any]
+    message_id: str | None
+    correlation_id: str | None
+    type: str | None
+    timestamp: datetime | None
+    content_type: str | None = "application/json"
+    content_encoding: str | None = "utf-8"
+
+
+class Replayable(CopySource, Protocol):
+    @property
+    def headers(self) -> Mapping[str, Any] | None: ...
+
+
+def replay_copy(message: Replayable) -> aio_pika.Message:
     """The message as first published: same body, ids, type, time and trace context;
     without the failure headers, the broker's x- headers and the retry counters."""
     headers = {
@@ -152,6 +171,16 @@ def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
         if not k.startswith("x-") and k not in _RESET_HEADERS
     }
     return copy_message(message, headers)
+
+
+async def publish_replay(exchange: AbstractExchange, message: Replayable,
+                         work_queue: str) -> None:
+    """Publish the replay copy of a dead letter to `work_queue` through `exchange` (a direct
+    exchange bound to it by its name) and wait for the broker's confirm (PublishFailed).
+    The CLI and the console both replay with this. In the order's trace: the replay's
+    publish is a child of the parked message's context."""
+    await publish_confirmed(exchange, replay_copy(message), routing_key=work_queue,
+                            parent=instrumentation.trace_context(message))
 
 
 async def _settle(

@@ -8,13 +8,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.trace import StatusCode
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_LATEST
+from prometheus_client.registry import Collector
 from pydantic import BaseModel
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +31,7 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 # Brings gauges up to date just before a scrape (e.g. queue depths); bounded by this timeout.
 ScrapeRefresh = Callable[[], Awaitable[None]]
 SCRAPE_REFRESH_TIMEOUT_SECONDS = 2.0
+OPENMETRICS = OPENMETRICS_LATEST.split(";")[0]  # application/openmetrics-text
 
 
 class Problem(BaseModel):
@@ -60,6 +64,16 @@ async def _readiness(checks: dict[str, ReadinessCheck]) -> dict[str, str]:
     return results
 
 
+def exposition_for(accept: str | None) -> tuple[Callable[[Collector], bytes], str]:
+    """The exposition format the scraper asks for: OpenMetrics (the only one that carries
+    exemplars; Prometheus asks for it first) or Prometheus text. An Accept header the client
+    library cannot read (`version=abc`) gets the text format, not a 500."""
+    try:
+        return choose_encoder(accept or "")
+    except (TypeError, ValueError):
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4  # choose_encoder's own default
+
+
 def ops_router(
     checks: dict[str, ReadinessCheck],
     service: str = "unknown",
@@ -86,9 +100,12 @@ def ops_router(
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.get("/metrics", response_class=PlainTextResponse, responses={
-        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
-              "description": "Prometheus text exposition format"}})
-    async def prometheus_metrics() -> Response:
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}},
+                          OPENMETRICS: {"schema": {"type": "string"}}},
+              "description": "Prometheus text exposition format; OpenMetrics (with the "
+                             "latency histograms' trace-id exemplars) when the Accept header "
+                             "asks for application/openmetrics-text"}})
+    async def prometheus_metrics(request: Request) -> Response:
         # Prometheus never calls /readyz: readiness is exported as a gauge, as of this scrape.
         results = await _readiness(checks)
         metrics.SERVICE_READY.labels(service).set(
@@ -101,7 +118,8 @@ def ops_router(
                         await job()
             except Exception as exc:  # the gauges keep their last values; readiness tells why
                 log.debug("scrape refresh failed: %s: %s", type(exc).__name__, exc)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        encode, content_type = exposition_for(request.headers.get("accept"))
+        return Response(encode(REGISTRY), headers={"Content-Type": content_type})
 
     return router
 
@@ -154,7 +172,8 @@ class CorrelationMiddleware:
             method = scope["method"]
             metrics.HTTP_REQUESTS.labels(self.service, method, path, str(status)).inc()
             elapsed = time.perf_counter() - started
-            metrics.HTTP_SECONDS.labels(self.service, method, path).observe(elapsed)
+            metrics.HTTP_SECONDS.labels(self.service, method, path).observe(
+                elapsed, exemplar=metrics.trace_exemplar())
             if path not in _QUIET_ROUTES:
                 # The access log (uvicorn's is off): in the request's trace and correlation.
                 log.info("%s %s -> %d (%.1f ms)", method, scope["path"], status, elapsed * 1000)

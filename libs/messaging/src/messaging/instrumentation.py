@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -58,7 +59,12 @@ def destination(exchange: str) -> str:
     return exchange or DEFAULT_EXCHANGE
 
 
-def trace_context(message: AbstractIncomingMessage) -> Context:
+class _WithHeaders(Protocol):
+    @property
+    def headers(self) -> Mapping[str, Any] | None: ...
+
+
+def trace_context(message: _WithHeaders) -> Context:
     """The context the message was published in (its `traceparent` header); none when the
     header cannot be read (the consumer then judges the message on its own)."""
     try:

@@ -1,5 +1,10 @@
-"""Prometheus metrics of the messaging paths, labelled by service (one process may host several)."""
+"""Prometheus metrics of the messaging paths, labelled by service (one process may host several).
 
+The latency histograms are observed with `exemplar=trace_exemplar()`: the trace id of the
+observation's span, which the OpenMetrics exposition shows per bucket (docs/observability.md).
+"""
+
+from opentelemetry import trace
 from prometheus_client import Counter, Enum, Gauge, Histogram
 
 CONSUMED = Counter(
@@ -53,6 +58,12 @@ OUTBOX_PENDING = Gauge("outbox_pending_rows", "Outbox rows not yet published", [
 OUTBOX_OLDEST_AGE = Gauge(
     "outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row", ["service"]
 )
+OUTBOX_LAG = Histogram(
+    "outbox_publish_lag_seconds",
+    "Time from an outbox row being written until the broker confirmed its publish",
+    ["service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 HTTP_REQUESTS = Counter(
     "http_requests", "HTTP requests served", ["service", "method", "route", "status"]
 )
@@ -96,3 +107,12 @@ CONSUMER_PAUSES = Counter(
     "consumer_pauses", "Times the consumer paused, by the kill switch or an operator",
     ["service", "by"],
 )
+
+
+def trace_exemplar() -> dict[str, str] | None:
+    """The current span's trace id as an exemplar (`{"trace_id": ...}`), or None outside a
+    sampled span (probes, scrapes, housekeeping): the way from a slow bucket to its trace."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid or not context.trace_flags.sampled:
+        return None
+    return {"trace_id": trace.format_trace_id(context.trace_id)}

@@ -406,6 +406,10 @@ class OutboxRelay:
                 raise
             metrics.PUBLISHED.labels(self._service).inc()
             metrics.OUTBOX_PUBLISHING.labels(self._service).set(1)
+            metrics.OUTBOX_LAG.labels(self._service).observe(
+                max(0.0, (utcnow() - row.created_at).total_seconds()),
+                exemplar=metrics.trace_exemplar(),
+            )
 
     async def _record(
         self, session: AsyncSession, rows: Sequence[OutboxRow],

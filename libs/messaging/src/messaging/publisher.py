@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Protocol
 
 import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractExchange,
-    AbstractIncomingMessage,
 )
 from aiormq.exceptions import DeliveryError
 from opentelemetry.context import Context
@@ -58,9 +58,27 @@ def build_message(
     )
 
 
-def copy_message(
-    message: AbstractIncomingMessage, headers: Mapping[str, FieldValue]
-) -> aio_pika.Message:
+class CopySource(Protocol):
+    """What a copy is made of: a received message, or a dead letter kept elsewhere (the
+    console's store)."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def content_encoding(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def type(self) -> str | None: ...
+    @property
+    def timestamp(self) -> datetime | None: ...
+
+
+def copy_message(message: CopySource, headers: Mapping[str, FieldValue]) -> aio_pika.Message:
     """A persistent copy of a received message with the same body, ids, type and time,
     carrying `headers` (for a retry queue, the DLQ, or a replay)."""
     return aio_pika.Message(

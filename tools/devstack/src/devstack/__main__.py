@@ -1,4 +1,5 @@
-"""`make run`: every service and a local SMTP sink on this machine; Ctrl-C stops them all."""
+"""`make run`: every service, the failed-message console and a local SMTP sink on this
+machine; Ctrl-C stops them all."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from devstack import smtp_sink
+from devstack.console import ConsoleProcess
 from devstack.stack import SERVICES, Stack
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672/"
@@ -42,6 +44,13 @@ def main() -> int:
                                          f"sqlite+aiosqlite:///var/{s}.db") for s in SERVICES},
         smtp_port=smtp_port,
     )
+    # The console with credentials of this run only (CONSOLE_PASSWORD to choose one).
+    console = ConsoleProcess(
+        rabbitmq_url=rabbitmq_url,
+        database_url=os.environ.get("CONSOLE_DATABASE_URL", "sqlite+aiosqlite:///var/console.db"),
+        **({"password": os.environ["CONSOLE_PASSWORD"]} if os.environ.get("CONSOLE_PASSWORD")
+           else {}),
+    )
     stopping = False
 
     def _stop(*_args: object) -> None:
@@ -52,10 +61,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         stack.start()
+        console.start()
         stack.wait_ready(timeout=90)  # a cold first start compiles every module
+        console.wait_ready(timeout=90)
         print("\nMini EC is running:")
         for name in SERVICES:
             print(f"  {name:<8} {stack.url(name)}")
+        print(f"  console  {console.url}  (user {console.user}, password {console.password})")
         print(f"  mail     smtp://127.0.0.1:{smtp_port} -> {mail_dir}/*.eml")
         print("Ctrl-C stops everything.\n", flush=True)
         while not stopping:
@@ -64,9 +76,14 @@ def main() -> int:
                 if proc is not None and proc.poll() is not None:
                     print(f"make run: {name} exited ({proc.returncode}); stopping", file=sys.stderr)
                     return 1
+            if console.process is not None and console.process.poll() is not None:
+                print(f"make run: console exited ({console.process.returncode}); stopping",
+                      file=sys.stderr)
+                return 1
             time.sleep(0.5)
         return 0
     finally:
+        console.stop()
         stack.stop()
         controller.stop()
 

@@ -38,8 +38,6 @@ from pathlib import Path
 
 import httpx
 
-from messaging import spec
-
 SUITE = "trixie"
 PACKAGES = ("rabbitmq-server",)
 # Bump when the way the root is built changes: a new key builds a new root.
@@ -160,6 +158,11 @@ def rootfs() -> Path:
     return root
 
 
+def definition_users() -> list[str]:
+    """The users of deploy/rabbitmq/definitions.json (the services', admin, the console)."""
+    return [user["name"] for user in json.loads((DEPLOY / "definitions.json").read_text())["users"]]
+
+
 def render_definitions(passwords: dict[str, str]) -> dict:
     """deploy/rabbitmq/definitions.json with these passwords hashed in (vhost `shop`)."""
     sys.path.insert(0, str(DEPLOY))
@@ -263,8 +266,7 @@ class Rabbit4:
         try:
             run_dir = CACHE / f"run-{self.slot}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            self.passwords = {u: secrets.token_urlsafe(12)
-                              for u in ("admin", *spec.names())}
+            self.passwords = {u: secrets.token_urlsafe(12) for u in definition_users()}
             _run("ip", "link", "add", self.bridge, "type", "bridge")
             _run("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
             _run("ip", "link", "set", self.bridge, "up")
