@@ -146,3 +146,43 @@ async def test_a_parked_message_survives_being_looked_at_any_number_of_times(bro
     assert await _returns_survived(url, topology.dlq, 30) == 30
     # The broker default the DLQ's own limit guards against:
     assert await _returns_survived(url, "no-limit", 30) == (30 if version == "3.10" else 21)
+
+
+async def test_a_failure_sent_back_by_nack_is_parked_by_the_limit_and_a_fresh_copy_is_not(broker):
+    """What the kill switch relies on (docs/failure.md#no-retry-budget-spent-on-an-outage): a
+    message failed again and again during an outage and given back with `nack(requeue=True)`
+    is dead-lettered by the work queue's delivery limit on both versions (4.0 counts a
+    requeue after a failure as 3.10 counts every return); sent back as a fresh copy (publish
+    to the work queue, then ack) it is not, however often."""
+    _, url = broker
+    topology = QueueTopology.for_service("points")
+    connection = await _declared_points_queues(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(_message(), routing_key=topology.name)
+        nacks = 0
+        for _ in range(DELIVERY_LIMIT + 5):
+            message = await _get(channel, topology.name, deadline=2)
+            if message is None:
+                break
+            nacks += 1
+            await message.nack(requeue=True)
+        parked = await _get(channel, topology.dlq)
+        assert parked is not None and nacks == DELIVERY_LIMIT + 1
+        assert (parked.headers.get("x-death") or [{}])[0].get("reason") == "delivery_limit"
+        await parked.ack()
+
+        await channel.default_exchange.publish(_message(), routing_key=topology.name)
+        for _ in range(3 * DELIVERY_LIMIT):
+            message = await _get(channel, topology.name, deadline=2)
+            assert message is not None, "the copy was lost"
+            copy = aio_pika.Message(message.body, message_id=message.message_id,
+                                    headers={k: v for k, v in (message.headers or {}).items()
+                                             if not k.startswith("x-")},  # as the consumer
+                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await channel.default_exchange.publish(copy, routing_key=topology.name)
+            await message.ack()
+        assert await _get(channel, topology.name, deadline=2) is not None
+        assert await _get(channel, topology.dlq, deadline=0.5) is None
+    finally:
+        await connection.close()

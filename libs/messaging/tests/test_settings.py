@@ -42,6 +42,13 @@ pytestmark = pytest.mark.unit
         ("EVENT_LOOP", "trio", "EVENT_LOOP: Input should be 'uvloop' or 'asyncio'"),
         ("OTEL_SQL_SPANS", "yes", "OTEL_SQL_SPANS: Input should be 'on' or 'off'"),
         ("OTEL_SQL_SPANS", "", "OTEL_SQL_SPANS: Input should be 'on' or 'off'"),
+        ("KILL_SWITCH_FAILURE_RATIO", "0", "KILL_SWITCH_FAILURE_RATIO: Input should be greater"),
+        ("KILL_SWITCH_FAILURE_RATIO", "1.5", "KILL_SWITCH_FAILURE_RATIO: Input should be less"),
+        ("KILL_SWITCH_MIN_MESSAGES", "0", "KILL_SWITCH_MIN_MESSAGES: Input should be greater"),
+        ("KILL_SWITCH_WINDOW_SECONDS", "nan", "KILL_SWITCH_WINDOW_SECONDS: Input should be a"),
+        ("KILL_SWITCH_MAX_COOLDOWN_SECONDS", "2",
+         "KILL_SWITCH_MAX_COOLDOWN_SECONDS: must be at least KILL_SWITCH_COOLDOWN_SECONDS"),
+        ("ADMIN_TOKEN", "short", "ADMIN_TOKEN: must be 16-256 characters"),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line_naming_it(monkeypatch, capsys, variable, value, says):
@@ -96,3 +103,14 @@ def test_mailer_refuses_a_sender_that_is_no_address(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         load_settings(Settings, "mailer")
     assert "MAIL_FROM: must be a mail address" in capsys.readouterr().err
+
+
+def test_the_kill_switch_policy_comes_from_the_settings_and_the_token_stays_secret(monkeypatch):
+    monkeypatch.setenv("KILL_SWITCH_MIN_MESSAGES", "20")
+    monkeypatch.setenv("KILL_SWITCH_MAX_COOLDOWN_SECONDS", "120")
+    monkeypatch.setenv("ADMIN_TOKEN", "a-token-of-twenty-chars")
+    settings = load_settings(ConsumerSettings, "points")
+    assert settings.kill_switch.min_messages == 20
+    assert settings.kill_switch.max_cooldown_seconds == 120
+    assert settings.kill_switch.cooldown_seconds == 5  # the default
+    assert "a-token-of-twenty-chars" not in repr(settings)

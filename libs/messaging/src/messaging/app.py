@@ -9,6 +9,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from messaging import db, inbox, outbox, spec, telemetry
+from messaging.admin import consumer_router
 from messaging.http import ReadinessCheck, install_common
 from messaging.logs import setup_logging
 from messaging.runtime import ConsumerRuntime
@@ -48,7 +49,8 @@ def consumer_app(service: spec.ServiceSpec, settings: ConsumerSettings) -> FastA
     checks: dict[str, ReadinessCheck] = {"database": partial(db.check_writable, engine),
                                          "broker": runtime.check}
     install_common(app, service.name, checks, refresh=[runtime.refresh_queue_stats],
-                   max_body_bytes=settings.http_max_body_bytes)
+                   max_body_bytes=settings.http_max_body_bytes, consumer=runtime.flow.view)
+    app.include_router(consumer_router(service.name, runtime.flow, settings.admin_token))
     return app
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -26,15 +27,16 @@ CHANNEL_WAIT_SECONDS = 1.0
 
 
 class CancelWatch:
-    """Watches one consumer (by its tag) on a robust channel, across reconnects."""
+    """Watches one consumer (by its tag, which changes when the kill switch subscribes
+    anew: hence a function that tells it) on a robust channel, across reconnects."""
 
     def __init__(self, service: str, queue: str, channel: AbstractChannel,
                  connection: AbstractRobustConnection):
         self._service, self._queue = service, queue
         self._channel, self._connection = channel, connection
-        self._tag: str | None = None
+        self._tag: Callable[[], str | None] = lambda: None
 
-    async def start(self, consumer_tag: str) -> None:
+    async def start(self, consumer_tag: Callable[[], str | None]) -> None:
         self._tag = consumer_tag
         await self._watch()
         # A reconnect brings a new channel underneath: watch that one too.
@@ -52,7 +54,8 @@ class CancelWatch:
             return False
         # aiormq's Channel keeps its consumers by tag; its abstract type does not say so.
         consumers = getattr(underlay, "consumers", {})
-        return self._tag is not None and self._tag in consumers
+        tag = self._tag()
+        return tag is not None and tag in consumers
 
     async def _watch(self) -> None:
         underlay = await self._channel.get_underlay_channel()
@@ -62,7 +65,7 @@ class CancelWatch:
         await self._watch()
 
     def _cancelled(self, frame: Any) -> None:
-        if frame.consumer_tag != self._tag:
+        if frame.consumer_tag != self._tag():
             return
         metrics.CONSUMER_CANCELLED.labels(self._service, self._queue).inc()
         log.error("the broker cancelled our consumer of %s (was the queue deleted?): what "

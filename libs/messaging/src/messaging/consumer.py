@@ -8,6 +8,11 @@
     event before its predecessor             -> waits in the same retry queues (own budget)
     applied / duplicate / stale / ignored    -> ack (ignored: a type it has no handler for)
 
+Its kill switch (messaging/killswitch.py, done by messaging/flow_control.py) watches the
+transient failures: when they say a dependency is down it stops consuming, and a message
+that fails then (the one that trips it, those in flight, a failed probe) goes back to the
+work queue as a fresh copy with its retry budget unspent (docs/failure.md#the-kill-switch).
+
 The copy to a retry or dead-letter queue is confirmed by the broker before the original
 is acked, so a crash in between yields a duplicate (the inbox absorbs it), never a loss.
 While the publishing connection is away, the original stays unacked and the copy waits
@@ -43,8 +48,9 @@ from pamqp.common import FieldValue
 from contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
 from messaging import correlation, instrumentation, metrics
 from messaging import headers as h
-from messaging.broker import STOP_STEP_SECONDS, close_within
+from messaging.broker import close_within
 from messaging.broker_cancel import CancelWatch
+from messaging.flow_control import FlowControl
 from messaging.inbox import Conflict, Outcome, OutOfOrder
 from messaging.publisher import (
     PublishFailed,
@@ -81,6 +87,7 @@ class EventConsumer:
         prefetch: int = 32,
         max_deferrals: int = 10,
         shutdown_grace_seconds: float = 10.0,
+        flow: FlowControl | None = None,
     ):
         self.service = service
         self.topology = topology
@@ -96,7 +103,9 @@ class EventConsumer:
         self._grace = shutdown_grace_seconds
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        # Subscribes, pauses and probes as the kill switch says; the runtime passes its own
+        # so that the state outlives this consumer.
+        self.flow = flow or FlowControl(service, prefetch=prefetch)
         self._cancel_watch: CancelWatch | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         # When in-flight work last moved (a message settled, or work began after a lull):
@@ -105,14 +114,16 @@ class EventConsumer:
 
     @property
     def is_consuming(self) -> bool:
-        return self._consumer_tag is not None and self._channel is not None and not (
-            self._channel.is_closed
-        )
+        """Subscribed, or paused on purpose (kill switch, operator), on an open channel."""
+        return (self.flow.subscribed or self.flow.on_purpose) and self._channel is not None \
+            and not self._channel.is_closed
 
     async def consuming(self) -> bool:
-        """`is_consuming`, and the broker has not cancelled the consumer (broker_cancel)."""
-        return (self.is_consuming and self._cancel_watch is not None
-                and await self._cancel_watch.consuming())
+        """`is_consuming`, and while subscribed the broker has not cancelled the consumer
+        (broker_cancel); paused on purpose, there is nothing for it to cancel."""
+        if not self.is_consuming or self._cancel_watch is None:
+            return False
+        return await self._cancel_watch.consuming() if self.flow.subscribed else True
 
     def stalled_for(self) -> float:
         """Seconds that messages have been in flight without any of them settling (0 when
@@ -127,8 +138,6 @@ class EventConsumer:
         self._publish_channel = await open_confirm_channel(self._publish_connection)
         self._channel = await self._connection.channel()
         try:
-            # Prefetch per consumer (global=False): how many unacked messages we work on at once.
-            await self._channel.set_qos(prefetch_count=self._prefetch)
             try:
                 self._queue = await self.topology.declare(self._channel)
             except ChannelPreconditionFailed as exc:
@@ -136,14 +145,14 @@ class EventConsumer:
                             "declares (%s); using them as they are", self.topology.name, exc)
                 await close_within(self._channel, f"{self.topology.name} channel")
                 self._channel = await self._connection.channel()
-                await self._channel.set_qos(prefetch_count=self._prefetch)
                 self._queue = await self.topology.declare(self._channel, as_they_are=True)
             self._copies = await self._publish_channel.get_exchange(
                 self.topology.exchange, ensure=False)
-            self._consumer_tag = await self._queue.consume(self._on_message)
             self._cancel_watch = CancelWatch(self.service, self.topology.name, self._channel,
                                              self._connection)
-            await self._cancel_watch.start(self._consumer_tag)
+            # The subscription (its prefetch, its tag) is the kill switch's to make.
+            await self.flow.attach(self._channel, self._queue, self._on_message)
+            await self._cancel_watch.start(lambda: self.flow.tag)
         except BaseException:
             # The caller retries with a new consumer, or is stopping (cancelled): bounded.
             await asyncio.gather(
@@ -162,16 +171,7 @@ class EventConsumer:
         """
         if self._cancel_watch is not None:
             self._cancel_watch.stop()
-        if self._queue is not None and self._consumer_tag is not None:
-            try:
-                async with asyncio.timeout(STOP_STEP_SECONDS):
-                    await self._queue.cancel(self._consumer_tag)
-            except TimeoutError:
-                log.warning("%s: the broker did not answer the cancel within %.0fs",
-                            self.topology.name, STOP_STEP_SECONDS)
-            except Exception:  # the channel may already be gone; closing covers it
-                log.debug("cancel failed", exc_info=True)
-            self._consumer_tag = None
+        await self.flow.detach()
         if self._in_flight:
             _, pending = await asyncio.wait(self._in_flight, timeout=self._grace)
             if pending:
@@ -184,13 +184,14 @@ class EventConsumer:
         ))
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        probe = self.flow.admit()
         task = asyncio.current_task()
         if not self._in_flight:
             self._last_moved = time.monotonic()  # idle time is not a stall
         if task is not None:
             self._in_flight.add(task)
         try:
-            await self._handle(message)
+            await self._handle(message, probe)
         except Exception:
             # Reached when the broker connection failed mid-way (ack, or the copy to a
             # retry/DLQ queue): the message is redelivered after reconnect. Anything else
@@ -203,18 +204,21 @@ class EventConsumer:
             self._last_moved = time.monotonic()
             if task is not None:
                 self._in_flight.discard(task)
+            if probe:
+                self.flow.release_probe()
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: AbstractIncomingMessage, probe: bool = False) -> None:
         # Set before the span starts: the span processor puts it on the span (and its children).
         cid = correlation.valid_or_new(message.correlation_id)
         token = correlation.current.set(cid)
         try:
             with instrumentation.processing(self.topology.name, message) as span:
-                await self._classify(message, span)
+                await self._classify(message, span, probe)
         finally:
             correlation.current.reset(token)
 
-    async def _classify(self, message: AbstractIncomingMessage, span: Span) -> None:
+    async def _classify(self, message: AbstractIncomingMessage, span: Span,
+                        probe: bool) -> None:
         event_type = _label(message.type)
         metrics.CONSUMED.labels(self.service, event_type).inc()
         started = time.perf_counter()
@@ -248,9 +252,14 @@ class EventConsumer:
                 await self._dead_letter(message, "permanent", exc)
                 return
             except Exception as exc:
-                await self._retry_or_dead_letter(message, exc)
+                if await self.flow.outcome(failed=True, probe=probe,
+                                           error=f"{type(exc).__name__}: {exc}"):
+                    await self._retry_or_dead_letter(message, exc)
+                else:
+                    await self._back_to_the_queue(message, exc)
                 return
             await message.ack()
+            await self.flow.outcome(failed=False, probe=probe)
             metrics.ACKED.labels(self.service, event_type, outcome.value).inc()
             if outcome is Outcome.CLASH:
                 metrics.DUPLICATES.labels(self.service, event_type).inc()
@@ -285,6 +294,16 @@ class EventConsumer:
                     attempt + 1, type(exc).__name__, exc, delay)
         await self._republish(message, self.topology.retry_queue(delay), {h.ATTEMPT: attempt + 1})
         metrics.RETRIED.labels(self.service, _label(message.type), "transient").inc()
+
+    async def _back_to_the_queue(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        """A failure the kill switch took for an outage: a fresh copy to the back of the work
+        queue with the headers it came with, so neither the retry ladder nor the queue's
+        delivery limit counts it."""
+        instrumentation.failed(trace.get_current_span(), "paused", exc)
+        log.info("failed while paused (%s: %s); back to %s unspent",
+                 type(exc).__name__, exc, self.topology.name)
+        await self._republish(message, self.topology.name, {})
+        metrics.RETRIED.labels(self.service, _label(message.type), "paused").inc()
 
     async def _defer(self, message: AbstractIncomingMessage, exc: OutOfOrder) -> None:
         deferrals = _int_header(message, h.DEFERRALS)

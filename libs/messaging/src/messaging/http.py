@@ -43,6 +43,8 @@ class Problem(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, str]
+    # A consuming service's kill switch: state, by, reason, until (messaging/admin.py).
+    consumer: dict[str, Any] | None = None
 
 
 def problem(description: str) -> dict[str, Any]:
@@ -76,8 +78,10 @@ def ops_router(
     checks: dict[str, ReadinessCheck],
     service: str = "unknown",
     refresh: Sequence[ScrapeRefresh] = (),
+    consumer: Callable[[], dict[str, Any]] | None = None,
 ) -> APIRouter:
-    """`/healthz` (the process answers), `/readyz` (each check passes), `/metrics`."""
+    """`/healthz` (the process answers), `/readyz` (each check passes; and the consumer's
+    state, when there is a consumer), `/metrics`."""
     router = APIRouter(tags=["operations"])
 
     @router.get("/healthz")
@@ -90,7 +94,10 @@ def ops_router(
     async def readyz() -> JSONResponse:
         results = await _readiness(checks)
         ready = all(v == "ok" for v in results.values())
-        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+        body: dict[str, Any] = {"ready": ready, "checks": results}
+        if consumer is not None:
+            body["consumer"] = consumer()
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.get("/metrics", response_class=PlainTextResponse, responses={
         200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}},
@@ -184,11 +191,12 @@ def install_common(
     checks: dict[str, ReadinessCheck],
     refresh: Sequence[ScrapeRefresh] = (),
     max_body_bytes: int = ServiceSettings.model_fields["http_max_body_bytes"].default,
+    consumer: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     """Ops routes, the body guard, the correlation middleware and the HTTP server spans."""
     http_guard.install(app, max_body_bytes)  # inside the correlation middleware: a 413 is
     app.add_middleware(CorrelationMiddleware, service=service)  # counted and carries the id
-    app.include_router(ops_router(checks, service, refresh))
+    app.include_router(ops_router(checks, service, refresh, consumer))
     # The ASGI layer's own "http send/receive" spans say nothing the server span does not.
     FastAPIInstrumentor.instrument_app(
         app, excluded_urls=UNTRACED_URLS, exclude_spans=["receive", "send"]

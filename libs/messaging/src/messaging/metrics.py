@@ -5,7 +5,7 @@ observation's span, which the OpenMetrics exposition shows per bucket (docs/obse
 """
 
 from opentelemetry import trace
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Enum, Gauge, Histogram
 
 CONSUMED = Counter(
     "messages_consumed", "Messages taken from a work queue", ["service", "event_type"]
@@ -95,6 +95,17 @@ QUEUE_CONSUMERS = Gauge(
 SERVICE_READY = Gauge(
     "service_ready", "1 when every readiness check passes (what /readyz answers), else 0",
     ["service"],
+)
+# The kill switch of each consumer (messaging/killswitch.py): one series per state, 1 for
+# the current one. Paused: not subscribed (the work waits in the queue); probing: one
+# message at a time until one succeeds.
+CONSUMER_STATE = Enum(
+    "consumer_state", "Kill switch state of the consumer: running, paused or probing",
+    ["service"], states=["running", "paused", "probing"],
+)
+CONSUMER_PAUSES = Counter(
+    "consumer_pauses", "Times the consumer paused, by the kill switch or an operator",
+    ["service", "by"],
 )
 
 

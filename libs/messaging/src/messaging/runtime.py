@@ -22,6 +22,7 @@ from messaging import outbox, queue_stats, telemetry
 from messaging.batching import InboxBatcher
 from messaging.broker import STOP_STEP_SECONDS, close_within, connect
 from messaging.consumer import EventConsumer
+from messaging.flow_control import FlowControl
 from messaging.inbox import Inbox, Outcome
 from messaging.settings import ConsumerSettings, OutboxSettings
 from messaging.spec import Subscriptions
@@ -115,6 +116,8 @@ class ConsumerRuntime:
         # on its own (messaging/batching.py).
         self._batcher = InboxBatcher(inbox, subscriptions, max_batch=settings.batch_size)
         self._consumer: EventConsumer | None = None
+        # The kill switch and what it does: outlives a consumer rebuilt after a failed start.
+        self.flow = FlowControl(service, settings.kill_switch, settings.prefetch)
         self._tasks: list[asyncio.Task[None]] = []
         self._outbox_sessions = outbox_sessions
         self._outbox_settings: OutboxSettings | None = None
@@ -157,6 +160,7 @@ class ConsumerRuntime:
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+        await self.flow.close()
         await self._batcher.close()
         for task in self._tasks:
             task.cancel()
@@ -166,7 +170,8 @@ class ConsumerRuntime:
         await asyncio.gather(self.broker.close(), self.publisher.close())
 
     async def check(self) -> None:
-        """Readiness: connected (both connections) and consuming."""
+        """Readiness: connected (both connections) and consuming, or paused on purpose (the
+        kill switch or an operator: healthy, and the state is in /readyz's body)."""
         await self.broker.check()
         await self.publisher.check()
         if self._consumer is None or not await self._consumer.consuming():
@@ -206,6 +211,7 @@ class ConsumerRuntime:
             prefetch=self._settings.prefetch,
             max_deferrals=self._settings.max_deferrals,
             shutdown_grace_seconds=IN_FLIGHT_GRACE_SECONDS,
+            flow=self.flow,
         )
         await consumer.start()
         return consumer

@@ -11,11 +11,20 @@ import re
 import sys
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from yarl import URL
+
+from messaging.killswitch import Policy
 
 SUPPORTED_DATABASES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
 
@@ -140,6 +149,36 @@ class ConsumerSettings(ServiceSettings):
     consumer_stall_seconds: float = Field(60.0, gt=0, le=3600)
     # How long the inbox remembers a processed event id (the dedupe window).
     inbox_retention_hours: float = Field(24 * 7, gt=0)
+    # The kill switch (docs/failure.md#the-kill-switch): it pauses consuming when at least
+    # this share of at least KILL_SWITCH_MIN_MESSAGES outcomes in the window failed
+    # transiently, probes after the cool-down, doubles the cool-down after a failed probe.
+    kill_switch_failure_ratio: float = Field(0.8, gt=0, le=1)
+    kill_switch_window_seconds: float = Field(30.0, gt=0, le=3600)
+    kill_switch_min_messages: int = Field(10, ge=1, le=100_000)
+    kill_switch_cooldown_seconds: float = Field(5.0, gt=0, le=3600)
+    kill_switch_max_cooldown_seconds: float = Field(30.0, gt=0, le=86_400)
+    # Bearer token of the operator routes (pause/resume the consumer); unset: they answer 401.
+    admin_token: SecretStr | None = None
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not 16 <= len(value.get_secret_value()) <= 256:
+            raise ValueError("must be 16-256 characters (a guessable token guards nothing)")
+        return value
+
+    @field_validator("kill_switch_max_cooldown_seconds")
+    @classmethod
+    def _cooldown_cap(cls, value: float, info: ValidationInfo) -> float:
+        if value < info.data.get("kill_switch_cooldown_seconds", 0):
+            raise ValueError("must be at least KILL_SWITCH_COOLDOWN_SECONDS")
+        return value
+
+    @property
+    def kill_switch(self) -> Policy:
+        return Policy(self.kill_switch_failure_ratio, self.kill_switch_window_seconds,
+                      self.kill_switch_min_messages, self.kill_switch_cooldown_seconds,
+                      self.kill_switch_max_cooldown_seconds)
 
     @field_validator("retry_delays", mode="before")
     @classmethod

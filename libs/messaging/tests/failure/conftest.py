@@ -62,8 +62,9 @@ async def start_consumer(connection):
     started: list[EventConsumer] = []
 
     async def _start(process: Process, delays=FAST_DELAYS, **kwargs) -> EventConsumer:
-        consumer = EventConsumer(
-            service="points", topology=QueueTopology.for_service("points", delays),
+        consumer = EventConsumer(  # `service` names it in metrics and logs (points' queue)
+            service=kwargs.pop("service", "points"),
+            topology=QueueTopology.for_service("points", delays),
             connection=connection, process=process, **kwargs,
         )
         await consumer.start()

@@ -237,6 +237,17 @@ def build() -> dict:
             "bindings": publish_binding,
             "x-service": service,
         }
+        operations[f"{service}ReturnUnspent"] = {
+            "action": "send",
+            "title": f"{service} sends a message that failed while paused back to its queue",
+            "description": "The kill switch (docs/failure.md#the-kill-switch): a fresh copy "
+                           "with the same body, ids and headers (retry counters unchanged), "
+                           f"through {queues.exchange} (routing key = the work queue's name); "
+                           "confirmed before the original is acked.",
+            **_ref(work, handled),
+            "bindings": publish_binding,
+            "x-service": service,
+        }
         operations[f"{service}DlqReplay"] = {
             "action": "send",
             "title": f"the DLQ tool replays {queues.dlq} to {queues.name}",
