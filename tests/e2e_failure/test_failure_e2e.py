@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from devstack import events, throwaway
+from devstack.scrape import metric
 from devstack.smtp_sink import mails_in
 from devstack.stack import SERVICES, Stack, free_port
 from devstack.wait import eventually
@@ -39,14 +40,6 @@ def pay(url: str, customer: str | None = None) -> dict:
 
 def get(url: str, path: str, **params):
     return httpx.get(f"{url}{path}", params=params, timeout=10).json()
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_mail_server_down_for_seconds_then_back_sends_every_mail_exactly_once(stack):

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import start_stack
 from devstack import smtp_sink
+from devstack.scrape import metric
 from devstack.smtp_sink import mails_in
 from devstack.stack import free_port
 from devstack.wait import eventually
@@ -45,14 +46,6 @@ def pay(url: str) -> dict:
 
 def get(url: str, path: str, **params):
     return httpx.get(f"{url}{path}", params=params, timeout=10).json()
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def handled_elsewhere(stack, order_id: str) -> bool:

@@ -15,6 +15,7 @@ import pytest
 
 from devstack import smtp_sink, throwaway
 from devstack.console import ConsoleProcess
+from devstack.scrape import metric
 from devstack.smtp_sink import mails_in
 from devstack.stack import SERVICES, Stack, free_port
 from devstack.wait import eventually
@@ -70,14 +71,6 @@ def wait_replay(console: ConsoleProcess, replay_id: int) -> dict:
     return eventually(lambda: j if (j := api(console, "GET", f"/api/replays/{replay_id}")
                                     .json())["status"] != "running" else None,
                       timeout=30, message=f"replay {replay_id} ends")
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def publish_poison(amqp_url: str) -> None:
