@@ -252,8 +252,11 @@ class EventConsumer:
                 await self._dead_letter(message, "permanent", exc)
                 return
             except Exception as exc:
-                if await self.flow.outcome(failed=True, probe=probe,
-                                           error=f"{type(exc).__name__}: {exc}"):
+                # The kill switch decides whether this failure is the message's own (it
+                # spends its retry budget) or part of an outage (back to the queue unspent).
+                spends_budget = await self.flow.outcome(
+                    failed=True, probe=probe, error=f"{type(exc).__name__}: {exc}")
+                if spends_budget:
                     await self._retry_or_dead_letter(message, exc)
                 else:
                     await self._back_to_the_queue(message, exc)
