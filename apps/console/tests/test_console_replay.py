@@ -13,6 +13,7 @@ from urllib.parse import quote
 import aio_pika
 import httpx
 import pytest
+from opentelemetry import propagate
 
 from console.replay import EXCHANGE
 from contracts import utcnow
@@ -47,16 +48,21 @@ async def parked(amqp_url):
         parked_events = []
         for _ in range(n):
             event = events.order_paid()
+            headers = {
+                h.ERROR_CLASS: "permanent", h.ERROR_SERVICE: "points",
+                h.ERROR_TYPE: "ValueError", h.ERROR_MESSAGE: "no such customer",
+                h.ERROR_ATTEMPTS: 1, h.ERROR_AT: utcnow().isoformat(),
+                h.ERROR_QUEUE: POINTS.name, h.ATTEMPT: 1,
+                "traceparent": f"00-{TRACE_ID}-{uuid.uuid4().hex[:16]}-01"}
             message = build_message(
                 event.to_json(), message_id=str(event.event_id),
                 correlation_id=event.correlation_id, event_type=event.event_type,
-                timestamp=event.occurred_at, headers={
-                    h.ERROR_CLASS: "permanent", h.ERROR_SERVICE: "points",
-                    h.ERROR_TYPE: "ValueError", h.ERROR_MESSAGE: "no such customer",
-                    h.ERROR_ATTEMPTS: 1, h.ERROR_AT: utcnow().isoformat(),
-                    h.ERROR_QUEUE: POINTS.name, h.ATTEMPT: 1,
-                    "traceparent": f"00-{TRACE_ID}-{uuid.uuid4().hex[:16]}-01"})
-            await publish_confirmed(own, message, routing_key=POINTS.dlq)
+                timestamp=event.occurred_at, headers=headers)
+            # Published in the trace it names, as the consumer's copy is: with a tracer
+            # provider installed (another test module on this worker may have), the publish
+            # span's context replaces the header, and without a parent it would be a new trace.
+            await publish_confirmed(own, message, routing_key=POINTS.dlq,
+                                    parent=propagate.extract(headers))
             parked_events.append(event)
         return parked_events
 
