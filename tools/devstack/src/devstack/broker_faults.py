@@ -14,6 +14,8 @@ from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from urllib.parse import quote
 
+import httpx
+
 from devstack.throwaway import management
 
 # The management API lists a new connection only after the broker's statistics interval
@@ -44,7 +46,11 @@ def wait_listed(vhost: str, connection_name: str, timeout: float = LISTED_WITHIN
     ones closed a moment ago, which the list may still name (the statistics lag)."""
     deadline = time.monotonic() + timeout
     while True:
-        names = [n for n in connections(vhost).get(connection_name, []) if n not in exclude]
+        try:
+            listed = connections(vhost).get(connection_name, [])
+        except httpx.TransportError:  # the broker (and its management API) is restarting
+            listed = []
+        names = [n for n in listed if n not in exclude]
         if names:
             return names
         if time.monotonic() > deadline:
@@ -75,8 +81,11 @@ def close(vhost: str, connection_name: str, reason: str = "test fault",
     while True:
         names = wait_listed(vhost, connection_name, max(0.0, deadline - time.monotonic()),
                             exclude=gone)
-        if close_connections(names, reason):
-            return names
+        try:
+            if close_connections(names, reason):
+                return names
+        except httpx.TransportError:  # the broker is restarting: look again for new ones
+            continue
         gone.update(names)  # listed, but closed already
 
 
