@@ -14,7 +14,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
-from console import edit, store
+from console import alerts, edit, store
 from console.auth import User
 from console.replay import Replayer
 from messaging.http import problem
@@ -93,6 +93,20 @@ class Archived(BaseModel):
 
 class EditRequest(BaseModel):
     body: str = Field(description="the edited event, JSON text")
+
+
+class FiringAlert(BaseModel):
+    name: str
+    severity: str
+    service: str
+    since: datetime | None
+    summary: str
+
+
+class AlertsView(BaseModel):
+    connected: bool = Field(description="false: no PROMETHEUS_URL is set")
+    problem: str | None = Field(description="why Prometheus gave no answer (else null)")
+    firing: list[FiringAlert]
 
 
 class AuditRecord(BaseModel):
@@ -270,6 +284,10 @@ def router() -> APIRouter:
             responses={404: problem("No such replay"), 409: problem("Not running")})
     async def stop_replay(request: Request, user: User, replay_id: int) -> dict[str, Any]:
         return await stop(request, replay_id, user)
+
+    @r.get("/alerts", response_model=AlertsView)
+    async def firing_alerts(request: Request, user: User) -> alerts.Alerts:
+        return await alerts.read_alerts(request.app.state.settings.prometheus_url)
 
     @r.get("/audit", response_model=list[AuditRecord])
     async def audit_trail(request: Request, user: User) -> list[dict[str, Any]]:

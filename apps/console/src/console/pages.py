@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
-from console import api, store
+from console import alerts, api, store
 from console.auth import User, guard_of
 
 HERE = Path(__file__).parent
@@ -53,7 +53,9 @@ def router() -> APIRouter:
         return _render(request, user, "overview.html", counts=counts,
                        total=sum(c for _, _, c in counts),
                        missing=request.app.state.ingest.missing,
-                       replays=await store.replay_jobs(sessions, 10))
+                       replays=await store.replay_jobs(sessions, 10),
+                       alerts=await alerts.read_alerts(
+                           request.app.state.settings.prometheus_url))
 
     @r.get("/groups", response_class=HTMLResponse)
     async def groups(request: Request, user: User) -> HTMLResponse:

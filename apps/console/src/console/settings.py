@@ -32,6 +32,9 @@ class Settings(ServiceSettings):
     console_services: str = Field("", pattern=r"^([a-z][a-z0-9-]*(,[a-z][a-z0-9-]*)*)?$")
     # Where a dead letter's trace opens (its traceparent's trace id).
     jaeger_ui_url: str = "http://127.0.0.1:16686"
+    # The Prometheus whose firing alerts the overview shows (its /api/v1/alerts); empty:
+    # the overview says alerts are not connected.
+    prometheus_url: str = Field("", pattern=r"^(https?://[^\s/]+(/\S*)?)?$")
 
     @property
     def edit_and_replay(self) -> bool:
