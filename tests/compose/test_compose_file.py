@@ -214,6 +214,13 @@ def test_the_console_is_built_from_apps_published_on_8005_with_credentials_from_
     assert env["CONSOLE_EDIT_AND_REPLAY"] == "off"
     # Its image holds the console alone, so it is told which DLQs to take: every consumer's.
     assert env["CONSOLE_SERVICES"].split(",") == list(CONSUMERS)
+    # The overview's alerts come from the observability profile's Prometheus.
+    assert env["PROMETHEUS_URL"] == "http://prometheus:9090"
+    assert "prometheus" in compose["services"]
+    # It shows and steers every consumer by its compose name and port, with their token.
+    assert env["CONSOLE_SERVICE_URLS"] == ",".join(
+        f"{name}=http://{name}:{CONTRACT_PORTS[name]}" for name in CONSUMERS)
+    assert env["ADMIN_TOKEN"] == _environment(compose["services"]["mailer"])["ADMIN_TOKEN"]
 
 
 def test_durations_are_read_as_compose_reads_them():

@@ -181,6 +181,7 @@ def test_poison_and_refused_mails_are_grouped_replayed_once_archived_and_audited
     ("GET", "/audit"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/api/dead-letters"),
     ("GET", "/api/dead-letters/1"),
     ("GET", "/api/groups"), ("GET", "/api/audit"), ("GET", "/api/replays/1"),
+    ("GET", "/api/alerts"),
     ("POST", "/api/groups/x/replay"), ("POST", "/api/groups/x/archive"),
     ("POST", "/api/dead-letters/1/replay"), ("POST", "/api/dead-letters/1/archive"),
     ("POST", "/api/dead-letters/1/edit-and-replay"), ("POST", "/api/replays/1/stop"),
@@ -204,6 +205,14 @@ def test_the_openapi_document_describes_the_json_api(system):
             "/api/dead-letters/{dead_letter_id}/edit-and-replay", "/api/audit"
             } <= set(document["paths"])
     assert "/groups" not in document["paths"]  # the pages are not API
+
+
+def test_without_prometheus_url_the_overview_says_alerts_are_not_connected(system):
+    console = system[1]
+    page = httpx.get(console.url, auth=console.auth, timeout=10)
+    assert page.status_code == 200 and "Alerts are not connected" in page.text
+    assert api(console, "GET", "/api/alerts").json() == {
+        "connected": False, "problem": None, "firing": []}
 
 
 def test_a_form_post_without_the_pages_csrf_token_is_refused(system):

@@ -8,15 +8,17 @@ the API needs no CSRF token; the pages' form posts carry one.
 from __future__ import annotations
 
 import base64
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
-from console import edit, store
+from console import alerts, consumers, edit, store
 from console.auth import User
 from console.replay import Replayer
+from messaging.admin import ConsumerState, Pause
 from messaging.http import problem
 
 Status = Literal["parked", "replaying", "replayed", "archived"]
@@ -93,6 +95,30 @@ class Archived(BaseModel):
 
 class EditRequest(BaseModel):
     body: str = Field(description="the edited event, JSON text")
+
+
+class FiringAlert(BaseModel):
+    name: str
+    severity: str
+    service: str
+    since: datetime | None
+    summary: str
+
+
+class AlertsView(BaseModel):
+    connected: bool = Field(description="false: no PROMETHEUS_URL is set")
+    problem: str | None = Field(description="why Prometheus gave no answer (else null)")
+    firing: list[FiringAlert]
+
+
+class ConsumerView(BaseModel):
+    service: str
+    url: str
+    state: str | None = Field(description="running, paused or probing; null: not reachable")
+    by: str | None = Field(description="who paused it: switch or operator")
+    reason: str
+    until: str | None = Field(description="when the kill switch probes next (ISO 8601 UTC)")
+    problem: str | None = Field(description="why the state is unknown (else null)")
 
 
 class AuditRecord(BaseModel):
@@ -191,6 +217,35 @@ async def edit_and_replay(request: Request, dead_letter_id: int, user: str,
     return ReplayStarted(replay_id=job, count=count)
 
 
+async def steer_consumer(request: Request, service: str, user: str, action: consumers.Action,
+                         reason: str | None = None) -> dict[str, Any]:
+    """Pause or resume a service's consumer through its operator route; the attempt and its
+    outcome go into the audit trail. 404 for a service the console does not know, 409
+    without ADMIN_TOKEN, 502 when the service is not reachable or refuses."""
+    settings = request.app.state.settings
+    url = settings.service_urls.get(service)
+    if url is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"no consumer {service!r} (CONSOLE_SERVICE_URLS names "
+                            f"{', '.join(settings.service_urls) or 'none'})")
+    if settings.admin_token is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, "ADMIN_TOKEN is not set: the console "
+                                                      "shows the consumers but cannot steer them")
+    failed: consumers.SteerFailed | None = None
+    try:
+        state = await consumers.steer(url, action, settings.admin_token.get_secret_value(),
+                                      reason)
+        outcome = f"now {state['state']}"
+    except consumers.SteerFailed as exc:
+        failed, outcome = exc, f"failed: {exc}"
+    async with _sessions(request)() as session, session.begin():
+        await store.record(session, user, f"{action}-consumer", f"consumer {service}",
+                           f"reason: {reason}; {outcome}" if reason else outcome)
+    if failed is not None:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"{service}: {failed}")
+    return state
+
+
 def router() -> APIRouter:
     r = APIRouter(prefix="/api", tags=["console"], responses={
         401: problem("No or wrong credentials (HTTP Basic)")})
@@ -270,6 +325,30 @@ def router() -> APIRouter:
             responses={404: problem("No such replay"), 409: problem("Not running")})
     async def stop_replay(request: Request, user: User, replay_id: int) -> dict[str, Any]:
         return await stop(request, replay_id, user)
+
+    @r.get("/alerts", response_model=AlertsView)
+    async def firing_alerts(request: Request, user: User) -> alerts.Alerts:
+        return await alerts.read_alerts(request.app.state.settings.prometheus_url)
+
+    steer_errors: dict[int | str, dict[str, Any]] = {
+        404: problem("No such consumer in CONSOLE_SERVICE_URLS"),
+        409: problem("ADMIN_TOKEN is not set"),
+        502: problem("The service is not reachable, or refused the token")}
+
+    @r.get("/consumers", response_model=list[ConsumerView])
+    async def list_consumers(request: Request, user: User) -> list[dict[str, Any]]:
+        found = await consumers.states(request.app.state.settings.service_urls)
+        return [asdict(c) for c in found]
+
+    @r.post("/consumers/{service}/pause", response_model=ConsumerState, responses=steer_errors)
+    async def pause_consumer(request: Request, user: User, service: str,
+                             pause: Pause) -> dict[str, Any]:
+        return await steer_consumer(request, service, user, "pause", pause.reason)
+
+    @r.post("/consumers/{service}/resume", response_model=ConsumerState,
+            responses=steer_errors)
+    async def resume_consumer(request: Request, user: User, service: str) -> dict[str, Any]:
+        return await steer_consumer(request, service, user, "resume")
 
     @r.get("/audit", response_model=list[AuditRecord])
     async def audit_trail(request: Request, user: User) -> list[dict[str, Any]]:

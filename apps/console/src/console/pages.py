@@ -17,9 +17,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
+from pydantic import ValidationError
 
-from console import api, store
+from console import alerts, api, consumers, store
 from console.auth import User, guard_of
+from messaging.admin import Pause
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -53,7 +55,9 @@ def router() -> APIRouter:
         return _render(request, user, "overview.html", counts=counts,
                        total=sum(c for _, _, c in counts),
                        missing=request.app.state.ingest.missing,
-                       replays=await store.replay_jobs(sessions, 10))
+                       replays=await store.replay_jobs(sessions, 10),
+                       alerts=await alerts.read_alerts(
+                           request.app.state.settings.prometheus_url))
 
     @r.get("/groups", response_class=HTMLResponse)
     async def groups(request: Request, user: User) -> HTMLResponse:
@@ -147,6 +151,33 @@ def router() -> APIRouter:
         guard_of(request).check_csrf(user, csrf_token)
         await api.edit_and_replay(request, dead_letter_id, user, body.encode())
         return _back(f"/dead-letters/{dead_letter_id}")
+
+    @r.get("/consumers", response_class=HTMLResponse)
+    async def consumer_list(request: Request, user: User) -> HTMLResponse:
+        settings = request.app.state.settings
+        return _render(request, user, "consumers.html",
+                       consumers=await consumers.states(settings.service_urls),
+                       can_steer=settings.admin_token is not None)
+
+    @r.post("/consumers/{service}/pause")
+    async def pause_consumer(request: Request, user: User, service: str,
+                             reason: Annotated[str, Form()] = "",
+                             csrf_token: Csrf = None) -> RedirectResponse:
+        guard_of(request).check_csrf(user, csrf_token)
+        try:
+            checked = Pause(reason=reason)
+        except ValidationError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                                f"reason: {exc.errors()[0]['msg']}") from None
+        await api.steer_consumer(request, service, user, "pause", checked.reason)
+        return _back("/consumers")
+
+    @r.post("/consumers/{service}/resume")
+    async def resume_consumer(request: Request, user: User, service: str,
+                              csrf_token: Csrf = None) -> RedirectResponse:
+        guard_of(request).check_csrf(user, csrf_token)
+        await api.steer_consumer(request, service, user, "resume")
+        return _back("/consumers")
 
     @r.get("/audit", response_class=HTMLResponse)
     async def audit(request: Request, user: User) -> HTMLResponse:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
-from messaging.settings import ServiceSettings
+from messaging.settings import ServiceSettings, checked_admin_token
+
+_SERVICE_URL = r"[a-z][a-z0-9-]*=https?://[^\s,=]+"
 
 
 class Settings(ServiceSettings):
@@ -32,6 +34,31 @@ class Settings(ServiceSettings):
     console_services: str = Field("", pattern=r"^([a-z][a-z0-9-]*(,[a-z][a-z0-9-]*)*)?$")
     # Where a dead letter's trace opens (its traceparent's trace id).
     jaeger_ui_url: str = "http://127.0.0.1:16686"
+    # The Prometheus whose firing alerts the overview shows (its /api/v1/alerts); empty:
+    # the overview says alerts are not connected.
+    prometheus_url: str = Field("", pattern=r"^(https?://[^\s/]+(/\S*)?)?$")
+    # The consuming services whose consumer (kill switch) the console shows and steers:
+    # `name=base URL`, comma-separated (make run: the native ports; compose: the service
+    # names). Empty: the consumers page says none is configured.
+    console_service_urls: str = Field("", pattern=rf"^({_SERVICE_URL}(,{_SERVICE_URL})*)?$")
+    # The consumers' ADMIN_TOKEN (their pause and resume routes); unset: the console shows
+    # the consumers but cannot steer them.
+    admin_token: SecretStr | None = None
+
+    _token_length = field_validator("admin_token")(checked_admin_token)
+
+    @field_validator("console_service_urls")
+    @classmethod
+    def _one_url_per_service(cls, value: str) -> str:
+        names = [pair.partition("=")[0] for pair in value.split(",") if pair]
+        if len(names) != len(set(names)):
+            raise ValueError("names a service twice")
+        return value
+
+    @property
+    def service_urls(self) -> dict[str, str]:
+        pairs = (p.partition("=") for p in self.console_service_urls.split(",") if p)
+        return {name: url.rstrip("/") for name, _, url in pairs}
 
     @property
     def edit_and_replay(self) -> bool:

@@ -75,6 +75,13 @@ DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
 AmqpUrl = Annotated[str, AfterValidator(_amqp_url)]
 
 
+def checked_admin_token(value: SecretStr | None) -> SecretStr | None:
+    """ADMIN_TOKEN, of a consumer and of the console that steers it: 16-256 characters."""
+    if value is not None and not 16 <= len(value.get_secret_value()) <= 256:
+        raise ValueError("must be 16-256 characters (a guessable token guards nothing)")
+    return value
+
+
 class ProcessSettings(BaseSettings):
     """How a process runs, whatever it hosts: every service, and the synchronous mode (one
     process for all of them). A base: `class ServiceSettings(ProcessSettings)`."""
@@ -160,12 +167,7 @@ class ConsumerSettings(ServiceSettings):
     # Bearer token of the operator routes (pause/resume the consumer); unset: they answer 401.
     admin_token: SecretStr | None = None
 
-    @field_validator("admin_token")
-    @classmethod
-    def _token_length(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not 16 <= len(value.get_secret_value()) <= 256:
-            raise ValueError("must be 16-256 characters (a guessable token guards nothing)")
-        return value
+    _token_length = field_validator("admin_token")(checked_admin_token)
 
     @field_validator("kill_switch_max_cooldown_seconds")
     @classmethod

@@ -12,8 +12,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from devstack import smtp_sink
-from devstack.console import ConsoleProcess
+from devstack.console import ConsoleProcess, local_admin_token
 from devstack.stack import SERVICES, Stack
+from messaging import spec
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672/"
 
@@ -38,15 +39,21 @@ def main() -> int:
     smtp_port = int(os.environ.get("SMTP_PORT", "1025"))
     mail_dir = Path("var/mail")
     controller, _ = smtp_sink.start(mail_dir, port=smtp_port)
+    # The consumers' ADMIN_TOKEN (their pause and resume routes, which the console calls):
+    # one of this run only, unless ADMIN_TOKEN chooses one.
+    admin_token = os.environ.get("ADMIN_TOKEN") or local_admin_token()
     stack = Stack(
         rabbitmq_url=rabbitmq_url,
         database_urls={s: os.environ.get(f"{s.upper()}_DATABASE_URL",
                                          f"sqlite+aiosqlite:///var/{s}.db") for s in SERVICES},
         smtp_port=smtp_port,
+        extra_env={"ADMIN_TOKEN": admin_token},
     )
     # The console with credentials of this run only (CONSOLE_PASSWORD to choose one).
     console = ConsoleProcess(
         rabbitmq_url=rabbitmq_url,
+        service_urls={s.name: stack.url(s.name) for s in spec.consumers()},
+        admin_token=admin_token,
         database_url=os.environ.get("CONSOLE_DATABASE_URL", "sqlite+aiosqlite:///var/console.db"),
         **({"password": os.environ["CONSOLE_PASSWORD"]} if os.environ.get("CONSOLE_PASSWORD")
            else {}),
@@ -69,6 +76,8 @@ def main() -> int:
             print(f"  {name:<8} {stack.url(name)}")
         print(f"  console  {console.url}  (user {console.user}, password {console.password})")
         print(f"  mail     smtp://127.0.0.1:{smtp_port} -> {mail_dir}/*.eml")
+        print(f"  ADMIN_TOKEN={admin_token}  (the consumers' pause and resume: the console's "
+              "Consumers page, or python -m messaging.consumerctl)")
         print("Ctrl-C stops everything.\n", flush=True)
         while not stopping:
             for name in SERVICES:

@@ -23,6 +23,11 @@ def local_password() -> str:
     return secrets.token_urlsafe(12)
 
 
+def local_admin_token() -> str:
+    """A fresh ADMIN_TOKEN for a local run: the consumers' and the console's."""
+    return secrets.token_urlsafe(24)
+
+
 @dataclass
 class ConsoleProcess:
     rabbitmq_url: str
@@ -31,6 +36,9 @@ class ConsoleProcess:
     user: str = LOCAL_USER
     password: str = field(default_factory=local_password)
     log_path: Path | None = None
+    # The consumers it shows and steers ({service: base URL}) and their ADMIN_TOKEN.
+    service_urls: dict[str, str] = field(default_factory=dict)
+    admin_token: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     python: str = field(default_factory=lambda: sys.executable)
     process: subprocess.Popen[bytes] | None = None
@@ -46,7 +54,11 @@ class ConsoleProcess:
     def start(self) -> None:
         env = {**os.environ, "PORT": str(self.port), "DATABASE_URL": self.database_url,
                "RABBITMQ_URL": self.rabbitmq_url, "CONSOLE_USER": self.user,
-               "CONSOLE_PASSWORD": self.password, **self.extra_env}
+               "CONSOLE_PASSWORD": self.password,
+               "CONSOLE_SERVICE_URLS": ",".join(f"{name}={url}"
+                                                for name, url in self.service_urls.items()),
+               **({"ADMIN_TOKEN": self.admin_token} if self.admin_token else {}),
+               **self.extra_env}
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         self.process = subprocess.Popen([self.python, "-m", "console"], env=env,
                                         stdout=out, stderr=subprocess.STDOUT if out else None)
