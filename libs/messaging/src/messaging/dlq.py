@@ -101,7 +101,7 @@ async def list_queues(connection: AbstractConnection) -> list[QueueCount]:
     counts = []
     for service in sorted(s.name for s in spec.consumers()):
         dlq = topology_for(service).dlq
-        counts.append(QueueCount(service, dlq, await _count(connection, dlq)))
+        counts.append(QueueCount(service, dlq, await ready_count(connection, dlq)))
     return counts
 
 
@@ -111,7 +111,7 @@ async def show(connection: AbstractConnection, service: str,
     dlq = await _existing_dlq(connection, service)
     async with _channel(connection) as channel:
         queue = await channel.get_queue(dlq, ensure=False)
-        taken = await _take(queue, min(limit, await _count(connection, dlq) or 0))
+        taken = await _take(queue, min(limit, await ready_count(connection, dlq) or 0))
         for message in taken:  # give every one back
             await message.nack(requeue=True)
     return taken
@@ -122,7 +122,7 @@ async def replay(connection: AbstractConnection, service: str,
     """Move the DLQ's messages (all, or those with the given event ids) to the work queue."""
     topology = topology_for(service)
     dlq = await _existing_dlq(connection, service)
-    if await _count(connection, topology.name) is None:
+    if await ready_count(connection, topology.name) is None:
         raise DlqError(f"work queue {topology.name} does not exist", exit_code=2)
 
     async def move(channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
@@ -196,7 +196,7 @@ async def _settle(
     done: list[str] = []
     async with _channel(connection, confirm=True) as channel:
         queue = await channel.get_queue(dlq, ensure=False)
-        taken = await _take(queue, await _count(connection, dlq) or 0)
+        taken = await _take(queue, await ready_count(connection, dlq) or 0)
         settled: set[int] = set()
         try:
             for message in taken:
@@ -232,12 +232,12 @@ async def _take(queue: AbstractQueue, count: int) -> list[AbstractIncomingMessag
 
 async def _existing_dlq(connection: AbstractConnection, service: str) -> str:
     dlq = topology_for(service).dlq
-    if await _count(connection, dlq) is None:
+    if await ready_count(connection, dlq) is None:
         raise DlqError(f"queue {dlq} does not exist (has {service} ever run here?)", exit_code=2)
     return dlq
 
 
-async def _count(connection: AbstractConnection, queue: str) -> int | None:
+async def ready_count(connection: AbstractConnection, queue: str) -> int | None:
     """Ready messages in `queue`, or None when it does not exist."""
     # A passive declaration of a missing queue closes its channel, hence one of its own.
     channel = await connection.channel()

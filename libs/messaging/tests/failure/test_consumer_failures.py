@@ -64,7 +64,7 @@ async def dlq_messages(connection) -> list:
 
 
 async def queue_count(connection, name: str) -> int | None:
-    return await dlq._count(connection, name)
+    return await dlq.ready_count(connection, name)
 
 
 @pytest.mark.parametrize("kind", list(POISON))

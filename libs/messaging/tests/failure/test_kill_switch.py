@@ -79,9 +79,9 @@ async def test_a_dependency_down_for_everyone_pauses_and_nothing_spends_its_budg
         lambda: _at_least(samples("consumer_pauses_total", service=service, by="switch"),
                           DELIVERY_LIMIT + 2),
         timeout=15, message="failed probes")
-    waiting = await dlq._count(connection, POINTS.name)
+    waiting = await dlq.ready_count(connection, POINTS.name)
     assert waiting is not None and waiting > 0  # the work waits in its queue
-    assert await dlq._count(connection, POINTS.dlq) == 0
+    assert await dlq.ready_count(connection, POINTS.dlq) == 0
 
     handler.down = False
 
@@ -89,7 +89,7 @@ async def test_a_dependency_down_for_everyone_pauses_and_nothing_spends_its_budg
                            message="every message applied after the dependency is back")
     assert flow.switch.status.mode is Mode.RUNNING
     assert all(handler.applied[i] == 1 for i in sent), handler.applied
-    assert await dlq._count(connection, POINTS.dlq) == 0
+    assert await dlq.ready_count(connection, POINTS.dlq) == 0
     assert samples("messages_retried_total", service=service, event_type="OrderPaid",
                    reason="paused") > 0
     # The ladder was used only below the threshold: at most the first failures, once each.
@@ -231,7 +231,7 @@ async def _all_applied(handler: Dependency, ids: list[str]) -> bool:
 
 
 async def _count_is(connection, queue: str, n: int) -> bool:
-    return await dlq._count(connection, queue) == n
+    return await dlq.ready_count(connection, queue) == n
 
 
 async def _parked(connection, n: int):
