@@ -104,7 +104,7 @@ lint: install ## ruff, and mypy (strict for libs/, see [tool.mypy] in pyproject.
 	$(PY) -m mypy
 
 dlq: install ## dead-letter queues: make dlq ARGS="list" | "show points" | "replay points --all"
-	$(PY) -m messaging.dlq $(ARGS)
+	$(PY) -m messaging.operations.dlq $(ARGS)
 
 clean: ## remove local state (databases, mails)
 	rm -rf var/

@@ -12,7 +12,7 @@ import pytest
 
 from devstack import smtp_sink, throwaway
 from devstack.stack import SERVICES, Stack, free_port
-from messaging import db
+from messaging.chassis import db
 
 
 def pytest_collection_modifyitems(items):

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from devstack.wait import eventually
-from messaging.server import PRESSURE_KEEP_ALIVE_SECONDS, TALLY_SECONDS
+from messaging.chassis.server import PRESSURE_KEEP_ALIVE_SECONDS, TALLY_SECONDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -19,7 +19,8 @@ import pytest
 from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity
 
 from devstack import events
-from messaging import db, outbox
+from messaging import outbox
+from messaging.chassis import db
 from messaging.outbox_store import add_to_outbox
 from messaging.topology import QueueTopology
 

@@ -195,7 +195,7 @@ def _seconds(duration: str) -> float:
 
 def test_every_node_and_service_has_time_to_stop_cleanly_before_it_is_killed(compose):
     """Docker SIGKILLs what outlives its stop_grace_period (default 10 s)."""
-    from messaging.runtime import STOP_BOUND_SECONDS
+    from messaging.chassis.runtime import STOP_BOUND_SECONDS
 
     for name in ("rabbitmq", "rabbitmq-2", "rabbitmq-3"):
         assert _seconds(compose["services"][name]["stop_grace_period"]) >= 60, name

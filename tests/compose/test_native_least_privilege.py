@@ -204,9 +204,10 @@ def test_the_mailer_retries_through_its_own_wait_queue_as_its_own_user(secured):
 
 
 def _dlq_tool(stack, *args: str) -> subprocess.CompletedProcess:
-    """`python -m messaging.dlq` (what `make dlq` runs) with the mailer's own credentials."""
+    """`python -m messaging.operations.dlq` (what `make dlq` runs) with the mailer's own
+    credentials."""
     return subprocess.run(
-        [sys.executable, "-m", "messaging.dlq", "--url", stack.urls["mailer"], *args],
+        [sys.executable, "-m", "messaging.operations.dlq", "--url", stack.urls["mailer"], *args],
         capture_output=True, text=True, timeout=60,
     )
 

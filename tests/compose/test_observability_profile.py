@@ -129,7 +129,7 @@ def test_an_exemplars_trace_id_links_to_the_trace_in_jaeger(compose):
     # Grafana's server reaches Jaeger's query API by its compose name and UI port.
     assert jaeger["url"] == "http://jaeger:16686" and "jaeger" in compose["services"]
     (link,) = sources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
-    # The exemplar label the services write (messaging.metrics.trace_exemplar).
+    # The exemplar label the services write (messaging.observability.metrics.trace_exemplar).
     assert link == {"name": "trace_id", "datasourceUid": jaeger["uid"]}
 
 

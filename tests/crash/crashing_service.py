@@ -24,8 +24,8 @@ def die() -> None:
 
 
 def after_commit() -> None:
+    from messaging.chassis.runtime import ConsumerRuntime
     from messaging.inbox import Outcome
-    from messaging.runtime import ConsumerRuntime
 
     original = ConsumerRuntime.process
 

@@ -17,7 +17,7 @@ from devstack import broker_faults, events, smtp_sink, throwaway
 from devstack.smtp_sink import mails_in
 from devstack.stack import SERVICES, Stack, free_port
 from devstack.wait import eventually, eventually_async
-from messaging import dlq
+from messaging.operations import dlq
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.topology import declare_exchange
 

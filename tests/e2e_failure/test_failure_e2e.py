@@ -21,7 +21,7 @@ from devstack.scrape import metric
 from devstack.smtp_sink import mails_in
 from devstack.stack import SERVICES, Stack, free_port
 from devstack.wait import eventually
-from messaging import dlq
+from messaging.operations import dlq
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.topology import QueueTopology, declare_exchange
 

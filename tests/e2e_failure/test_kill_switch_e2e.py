@@ -136,7 +136,7 @@ def _an_operator_pauses_and_resumes_the_mailer_with_the_cli(stack, mailer: str) 
         env = {k: v for k, v in os.environ.items() if k != "ADMIN_TOKEN"}
         if token is not None:
             env["ADMIN_TOKEN"] = token
-        return subprocess.run([sys.executable, "-m", "messaging.consumerctl", *args,
+        return subprocess.run([sys.executable, "-m", "messaging.operations.consumerctl", *args,
                                "mailer", "--url", mailer], capture_output=True, text=True,
                               timeout=30, env=env)
 

@@ -35,7 +35,8 @@ from devstack.wait import eventually
 
 pytestmark = pytest.mark.e2e
 
-CID = "mini_ec.correlation_id"  # messaging.telemetry.ATTRIBUTE: what Jaeger's tag search uses
+# messaging.observability.telemetry.ATTRIBUTE: what Jaeger's tag search uses
+CID = "mini_ec.correlation_id"
 
 KINDS = {ProtoSpan.SPAN_KIND_INTERNAL: "INTERNAL", ProtoSpan.SPAN_KIND_SERVER: "SERVER",
          ProtoSpan.SPAN_KIND_CLIENT: "CLIENT", ProtoSpan.SPAN_KIND_PRODUCER: "PRODUCER",

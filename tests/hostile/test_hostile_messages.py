@@ -22,7 +22,8 @@ from contracts import Money, OrderPaid, OrderRefunded, PaymentDataV2, utcnow
 from devstack import events, throwaway
 from devstack.smtp_sink import mails_in
 from devstack.wait import eventually
-from messaging import spec, telemetry
+from messaging import spec
+from messaging.observability import telemetry
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.topology import EXCHANGE
 

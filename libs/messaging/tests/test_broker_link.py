@@ -9,7 +9,7 @@ import pytest
 
 from devstack import throwaway
 from devstack.wait import eventually_async
-from messaging.runtime import BrokerLink
+from messaging.chassis.runtime import BrokerLink
 
 pytestmark = pytest.mark.integration
 

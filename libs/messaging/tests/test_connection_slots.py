@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from messaging.connection_slots import ConnectionSlots, Drop, Refuse, Serve
-from messaging.log_tally import LogTally
+from messaging.chassis.connection_slots import ConnectionSlots, Drop, Refuse, Serve
+from messaging.chassis.log_tally import LogTally
 
 pytestmark = pytest.mark.unit
 

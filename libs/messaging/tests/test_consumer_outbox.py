@@ -17,12 +17,13 @@ from sqlalchemy import func, select
 from contracts import OrderPaid, OrderRefunded, parse_event
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import db, inbox, outbox
+from messaging import inbox, outbox
+from messaging.chassis import db
+from messaging.chassis.runtime import ConsumerRuntime
+from messaging.chassis.settings import ConsumerSettings, OutboxSettings
 from messaging.inbox import Inbox
 from messaging.outbox_store import add_to_outbox, committed, staged_events
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
-from messaging.runtime import ConsumerRuntime
-from messaging.settings import ConsumerSettings, OutboxSettings
 from messaging.spec import Subscription, Subscriptions, every
 from messaging.topology import declare_exchange
 

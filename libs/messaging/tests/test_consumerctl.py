@@ -1,12 +1,13 @@
-"""`python -m messaging.consumerctl`: what it refuses before calling a service, and a service
-that does not answer (the calls themselves: tests/e2e_failure/test_kill_switch_e2e.py)."""
+"""`python -m messaging.operations.consumerctl`: what it refuses before calling a service,
+and a service that does not answer (the calls themselves:
+tests/e2e_failure/test_kill_switch_e2e.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from devstack.stack import free_port
-from messaging import consumerctl
+from messaging.operations import consumerctl
 
 pytestmark = pytest.mark.unit
 

@@ -11,9 +11,9 @@ from opentelemetry.trace import StatusCode
 
 from contracts import OrderPaid, OrderRefunded
 from devstack import events
-from messaging import correlation
 from messaging.dispatcher import Dispatcher
 from messaging.inbox import Outcome
+from messaging.observability import correlation
 
 pytestmark = pytest.mark.unit
 

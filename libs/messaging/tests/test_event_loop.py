@@ -16,7 +16,7 @@ import uvloop
 
 from devstack.stack import free_port
 from devstack.wait import eventually
-from messaging.server import loop_factory
+from messaging.chassis.server import loop_factory
 
 
 @pytest.mark.unit
@@ -39,8 +39,8 @@ def test_a_served_app_and_its_lifespan_tasks_run_on_the_configured_loop(setting,
             import asyncio
             from contextlib import asynccontextmanager
             from fastapi import FastAPI
-            from messaging.server import serve
-            from messaging.settings import ServiceSettings
+            from messaging.chassis.server import serve
+            from messaging.chassis.settings import ServiceSettings
 
             seen = {{}}
 

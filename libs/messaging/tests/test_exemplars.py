@@ -18,8 +18,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from messaging import metrics
-from messaging.http import install_common
+from messaging.chassis.http import install_common
+from messaging.observability import metrics
 
 OPENMETRICS = "application/openmetrics-text"
 

@@ -1,12 +1,12 @@
 """Before serving, a process freezes its start-up objects out of the collector's scans and
-collects the young generation less often (messaging.server.settle_garbage_collector)."""
+collects the young generation less often (messaging.chassis.server.settle_garbage_collector)."""
 
 import gc
 import weakref
 
 import pytest
 
-from messaging.server import YOUNG_COLLECTION_THRESHOLD, settle_garbage_collector
+from messaging.chassis.server import YOUNG_COLLECTION_THRESHOLD, settle_garbage_collector
 
 pytestmark = pytest.mark.unit
 

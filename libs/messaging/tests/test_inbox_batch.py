@@ -1,4 +1,5 @@
-"""Several events per inbox transaction (messaging/batching.py), on SQLite and PostgreSQL.
+"""Several events per inbox transaction (messaging/speed/inbox_batching.py), on SQLite and
+PostgreSQL.
 
 A batch applies its events in order in one transaction with the same rules as one at a time;
 if anything in it fails, nothing of it is committed and each event is applied on its own, so
@@ -16,8 +17,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, 
 
 from contracts import utcnow
 from devstack import events
-from messaging import correlation, inbox
-from messaging.batching import InboxBatcher
+from messaging import inbox
 from messaging.inbox import (
     Conflict,
     Inbox,
@@ -26,7 +26,9 @@ from messaging.inbox import (
     OutOfOrder,
     order_progress_table,
 )
+from messaging.observability import correlation
 from messaging.spec import every
+from messaging.speed.inbox_batching import InboxBatcher
 
 pytestmark = pytest.mark.integration
 

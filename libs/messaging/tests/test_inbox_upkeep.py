@@ -8,10 +8,11 @@ from sqlalchemy import insert
 from contracts import utcnow
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import db, inbox
+from messaging import inbox
+from messaging.chassis import db
+from messaging.chassis.runtime import ConsumerRuntime
+from messaging.chassis.settings import ConsumerSettings
 from messaging.inbox import Inbox, inbox_table
-from messaging.runtime import ConsumerRuntime
-from messaging.settings import ConsumerSettings
 from messaging.spec import every
 
 pytestmark = pytest.mark.integration

@@ -1,10 +1,11 @@
-"""The kill switch's decisions (messaging/killswitch.py): pure, on a clock the test moves."""
+"""The kill switch's decisions (messaging/operations/killswitch.py): pure, on a clock the
+test moves."""
 
 from __future__ import annotations
 
 import pytest
 
-from messaging.killswitch import By, KillSwitch, Mode, Policy
+from messaging.operations.killswitch import By, KillSwitch, Mode, Policy
 
 pytestmark = pytest.mark.unit
 

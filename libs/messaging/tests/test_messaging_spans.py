@@ -3,7 +3,7 @@ each failure class of the consumer, the retry and DLQ publishes, the DLQ tool's 
 publish the broker refuses, and none inside `untraced()`.
 
 A real consumer in a throwaway vhost; the spans go to a tracer provider of the test's own
-(swapped into messaging.instrumentation), so the process-wide provider is left alone.
+(swapped into messaging.observability.instrumentation), so the process-wide provider is left alone.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import dlq, instrumentation, telemetry
 from messaging.consumer import EventConsumer, PermanentError
 from messaging.inbox import Outcome, OutOfOrder
+from messaging.observability import instrumentation, telemetry
+from messaging.operations import dlq
 from messaging.publisher import (
     PublishFailed,
     build_message,

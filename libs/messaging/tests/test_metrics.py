@@ -19,9 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import db, outbox
+from messaging import outbox
+from messaging.chassis import db
+from messaging.chassis.http import install_common
 from messaging.consumer import EventConsumer, PermanentError
-from messaging.http import install_common
 from messaging.inbox import Outcome
 from messaging.outbox import OutboxRelay, add_to_outbox
 from messaging.publisher import build_message

@@ -10,7 +10,8 @@ from sqlalchemy import func, select, text
 
 from devstack import events, throwaway
 from devstack.wait import eventually_async
-from messaging import db, outbox
+from messaging import outbox
+from messaging.chassis import db
 from messaging.outbox import OutboxRelay, add_to_outbox, outbox_table
 from messaging.topology import EXCHANGE
 

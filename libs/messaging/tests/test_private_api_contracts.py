@@ -15,7 +15,8 @@ import aiosqlite
 import pytest
 from sqlalchemy import text
 
-from messaging import db, telemetry
+from messaging.chassis import db
+from messaging.observability import telemetry
 
 pytestmark = pytest.mark.unit
 
@@ -25,7 +26,7 @@ REREAD = ("re-read its source, check what messaging.{where} relies on (named in 
 
 def test_aiosqlite_is_a_release_the_inline_connection_was_written_for():
     assert db.inline_sqlite_supported(), (
-        f"aiosqlite {aiosqlite.__version__} is installed; messaging.db._InlineSqlite was "
+        f"aiosqlite {aiosqlite.__version__} is installed; messaging.chassis.db._InlineSqlite was "
         f"written for {db.INLINE_SQLITE_WRITTEN_FOR}: "
         + REREAD.format(where="db._InlineSqlite", constant="INLINE_SQLITE_WRITTEN_FOR"))
 
@@ -107,7 +108,7 @@ def test_the_sqlalchemy_instrumentation_is_a_release_the_engine_tracer_was_writt
 
     assert str(__version__).startswith(telemetry.ENGINE_TRACER_WRITTEN_FOR), (
         f"opentelemetry-instrumentation-sqlalchemy {__version__} is installed; "
-        f"messaging.telemetry.instrument_engine was written for "
+        f"messaging.observability.telemetry.instrument_engine was written for "
         f"{telemetry.ENGINE_TRACER_WRITTEN_FOR}: "
         + REREAD.format(where="telemetry.instrument_engine",
                         constant="ENGINE_TRACER_WRITTEN_FOR"))

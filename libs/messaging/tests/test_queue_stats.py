@@ -13,9 +13,10 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from contracts import utcnow
-from messaging import http as ops
-from messaging import publisher, queue_stats
-from messaging.http import install_common
+from messaging import publisher
+from messaging.chassis import http as ops
+from messaging.chassis import queue_stats
+from messaging.chassis.http import install_common
 from messaging.topology import QueueTopology, declare_exchange
 
 pytestmark = pytest.mark.integration

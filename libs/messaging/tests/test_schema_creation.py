@@ -7,7 +7,8 @@ import pytest
 from sqlalchemy import inspect
 
 from devstack import throwaway
-from messaging import db, inbox, outbox_store
+from messaging import inbox, outbox_store
+from messaging.chassis import db
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from messaging.settings import ConsumerSettings, ServiceSettings, load_settings
+from messaging.chassis.settings import ConsumerSettings, ServiceSettings, load_settings
 
 pytestmark = pytest.mark.unit
 

@@ -7,9 +7,10 @@ import pytest
 
 from devstack.silent_broker import silent_broker
 from devstack.wait import eventually, only_this_task_left
-from messaging import db, inbox
-from messaging.runtime import BrokerLink, ConsumerRuntime
-from messaging.settings import ConsumerSettings
+from messaging import inbox
+from messaging.chassis import db
+from messaging.chassis.runtime import BrokerLink, ConsumerRuntime
+from messaging.chassis.settings import ConsumerSettings
 
 pytestmark = pytest.mark.integration
 

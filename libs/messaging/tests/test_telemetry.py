@@ -27,9 +27,9 @@ from prometheus_client import REGISTRY
 
 from devstack.stack import free_port
 from devstack.wait import eventually
-from messaging import correlation
-from messaging.http import install_common
-from messaging.telemetry import ATTRIBUTE, CorrelationIdSpanProcessor
+from messaging.chassis.http import install_common
+from messaging.observability import correlation
+from messaging.observability.telemetry import ATTRIBUTE, CorrelationIdSpanProcessor
 
 
 def local_tracer() -> tuple[trace.Tracer, InMemorySpanExporter]:
@@ -90,7 +90,7 @@ def run_child(code: str, env: dict[str, str] | None = None, timeout: float = 60)
 def test_without_an_otlp_endpoint_spans_are_made_but_nothing_is_exported_or_complained_about():
     result = run_child("""
         from opentelemetry import trace
-        from messaging.telemetry import setup_tracing
+        from messaging.observability.telemetry import setup_tracing
         provider = setup_tracing("quiet")
         with trace.get_tracer("t").start_as_current_span("s") as span:
             assert span.get_span_context().is_valid  # trace ids still reach the logs
@@ -108,9 +108,9 @@ def test_log_lines_are_json_with_trace_span_and_correlation_ids_for_ours_uvicorn
     result = run_child("""
         import logging, warnings
         from opentelemetry import trace
-        from messaging import correlation
-        from messaging.logs import setup_logging
-        from messaging.telemetry import setup_tracing
+        from messaging.observability import correlation
+        from messaging.chassis.logs import setup_logging
+        from messaging.observability.telemetry import setup_tracing
         setup_logging("svc", json_lines=True)
         setup_tracing("svc")
         correlation.current.set("cid-1")
@@ -174,9 +174,9 @@ def test_sigterm_exports_the_last_spans_before_the_process_ends():
             from contextlib import asynccontextmanager
             from fastapi import FastAPI
             from opentelemetry import trace
-            from messaging.server import serve
-            from messaging.settings import ServiceSettings
-            from messaging.telemetry import setup_tracing
+            from messaging.chassis.server import serve
+            from messaging.chassis.settings import ServiceSettings
+            from messaging.observability.telemetry import setup_tracing
             setup_tracing("flush")
 
             @asynccontextmanager
@@ -264,7 +264,7 @@ async def test_an_unhandled_error_is_a_500_that_still_carries_the_id_logged_with
 def test_a_trace_header_that_cannot_be_read_gives_no_context_instead_of_raising():
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    from messaging.telemetry import TolerantPropagator
+    from messaging.observability.telemetry import TolerantPropagator
 
     with pytest.raises(TypeError):
         TraceContextTextMapPropagator().extract({"traceparent": 42})

@@ -12,8 +12,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 from audit import api, handlers, store
 from contracts import parse_event, utcnow
 from devstack import events
-from messaging import db
-from messaging.db import UtcDateTime
+from messaging.chassis import db
+from messaging.chassis.db import UtcDateTime
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ from devstack.stack import free_port
 from mailer import store
 from mailer.settings import Settings
 from mailer.spec import SPEC
-from messaging import db, inbox
+from messaging import inbox
+from messaging.chassis import db
 from messaging.inbox import Inbox
 
 

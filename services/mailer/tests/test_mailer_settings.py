@@ -3,7 +3,7 @@
 import pytest
 
 from mailer.settings import Settings as MailerSettings
-from messaging.settings import load_settings
+from messaging.chassis.settings import load_settings
 
 pytestmark = pytest.mark.unit
 

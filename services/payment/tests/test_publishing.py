@@ -10,8 +10,8 @@ from sqlalchemy import select
 from contracts import Money, OrderPaid, OrderPaidV1, PaymentData, read_event, upcast
 from devstack import events
 from messaging import outbox
+from messaging.chassis.settings import load_settings
 from messaging.outbox import outbox_table
-from messaging.settings import load_settings
 from payment import store
 from payment.handlers import PayCommand, PaymentService
 from payment.publishing import as_published, order_paid_v2_to_v1

@@ -21,10 +21,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from devstack.wait import only_this_task_left
-from messaging import db, inbox, telemetry
+from messaging import inbox
+from messaging.chassis import db
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox
-from messaging.instrumentation import ERROR_TYPE
+from messaging.observability import telemetry
+from messaging.observability.instrumentation import ERROR_TYPE
 from messaging.spec import every
 from messaging.topology import QueueTopology
 from payment.main import create_app

@@ -18,8 +18,8 @@ from pydantic import BaseModel, Field
 from console import alerts, consumers, edit, store
 from console.auth import User
 from console.replay import Replayer
-from messaging.admin import ConsumerState, Pause
-from messaging.http import problem
+from messaging.chassis.http import problem
+from messaging.operations.admin import ConsumerState, Pause
 
 Status = Literal["parked", "replaying", "replayed", "archived"]
 

@@ -1,6 +1,6 @@
 """Each consuming service's consumer (its kill switch), as the console sees and steers it:
 `GET /consumer` of every service in CONSOLE_SERVICE_URLS, and its `POST /consumer/pause`
-and `/consumer/resume` with the services' ADMIN_TOKEN (messaging/admin.py)."""
+and `/consumer/resume` with the services' ADMIN_TOKEN (messaging/operations/admin.py)."""
 
 from __future__ import annotations
 

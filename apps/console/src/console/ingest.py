@@ -23,7 +23,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 
 from console import fingerprint, metrics, store
 from messaging import headers as h
-from messaging.runtime import BrokerLink
+from messaging.chassis.runtime import BrokerLink
 
 log = logging.getLogger("console.ingest")
 MISSING_QUEUE_RETRY_SECONDS = 2.0

@@ -18,12 +18,14 @@ from console.auth import Guard
 from console.ingest import Ingest
 from console.replay import Replayer
 from console.settings import Settings
-from messaging import db, spec, telemetry
-from messaging.http import ReadinessCheck, install_common
-from messaging.logs import setup_logging
-from messaging.runtime import BrokerLink, run_periodically
-from messaging.server import serve
-from messaging.settings import load_settings
+from messaging import spec
+from messaging.chassis import db
+from messaging.chassis.http import ReadinessCheck, install_common
+from messaging.chassis.logs import setup_logging
+from messaging.chassis.runtime import BrokerLink, run_periodically
+from messaging.chassis.server import serve
+from messaging.chassis.settings import load_settings
+from messaging.observability import telemetry
 from messaging.topology import QueueTopology
 
 SERVICE = "console"

@@ -1,4 +1,4 @@
-"""The console's Prometheus metrics (beside the common ones of messaging.metrics)."""
+"""The console's Prometheus metrics (beside the common ones of messaging.observability.metrics)."""
 
 from prometheus_client import Counter, Gauge
 

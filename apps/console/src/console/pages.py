@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from console import alerts, api, consumers, store
 from console.auth import User, guard_of
-from messaging.admin import Pause
+from messaging.operations.admin import Pause
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")

@@ -21,9 +21,9 @@ from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity
 
 from console import metrics, store
 from contracts import utcnow
-from messaging.dlq import ParkedMessage, publish_replay
+from messaging.chassis.runtime import BrokerLink
+from messaging.operations.dlq import ParkedMessage, publish_replay
 from messaging.publisher import PublishFailed, open_confirm_channel
-from messaging.runtime import BrokerLink
 
 log = logging.getLogger("console.replay")
 EXCHANGE = "console.replay"

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from messaging.settings import ServiceSettings, checked_admin_token
+from messaging.chassis.settings import ServiceSettings, checked_admin_token
 
 _SERVICE_URL = r"[a-z][a-z0-9-]*=https?://[^\s,=]+"
 

@@ -35,7 +35,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import utcnow
-from messaging.db import UtcDateTime, delete_in_batches
+from messaging.chassis.db import UtcDateTime, delete_in_batches
 
 Sessions = async_sessionmaker[AsyncSession]
 

@@ -36,12 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 import payment.api
 from contracts import EVENT_TYPES, Event, WireEvent
 from inprocess.settings import SERVICES, Settings
-from messaging import db, inbox, outbox, outbox_store, spec, telemetry
+from messaging import inbox, outbox, outbox_store, spec
+from messaging.chassis import db
+from messaging.chassis.http import install_common
+from messaging.chassis.logs import setup_logging
+from messaging.chassis.server import Limits, loop_factory, uvicorn_config
+from messaging.chassis.settings import ServiceSettings, load_settings
 from messaging.dispatcher import Dispatcher, HandlerFailure
-from messaging.http import install_common
-from messaging.logs import setup_logging
-from messaging.server import Limits, loop_factory, uvicorn_config
-from messaging.settings import ServiceSettings, load_settings
+from messaging.observability import telemetry
 from payment.handlers import PaymentService
 from payment.spec import SPEC as PAYMENT
 

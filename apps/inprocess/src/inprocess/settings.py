@@ -12,7 +12,7 @@ from pydantic import Field, ValidationInfo, create_model, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from messaging import spec
-from messaging.settings import DatabaseUrl, ProcessSettings
+from messaging.chassis.settings import DatabaseUrl, ProcessSettings
 
 SERVICES = spec.names()
 

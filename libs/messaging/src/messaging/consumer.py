@@ -8,7 +8,8 @@
     event before its predecessor             -> waits in the same retry queues (own budget)
     applied / duplicate / stale / ignored    -> ack (ignored: a type it has no handler for)
 
-Its kill switch (messaging/killswitch.py, done by messaging/flow_control.py) watches the
+Its kill switch (messaging/operations/killswitch.py, done by
+messaging/operations/flow_control.py) watches the
 transient failures: when they say a dependency is down it stops consuming, and a message
 that fails then (the one that trips it, those in flight, a failed probe) goes back to the
 work queue as a fresh copy with its retry budget unspent (docs/failure.md#the-kill-switch).
@@ -46,12 +47,12 @@ from opentelemetry.trace import Span
 from pamqp.common import FieldValue
 
 from contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
-from messaging import correlation, instrumentation, metrics
 from messaging import headers as h
 from messaging.broker import close_within
-from messaging.broker_cancel import CancelWatch
-from messaging.flow_control import FlowControl
 from messaging.inbox import Conflict, Outcome, OutOfOrder
+from messaging.observability import correlation, instrumentation, metrics
+from messaging.operations.broker_cancel import CancelWatch
+from messaging.operations.flow_control import FlowControl
 from messaging.publisher import (
     PublishFailed,
     copy_message,

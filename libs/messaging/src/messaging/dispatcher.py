@@ -25,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from contracts import EVENT_TYPES, Event, WireEvent, upcast
-from messaging import correlation, metrics, telemetry
+from messaging.observability import correlation, metrics, telemetry
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from contracts import EVENT_TYPES, Event, utcnow
-from messaging.db import UtcDateTime, delete_in_batches
+from messaging.chassis.db import UtcDateTime, delete_in_batches
 from messaging.spec import SideEffect, Subscriptions
 
 if TYPE_CHECKING:
@@ -242,8 +242,8 @@ class Inbox:
 
     One path: `process` is `prepare` (the read-only check and claim, when the subscription
     has a step outside the database), the step, and then `apply`, which commits a batch of
-    one; a batcher (messaging/batching.py) commits several with `process_batch`, the same
-    code.
+    one; a batcher (messaging/speed/inbox_batching.py) commits several with
+    `process_batch`, the same code.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):

@@ -41,8 +41,9 @@ from sqlalchemy import Row, Select, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import utcnow
-from messaging import correlation, metrics, telemetry
-from messaging.db import delete_in_batches
+from messaging.chassis.db import delete_in_batches
+from messaging.observability import correlation, metrics, telemetry
+from messaging.observability.telemetry import untraced
 
 # Re-exported: the table lives in outbox_store (no transport), the relay's users find it here.
 from messaging.outbox_store import OutboxRow
@@ -55,7 +56,6 @@ from messaging.publisher import (
     open_confirm_channel,
     publish_confirmed,
 )
-from messaging.telemetry import untraced
 from messaging.topology import EXCHANGE, ensure_exchange
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Tex
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from contracts import WireEvent, utcnow
-from messaging.db import UtcDateTime
+from messaging.chassis.db import UtcDateTime
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import CursorResult

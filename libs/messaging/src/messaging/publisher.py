@@ -23,7 +23,7 @@ from pamqp.commands import Basic
 from pamqp.common import FieldValue
 from pamqp.header import ContentHeader
 
-from messaging import instrumentation
+from messaging.observability import instrumentation
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 

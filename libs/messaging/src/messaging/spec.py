@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy import MetaData
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from messaging.settings import ServiceSettings
+    from messaging.chassis.settings import ServiceSettings
 
 ENTRY_POINT_GROUP = "mini_ec.services"
 

@@ -15,9 +15,9 @@ from prometheus_client import REGISTRY
 from contracts import MAX_BODY_BYTES
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import dlq
 from messaging import headers as h
 from messaging.inbox import Outcome
+from messaging.operations import dlq
 from messaging.topology import QueueTopology
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import pytest
 from devstack import events
 from devstack.wait import eventually_async
 from messaging import consumer as consumer_module
-from messaging import dlq
 from messaging import headers as h
 from messaging.inbox import Outcome
+from messaging.operations import dlq
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""`python -m messaging.dlq`: list, show, replay and purge, against a real broker.
+"""`python -m messaging.operations.dlq`: list, show, replay and purge, against a real broker.
 
 The CLI runs in a worker thread (it owns its event loop, as from a shell); the queues it
 works on live in the test's throwaway vhost.
@@ -20,9 +20,11 @@ from contracts import utcnow
 from devstack import events
 from devstack.stack import free_port
 from devstack.wait import eventually_async
-from messaging import db, dlq, inbox, spec
 from messaging import headers as h
+from messaging import inbox, spec
+from messaging.chassis import db
 from messaging.inbox import Inbox, Outcome
+from messaging.operations import dlq
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.spec import every
 from messaging.topology import QueueTopology, ensure_exchange
@@ -183,7 +185,8 @@ async def test_replay_and_purge_need_event_ids_or_all(amqp_url, capsys):
 
 
 def test_an_unknown_service_is_a_one_line_error_and_exit_2(amqp_url):
-    done = subprocess.run([sys.executable, "-m", "messaging.dlq", "show", "no-such-service"],
+    done = subprocess.run([sys.executable, "-m", "messaging.operations.dlq", "show",
+                           "no-such-service"],
                           capture_output=True, text=True, timeout=60,
                           env={"RABBITMQ_URL": amqp_url, "PATH": ""})
     assert done.returncode == 2

@@ -17,12 +17,12 @@ from pydantic import SecretStr
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import dlq
 from messaging import headers as h
-from messaging.admin import consumer_router
-from messaging.flow_control import FlowControl
 from messaging.inbox import Outcome
-from messaging.killswitch import Mode, Policy
+from messaging.operations import dlq
+from messaging.operations.admin import consumer_router
+from messaging.operations.flow_control import FlowControl
+from messaging.operations.killswitch import Mode, Policy
 from messaging.topology import DELIVERY_LIMIT, QueueTopology
 
 pytestmark = pytest.mark.integration

@@ -35,7 +35,7 @@ async def test_a_deleted_work_queue_is_logged_counted_and_not_consumed_until_it_
     consumer = await start_consumer(process)
     assert await consumer.consuming()
     before = cancelled()
-    caplog.set_level(logging.ERROR, logger="messaging.broker_cancel")
+    caplog.set_level(logging.ERROR, logger="messaging.operations.broker_cancel")
     # The work queue, its DLQ and two wait queues exist: no new queue may be declared, so
     # the re-declaration of the deleted one is refused while the limit holds.
     with broker_faults.vhost_limit(name, "max-queues", 3):

@@ -1,4 +1,4 @@
 from audit.spec import SPEC
-from messaging.app import consumer_main
+from messaging.chassis.app import consumer_main
 
 consumer_main(SPEC)

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from audit import store
-from messaging.http import problem
+from messaging.chassis.http import problem
 
 
 class AuditRecord(BaseModel):

@@ -3,7 +3,7 @@ from email.utils import parseaddr
 from pydantic import Field, field_validator
 
 from mailer.message import MailTemplate
-from messaging.settings import ConsumerSettings
+from messaging.chassis.settings import ConsumerSettings
 
 
 class Settings(ConsumerSettings):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Column, MetaData, String, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from messaging.db import UtcDateTime
+from messaging.chassis.db import UtcDateTime
 
 metadata = MetaData()
 

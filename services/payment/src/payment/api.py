@@ -9,8 +9,8 @@ from fastapi import APIRouter, Header, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict
 
 from contracts import Amount, Currency, CustomerId, Email
-from messaging import correlation
-from messaging.http import problem
+from messaging.chassis.http import problem
+from messaging.observability import correlation
 from payment.domain import NotRefundable, Order
 from payment.handlers import (
     IdempotencyKeyReused,

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from contracts import WireEvent, utcnow
-from messaging.grouping import GroupCommit
 from messaging.outbox_store import NoHandOff, OutboxHandOff, OutboxRow, add_to_outbox
+from messaging.speed.group_commit import GroupCommit
 from payment import store
 from payment.domain import NotRefundable, Order
 from payment.publishing import as_published

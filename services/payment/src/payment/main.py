@@ -10,12 +10,14 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from messaging import db, outbox, telemetry
-from messaging.http import ReadinessCheck, install_common
-from messaging.logs import setup_logging
-from messaging.runtime import BrokerLink, run_periodically
-from messaging.server import serve
-from messaging.settings import load_settings
+from messaging import outbox
+from messaging.chassis import db
+from messaging.chassis.http import ReadinessCheck, install_common
+from messaging.chassis.logs import setup_logging
+from messaging.chassis.runtime import BrokerLink, run_periodically
+from messaging.chassis.server import serve
+from messaging.chassis.settings import load_settings
+from messaging.observability import telemetry
 from payment import api, store
 from payment.handlers import PaymentService
 from payment.settings import Settings

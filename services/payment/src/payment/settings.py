@@ -1,6 +1,6 @@
 from pydantic import Field
 
-from messaging.settings import OutboxSettings, ServiceSettings
+from messaging.chassis.settings import OutboxSettings, ServiceSettings
 
 
 class Settings(ServiceSettings, OutboxSettings):

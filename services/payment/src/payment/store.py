@@ -21,7 +21,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from contracts import utcnow
-from messaging.db import UtcDateTime
+from messaging.chassis.db import UtcDateTime
 from payment.domain import Order, PaymentStatus
 
 metadata = MetaData()

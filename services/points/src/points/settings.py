@@ -1,6 +1,6 @@
 from pydantic import Field
 
-from messaging.settings import ConsumerSettings
+from messaging.chassis.settings import ConsumerSettings
 
 
 class Settings(ConsumerSettings):

@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from messaging.db import UtcDateTime
+from messaging.chassis.db import UtcDateTime
 
 metadata = MetaData()
 

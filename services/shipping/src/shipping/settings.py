@@ -1,6 +1,6 @@
 from pydantic import Field
 
-from messaging.settings import ConsumerSettings, OutboxSettings
+from messaging.chassis.settings import ConsumerSettings, OutboxSettings
 
 
 class Settings(ConsumerSettings, OutboxSettings):

@@ -22,7 +22,7 @@ SPEC = ServiceSpec(
     router=api.router,
     routes=("GET /shipments",),
     # Staged in its own outbox in the inbox transaction of the OrderPaid; relayed by its
-    # runtime with publisher confirms (messaging/runtime.py).
+    # runtime with publisher confirms (messaging/chassis/runtime.py).
     produces=("OrderShipped",),
     consumes=Consumes(queue="shipping.events", bindings=("order.paid", "order.refunded"),
                       subscriptions=subscriptions),

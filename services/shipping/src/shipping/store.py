@@ -9,7 +9,7 @@ from sqlalchemy import Column, MetaData, String, Table, insert, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from messaging.db import UtcDateTime
+from messaging.chassis.db import UtcDateTime
 
 metadata = MetaData()
 

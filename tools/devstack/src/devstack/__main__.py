@@ -77,7 +77,7 @@ def main() -> int:
         print(f"  console  {console.url}  (user {console.user}, password {console.password})")
         print(f"  mail     smtp://127.0.0.1:{smtp_port} -> {mail_dir}/*.eml")
         print(f"  ADMIN_TOKEN={admin_token}  (the consumers' pause and resume: the console's "
-              "Consumers page, or python -m messaging.consumerctl)")
+              "Consumers page, or python -m messaging.operations.consumerctl)")
         print("Ctrl-C stops everything.\n", flush=True)
         while not stopping:
             for name in SERVICES:

@@ -4,7 +4,7 @@ UI), keep them away for a while with the vhost's connection limit, delete a queu
 broker itself, and every other vhost on it, keeps running.
 
 Every Mini EC connection names itself (`connection_name`): a consumer's consuming connection
-is `<service>`, its publishing one `<service>-publish` (messaging/runtime.py).
+is `<service>`, its publishing one `<service>-publish` (messaging/chassis/runtime.py).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ import httpx
 from devstack import broker_faults, smtp_sink, throwaway
 from devstack.stack import SERVICES, Stack, free_port
 from messaging import spec
-from messaging.settings import ConsumerSettings
+from messaging.chassis.settings import ConsumerSettings
 
 # Every consuming service, from the specs.
 CONSUMERS = tuple(s.name for s in spec.consumers())

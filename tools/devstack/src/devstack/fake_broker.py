@@ -32,7 +32,8 @@ class Delivery:
     content_type: str | None = "application/json"
     content_encoding: str | None = "utf-8"
     timestamp: Any = None
-    # Where it came through: what the consumer's span reports (messaging/instrumentation.py).
+    # Where it came through: what the consumer's span reports
+    # (messaging/observability/instrumentation.py).
     exchange: str | None = ""
     routing_key: str | None = None
     delivery_tag: int | None = None

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from messaging.telemetry import ATTRIBUTE as CORRELATION_ATTRIBUTE
+from messaging.observability.telemetry import ATTRIBUTE as CORRELATION_ATTRIBUTE
 
 
 @dataclass(frozen=True)

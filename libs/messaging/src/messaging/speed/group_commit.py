@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from messaging import telemetry
+from messaging.observability import telemetry
 
 log = logging.getLogger(__name__)
 

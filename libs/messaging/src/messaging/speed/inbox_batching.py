@@ -4,7 +4,7 @@ Most of a consumer's CPU goes to the session and transaction around each event, 
 event's few statements (docs/performance.md). `InboxBatcher.process` is what the consumer
 calls for each message, concurrently (one task per delivery, up to the prefetch). Instead of
 a transaction of its own, each event, after its `prepare` (the dedupe check and the `before`
-step, the mail, per message and concurrent), joins a group commit (messaging/grouping.py):
+step, the mail, per message and concurrent), joins a group commit (messaging/speed/group_commit.py):
 one inbox transaction for all that is waiting, in arrival order, an outcome per event. The
 check and claim before a `before` step are grouped the same way (`Inbox.claim_batch`). A
 batch of one, or a batch that rolled back, is applied alone by its message's task
@@ -24,9 +24,9 @@ import contextvars
 from functools import partial
 
 from contracts import Event
-from messaging.grouping import GroupCommit
 from messaging.inbox import Inbox, Outcome, OutOfOrder
 from messaging.spec import Subscriptions
+from messaging.speed.group_commit import GroupCommit
 
 # How long an early event waits here for the event it waits for, when that one is being
 # worked on in this process: longer than a mail's SMTP exchange usually takes, far shorter

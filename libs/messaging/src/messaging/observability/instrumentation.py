@@ -31,7 +31,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from messaging import telemetry
+from messaging.observability import telemetry
 
 SYSTEM = "rabbitmq"
 DEFAULT_EXCHANGE = "amq.default"

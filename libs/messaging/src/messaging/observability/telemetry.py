@@ -6,7 +6,7 @@ and nothing complains.
 
 Every span carries the `mini_ec.correlation_id` attribute, so Jaeger's tag search finds all
 the spans of one order in every service. AMQP spans are the project's own
-(messaging/instrumentation.py), by the OpenTelemetry messaging conventions.
+(messaging/observability/instrumentation.py), by the OpenTelemetry messaging conventions.
 
 Housekeeping that belongs to no request or message (the relay's polling, readiness probes,
 inbox trimming) runs `untraced()`: it would otherwise flood the backend with one root trace
@@ -37,7 +37,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from messaging import correlation
+from messaging.observability import correlation
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -78,9 +78,9 @@ class TolerantPropagator(TextMapPropagator):
     """The configured propagators, without their crash on a carrier they cannot read.
 
     The consumer extracts the trace context from a message's headers before it looks at the
-    message (messaging/instrumentation.py); a header such as `traceparent: 42` must not make
-    it raise there, or the delivery would never be settled. A context that cannot be read is
-    no context: the message reaches the consumer, which dead-letters it as poison
+    message (messaging/observability/instrumentation.py); a header such as `traceparent: 42`
+    must not make it raise there, or the delivery would never be settled. A context that
+    cannot be read is no context: the message reaches the consumer, which dead-letters it as poison
     (messaging/headers.py).
     """
 

@@ -20,8 +20,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from messaging.flow_control import FlowControl
-from messaging.http import problem
+from messaging.chassis.http import problem
+from messaging.operations.flow_control import FlowControl
 
 record = logging.getLogger("messaging.operator")
 

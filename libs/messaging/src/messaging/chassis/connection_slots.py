@@ -10,7 +10,7 @@ open does not lock others out:
 - a refused connection is held only to answer `503` with `Retry-After`; at most `overflow`
   of them at once, past that one is closed unanswered (the process's file descriptors).
 
-`messaging.server` acts on the decisions; docs/limits.md says what they mean for a client.
+`messaging.chassis.server` acts on the decisions; docs/limits.md says what they mean for a client.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ OVER_THE_SHARE: Final = "over its client's share"
 Reason = Literal["over the cap", "over its client's share"]
 
 # From this share of the slots taken on, a connection that turns idle is kept alive only
-# briefly (messaging.server), so that idle ones are gone before the cap is reached.
+# briefly (messaging.chassis.server), so that idle ones are gone before the cap is reached.
 PRESSURE_SHARE = 0.75
 
 

@@ -1,9 +1,9 @@
 """The dead-letter queue tool: list, show, replay and purge what the consumers parked.
 
-    python -m messaging.dlq list
-    python -m messaging.dlq show <service> [--limit 20]
-    python -m messaging.dlq replay <service> --event-id 0b6f... [--event-id ...] | --all
-    python -m messaging.dlq purge <service> --event-id 0b6f... | --all
+    python -m messaging.operations.dlq list
+    python -m messaging.operations.dlq show <service> [--limit 20]
+    python -m messaging.operations.dlq replay <service> --event-id 0b6f... [--event-id ...] | --all
+    python -m messaging.operations.dlq purge <service> --event-id 0b6f... | --all
 
 The services are the installed consuming services (their specs, messaging/spec.py).
 
@@ -42,7 +42,8 @@ from aio_pika.abc import (
 )
 
 from messaging import headers as h
-from messaging import instrumentation, spec, telemetry
+from messaging import spec
+from messaging.observability import instrumentation, telemetry
 from messaging.publisher import (
     CopySource,
     PublishFailed,
@@ -346,7 +347,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m messaging.dlq", description="List, show, replay and purge DLQs."
+        prog="python -m messaging.operations.dlq", description="List, show, replay and purge DLQs."
     )
     p.add_argument("--url", default=os.environ.get("RABBITMQ_URL", DEFAULT_URL),
                    help="AMQP URL incl. vhost (default: $RABBITMQ_URL or the local broker)")

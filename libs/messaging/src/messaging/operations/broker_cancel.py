@@ -18,7 +18,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from messaging import metrics
+from messaging.observability import metrics
 
 log = logging.getLogger(__name__)
 

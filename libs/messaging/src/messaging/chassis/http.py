@@ -22,8 +22,9 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from messaging import correlation, http_guard, metrics, telemetry
-from messaging.settings import ServiceSettings
+from messaging.chassis import http_guard
+from messaging.chassis.settings import ServiceSettings
+from messaging.observability import correlation, metrics, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Problem(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, str]
-    # A consuming service's kill switch: state, by, reason, until (messaging/admin.py).
+    # A consuming service's kill switch: state, by, reason, until (messaging/operations/admin.py).
     consumer: dict[str, Any] | None = None
 
 

@@ -1,6 +1,6 @@
 """The kill switch of one consumer: when to stop taking messages, when to try one, when to
 go on. Pure decisions, no I/O: the caller passes the time (`time.monotonic()`) and acts on
-what comes back (messaging/flow_control.py cancels and resumes the subscription).
+what comes back (messaging/operations/flow_control.py cancels and resumes the subscription).
 
     running --(transient failures >= ratio of >= min messages in the window)--> paused
     paused  --(cool-down over)--> probing: the next message delivered is the probe

@@ -1,10 +1,10 @@
 """See and steer a consuming service's consumer from the command line (its kill switch).
 
-    python -m messaging.consumerctl status <service>
-    python -m messaging.consumerctl pause <service> --reason "mail server maintenance"
-    python -m messaging.consumerctl resume <service>
+    python -m messaging.operations.consumerctl status <service>
+    python -m messaging.operations.consumerctl pause <service> --reason "mail server maintenance"
+    python -m messaging.operations.consumerctl resume <service>
 
-It calls the service's operator routes (messaging/admin.py) at `--url` (default: the
+It calls the service's operator routes (messaging/operations/admin.py) at `--url` (default: the
 service's default port on 127.0.0.1, as `make run` and a compose container have it) with
 `Authorization: Bearer $ADMIN_TOKEN`. With several replicas, each is its own consumer:
 give each one's `--url`.
@@ -27,7 +27,7 @@ from messaging import spec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m messaging.consumerctl",
+    parser = argparse.ArgumentParser(prog="python -m messaging.operations.consumerctl",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("action", choices=["status", "pause", "resume"])
     parser.add_argument("service")

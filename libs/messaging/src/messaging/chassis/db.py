@@ -71,8 +71,8 @@ def create_engine(database_url: str) -> AsyncEngine:
 
     inline: dict[str, Any] = {"async_creator": connect_inline}
     if not inline_sqlite_supported():
-        log.warning("aiosqlite %s is not a release messaging.db._InlineSqlite was written for "
-                    "(%s); using stock aiosqlite (slower)", aiosqlite.__version__,
+        log.warning("aiosqlite %s is not a release messaging.chassis.db._InlineSqlite was "
+                    "written for (%s); using stock aiosqlite (slower)", aiosqlite.__version__,
                     ", ".join(f"{v}x" for v in INLINE_SQLITE_WRITTEN_FOR))
         inline = {}
     engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60, **inline)

@@ -1,12 +1,12 @@
-"""Group commit (messaging.grouping): what arrives while a group commits shares the next one;
-a group that fails gives every caller None (each then does its item alone)."""
+"""Group commit (messaging.speed.group_commit): what arrives while a group commits shares the
+next one; a group that fails gives every caller None (each then does its item alone)."""
 
 import asyncio
 import contextvars
 
 import pytest
 
-from messaging.grouping import GroupCommit
+from messaging.speed.group_commit import GroupCommit
 
 pytestmark = pytest.mark.unit
 

@@ -96,7 +96,7 @@ SERVICE_READY = Gauge(
     "service_ready", "1 when every readiness check passes (what /readyz answers), else 0",
     ["service"],
 )
-# The kill switch of each consumer (messaging/killswitch.py): one series per state, 1 for
+# The kill switch of each consumer (messaging/operations/killswitch.py): one series per state, 1 for
 # the current one. Paused: not subscribed (the work waits in the queue); probing: one
 # message at a time until one succeeds.
 CONSUMER_STATE = Enum(

@@ -6,7 +6,7 @@
 - Each request gets `header_timeout` seconds for its request line and headers and then
   `body_timeout` seconds for its body; a client slower than that is disconnected.
 - At most `max_connections` connections hold a slot, one client address at most
-  `client_share` of them (messaging.connection_slots decides): idle connections make room
+  `client_share` of them (messaging.chassis.connection_slots decides): idle connections make room
   for new ones, oldest first, and keep-alive is cut short once three quarters are taken; a
   connection that finds no room gets `503` with `Retry-After` on its first request. What
   is refused or closed to make room is logged as counts, one line per `TALLY_SECONDS`.
@@ -15,7 +15,7 @@ The event loop is uvloop's unless `EVENT_LOOP=asyncio`; the consumer and the
 outbox relay run on the same loop as the HTTP server (the app's lifespan starts them).
 
 uvicorn turns SIGTERM and Ctrl-C into a graceful shutdown of the app's lifespan; a SIGTERM
-then ends the process with exit 0 (bounded: messaging.runtime.STOP_BOUND_SECONDS).
+then ends the process with exit 0 (bounded: messaging.chassis.runtime.STOP_BOUND_SECONDS).
 docs/limits.md lists the limits and why.
 """
 
@@ -36,11 +36,11 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from messaging import telemetry
-from messaging.connection_slots import ConnectionSlots, Drop, Refuse
-from messaging.log_tally import LogTally
-from messaging.runtime import HTTP_DRAIN_SECONDS, SPAN_FLUSH_SECONDS
-from messaging.settings import ServiceSettings
+from messaging.chassis.connection_slots import ConnectionSlots, Drop, Refuse
+from messaging.chassis.log_tally import LogTally
+from messaging.chassis.runtime import HTTP_DRAIN_SECONDS, SPAN_FLUSH_SECONDS
+from messaging.chassis.settings import ServiceSettings
+from messaging.observability import telemetry
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,16 @@ from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import Event
-from messaging import outbox, queue_stats, telemetry
-from messaging.batching import InboxBatcher
+from messaging import outbox
 from messaging.broker import STOP_STEP_SECONDS, close_within, connect
+from messaging.chassis import queue_stats
+from messaging.chassis.settings import ConsumerSettings, OutboxSettings
 from messaging.consumer import EventConsumer
-from messaging.flow_control import FlowControl
 from messaging.inbox import Inbox, Outcome
-from messaging.settings import ConsumerSettings, OutboxSettings
+from messaging.observability import telemetry
+from messaging.operations.flow_control import FlowControl
 from messaging.spec import Subscriptions
+from messaging.speed.inbox_batching import InboxBatcher
 from messaging.topology import QueueTopology
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ class ConsumerRuntime:
         self._settings = settings
         self._inbox = inbox
         # Several messages per inbox transaction; each still acked, retried or dead-lettered
-        # on its own (messaging/batching.py).
+        # on its own (messaging/speed/inbox_batching.py).
         self._batcher = InboxBatcher(inbox, subscriptions, max_batch=settings.batch_size)
         self._consumer: EventConsumer | None = None
         # The kill switch and what it does: outlives a consumer rebuilt after a failed start.

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from opentelemetry import trace
 
-from messaging import correlation
+from messaging.observability import correlation
 
 
 class _ContextFilter(logging.Filter):

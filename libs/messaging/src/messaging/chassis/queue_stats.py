@@ -10,8 +10,8 @@ from __future__ import annotations
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from messaging import metrics
 from messaging.broker import close_within
+from messaging.observability import metrics
 from messaging.topology import QueueTopology
 
 

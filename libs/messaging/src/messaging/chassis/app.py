@@ -8,13 +8,15 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from messaging import db, inbox, outbox, spec, telemetry
-from messaging.admin import consumer_router
-from messaging.http import ReadinessCheck, install_common
-from messaging.logs import setup_logging
-from messaging.runtime import ConsumerRuntime
-from messaging.server import serve
-from messaging.settings import ConsumerSettings, load_settings
+from messaging import inbox, outbox, spec
+from messaging.chassis import db
+from messaging.chassis.http import ReadinessCheck, install_common
+from messaging.chassis.logs import setup_logging
+from messaging.chassis.runtime import ConsumerRuntime
+from messaging.chassis.server import serve
+from messaging.chassis.settings import ConsumerSettings, load_settings
+from messaging.observability import telemetry
+from messaging.operations.admin import consumer_router
 
 
 def consumer_app(service: spec.ServiceSpec, settings: ConsumerSettings) -> FastAPI:

@@ -1,4 +1,4 @@
-"""What a consumer's kill switch (messaging/killswitch.py) decides, done on the broker.
+"""What a consumer's kill switch (messaging/operations/killswitch.py) decides, done on the broker.
 
     running  -> subscribed with the full prefetch
     paused   -> no subscription (basic.cancel): the messages wait in the work queue; after
@@ -22,9 +22,9 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from messaging import metrics
 from messaging.broker import STOP_STEP_SECONDS
-from messaging.killswitch import KillSwitch, Mode, Policy, Status
+from messaging.observability import metrics
+from messaging.operations.killswitch import KillSwitch, Mode, Policy, Status
 
 log = logging.getLogger(__name__)
 
