@@ -262,11 +262,19 @@ class ServiceProfiler:
     """``start(pids)`` at the start of the steady window, ``interrupt()`` at its end,
     ``collect()`` once the run is over: writes the files, returns what the JSON records."""
 
-    def __init__(self, py_spy: str, directory: Path, stem: str, rate: int = DEFAULT_RATE):
+    def __init__(self, py_spy: str, directory: Path, stem: str, rate: int = DEFAULT_RATE,
+                 window: str = "saturation, steady window"):
         self.py_spy, self.directory, self.stem, self.rate = py_spy, directory, stem, rate
+        self.window = window  # what the samples cover, in each flame graph's title
         self._samplers: list[_Sampler] = []
         self._started_at: float | None = None
         self._seconds = 0.0
+
+    def tagged(self, tag: str, window: str | None = None) -> ServiceProfiler:
+        """A profiler like this one whose files carry ``tag`` after the stem (one set of files
+        per window when a scenario profiles several, e.g. each fixed rate)."""
+        return ServiceProfiler(self.py_spy, self.directory, f"{self.stem}-{tag}", self.rate,
+                               window or tag)
 
     def path(self, service: str, suffix: str) -> Path:
         return self.directory / f"{self.stem}-{service}{suffix}"
@@ -327,7 +335,7 @@ class ServiceProfiler:
             samples = sum(stacks.values())
             svg.write_text(flamegraph_svg(
                 stacks, f"{s.service}: {samples} samples at {self.rate} Hz over "
-                f"{self._seconds:.1f} s (saturation, steady window)"), encoding="utf-8")
+                f"{self._seconds:.1f} s ({self.window})"), encoding="utf-8")
             txt.write_text(format_summary(s.service, stacks, rate=self.rate,
                                           seconds=self._seconds), encoding="utf-8")
             rows = function_shares(stacks)

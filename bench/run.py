@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, interpreter, pipeline, profiling
+from bench import ceiling, interpreter, pairs, pipeline, profiling, quiet
 from bench.harness import (
     RESULTS_DIR,
     Broker,
@@ -48,7 +48,7 @@ from bench.harness import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-SERVICES = ("payment", "points", "mailer", "audit")
+SERVICES = pipeline.SERVICES  # the five, from the specs
 
 
 @dataclass
@@ -64,6 +64,7 @@ class BenchContext:
     pids: dict[str, int] = field(default_factory=dict)  # service → pid (CPU / RSS accounting)
     options: dict[str, Any] = field(default_factory=dict)  # e.g. {"db": "sqlite"}
     stack: Any = None  # the running pipeline.PipelineStack, for scenarios that need it
+    earlier: dict[str, Any] = field(default_factory=dict)  # this run's results so far
 
     @property
     def amqp_url(self) -> str:
@@ -80,7 +81,12 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     "service_resources": (pipeline.service_resources, True),
     # starts its own stack (and the synchronous mode) with a slow SMTP server
     "slow_mail": (pipeline.slow_mail, False),
+    # far from saturation (issue 29): not in the default run, ask for them with --only
+    "idle": (quiet.idle, True),
+    "fixed_rates": (quiet.fixed_rates, True),
 }
+DEFAULT_SCENARIOS = ("ceiling", "saturation", "fixed_rate", "service_resources", "slow_mail")
+_OPT_IN = [n for n in SCENARIOS if n not in DEFAULT_SCENARIOS]
 
 TARGETS: list[Target] = [
     Target(
@@ -127,6 +133,7 @@ async def _run_all(
     names: list[str], ctx: BenchContext, results: dict[str, Any], errors: dict[str, str]
 ) -> None:
     """Run the scenarios in order; one stack serves the consecutive ones that need it."""
+    ctx.earlier = results
     async with contextlib.AsyncExitStack() as exits:
         stack_exits: contextlib.AsyncExitStack | None = None
         for name in names:
@@ -204,8 +211,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument(
         "--only",
-        default=",".join(SCENARIOS),
-        help=f"comma-separated scenarios (default: all of {', '.join(SCENARIOS)})",
+        default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated scenarios, run in this order (default: "
+        f"{', '.join(DEFAULT_SCENARIOS)}; also: {', '.join(_OPT_IN)})",
     )
     p.add_argument(
         "--duration",
@@ -233,13 +241,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rate", type=float, default=200.0, help="fixed_rate: payments per second")
     p.add_argument(
+        "--rates", type=_rates, default="10,20,40",
+        help="fixed_rates: payments/s, one after the other, e.g. 10,20,0.5x (0.5x: half the "
+        "saturation: the saturation scenario's rate earlier in this run, or --saturation-rate)",
+    )
+    p.add_argument(
+        "--saturation-rate", type=float, default=None,
+        help="fixed_rates: the saturation rate the 0.5x-style rates are fractions of",
+    )
+    p.add_argument(
+        "--idle-seconds", type=float, default=20.0, help="idle: the measurement window (s)"
+    )
+    p.add_argument(
+        "--idle-settle", type=float, default=5.0,
+        help="idle: seconds to wait after the last payment is processed before measuring",
+    )
+    p.add_argument(
+        "--baseline-tree", type=Path, default=None,
+        help="same-run pairs: run the scenarios alternately against the services of this tree "
+        "(its .venv; `make install` there) and of --services-python, baseline first, "
+        "--pairs times, and report each figure's ratio current/baseline",
+    )
+    p.add_argument(
+        "--pairs", type=_positive_int, default=2, help="--baseline-tree: how many pairs"
+    )
+    p.add_argument(
         "--smtp-delay", type=float, default=0.2, help="slow_mail: SMTP hold per mail (s)"
     )
     p.add_argument(
         "--profile",
         action="store_true",
-        help="saturation: py-spy on every service over the steady window; a flame graph "
-        "(.svg) and top functions (.txt) per service next to the results JSON",
+        help="saturation and fixed_rates: py-spy on every service over the steady window (each "
+        "rate's, with fixed_rates; the SMTP sink too); a flame graph (.svg), top functions and "
+        "shares by kind of work (.txt) per service next to the results JSON",
     )
     p.add_argument(
         "--profile-rate",
@@ -281,6 +315,14 @@ def _label(value: str) -> str:
     return value
 
 
+def _rates(value: str) -> str:
+    try:
+        quiet.parse_rates(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -300,6 +342,30 @@ def _shown(path: Path) -> Path:
     return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
+def _describe(python: str, what: str) -> dict[str, Any] | None:
+    try:  # the entry points the stack runs: `python -m <service>`, `-m inprocess`
+        return interpreter.describe(python, [*pipeline.SERVICES, "inprocess"])
+    except interpreter.InterpreterError as exc:
+        print(f"{what}: {exc}", file=sys.stderr)
+        return None
+
+
+def _run_side(names: list[str], ctx: BenchContext, python: str, services: dict[str, Any],
+              profiler: profiling.ServiceProfiler | None) -> tuple[dict, dict]:
+    """The scenarios once, against the services ``python`` runs (in their own tree)."""
+    ctx.stack = None
+    ctx.options |= {
+        "services_python": python,
+        # the services run in their own tree (as `make run` there); else in this one
+        "services_cwd": Path(services["tree"]) if services["tree"] else None,
+        "profiler": profiler,
+    }
+    results: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    asyncio.run(_run_all(names, ctx, results, errors))
+    return results, errors
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -311,12 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     args.services_python = interpreter.absolute_python(args.services_python)
-    try:  # the entry points the stack runs: `python -m <service>`, `-m inprocess`
-        services = interpreter.describe(args.services_python, [*pipeline.SERVICES, "inprocess"])
-    except interpreter.InterpreterError as exc:
-        print(f"--services-python: {exc}", file=sys.stderr)
+    services = _describe(args.services_python, "--services-python")
+    if services is None:
         return 2
     services["same_as_bench"] = args.services_python == sys.executable
+    baseline: dict[str, Any] | None = None
+    if args.baseline_tree is not None:
+        base_python = str(args.baseline_tree.absolute() / ".venv" / "bin" / "python")
+        baseline = _describe(base_python, "--baseline-tree")
+        if baseline is None:
+            return 2
     broker = Broker(amqp_port=args.amqp_port, mgmt_url=args.mgmt_url)
     version = broker.version()
     if version is None:
@@ -330,9 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         if py_spy is None:
             print("profile: py-spy not found (uv sync installs it with the bench group); "
                   "running without profiles", file=sys.stderr)
-        elif "saturation" not in names:
-            print("profile: --profile samples the saturation scenario, which is not in --only; "
-                  "no profiles", file=sys.stderr)
+        elif not {"saturation", "fixed_rates"} & set(names):
+            print("profile: --profile samples the saturation and fixed_rates scenarios, neither "
+                  "is in --only; no profiles", file=sys.stderr)
         else:
             profiler = profiling.ServiceProfiler(py_spy, args.results_dir, stem,
                                                  args.profile_rate)
@@ -347,30 +417,32 @@ def main(argv: list[str] | None = None) -> int:
             "ceiling_prefetch": args.ceiling_prefetch,
             "clients": args.clients,
             "rate": args.rate,
+            "rates": args.rates,
+            "saturation_rate": args.saturation_rate,
+            "idle_seconds": args.idle_seconds,
+            "idle_settle": args.idle_settle,
             "smtp_delay": args.smtp_delay,
-            "profiler": profiler,
-            "services_python": args.services_python,
-            # the services run in their own tree (as `make run` there); else in this one
-            "services_cwd": Path(services["tree"]) if services["tree"] else None,
         },
     )
-    results: dict[str, dict[str, Any]] = {}
-    errors: dict[str, str] = {}
     # SIGTERM (timeout, CI) unwinds like Ctrl-C: the stack, vhost and databases are removed
     signal.signal(signal.SIGTERM, _interrupt)
-    asyncio.run(_run_all(names, ctx, results, errors))
-
-    plot_lat, plot_tp, _ = postprocess(results)
-    table, evaluated = build_table(results, TARGETS)
-    report = {
+    report: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         # the load average at the end too: a run disturbed by other work shows in both
-        "machine": machine_info() | {"loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
+        "machine": machine_info(),
         "rabbitmq": version,
         "label": args.label,
         "commit": git_commit(REPO),  # the bench's; the services' is under "services"
         "services": services,
         "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    if baseline is not None:
+        return _main_pairs(args, names, ctx, report, baseline, profiler, stem)
+    results, errors = _run_side(names, ctx, args.services_python, services, profiler)
+    report["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    plot_lat, plot_tp, _ = postprocess(results)
+    table, evaluated = build_table(results, TARGETS)
+    report |= {
         "scenarios": results,
         "errors": errors,
         "targets": [t.__dict__ | {"met": t.met} for t in evaluated],
@@ -400,18 +472,74 @@ def main(argv: list[str] | None = None) -> int:
     if busy is not None:
         print(f"saturation: the machine was {busy:.0%} busy (all {os.cpu_count()} cores) "
               "over the steady window")
-    profile = (results.get("saturation") or {}).get("profile")
-    if profile is not None:
-        line = profiling.failure_line(profile["failed"], [*profile["services"],
-                                                          *profile["failed"]])
-        if line:
-            print(line)
-        for svc, p in profile["services"].items():
-            print(f"profile: {svc}: {p['samples']} samples (py-spy {p['py_spy_cpu_s']} CPU s) → "
-                  f"{_shown(args.results_dir / p['flamegraph'])}, {p['summary']}")
+    _print_quiet(results)
+    _print_profiles(results, args.results_dir)
     for name, err in errors.items():
         print(f"scenario {name} FAILED: {err}")
     print(f"results: {_shown(json_path)}")
     if png_path is not None:
         print(f"plot:    {_shown(png_path)}")
     return 1 if errors else 0
+
+
+def _print_quiet(results: dict[str, dict[str, Any]], heading: str = "") -> None:
+    if "fixed_rates" in results:
+        print(f"\n{heading}fixed rates (CPU ms per payment, window: first send to last commit)")
+        print(quiet.format_rates(results["fixed_rates"]))
+    if "idle" in results:
+        print(f"\n{heading}idle (% of one core over {results['idle']['seconds']} s)")
+        print(quiet.format_idle(results["idle"]))
+
+
+def _print_profiles(results: dict[str, dict[str, Any]], directory: Path) -> None:
+    found = []
+    if "profile" in (results.get("saturation") or {}):
+        found.append(("saturation", results["saturation"]["profile"]))
+    for label, r in ((results.get("fixed_rates") or {}).get("rates") or {}).items():
+        if "profile" in r:
+            found.append((f"fixed rate {label}/s", r["profile"]))
+    for where, profile in found:
+        line = profiling.failure_line(profile["failed"], [*profile["services"],
+                                                          *profile["failed"]])
+        if line:
+            print(f"{where}: {line}")
+        for svc, p in profile["services"].items():
+            print(f"profile ({where}): {svc}: {p['samples']} samples (py-spy "
+                  f"{p['py_spy_cpu_s']} CPU s) → {_shown(directory / p['flamegraph'])}, "
+                  f"{p['summary']}")
+
+
+def _main_pairs(args: argparse.Namespace, names: list[str], ctx: BenchContext,
+                report: dict[str, Any], baseline: dict[str, Any],
+                profiler: profiling.ServiceProfiler | None, stem: str) -> int:
+    """``--baseline-tree``: baseline, current, baseline, current, … then the ratios."""
+    sides = {"baseline": (baseline["python"], baseline),
+             "current": (args.services_python, report["services"])}
+    rounds: list[dict[str, Any]] = []
+    failed = False
+    for i in range(1, args.pairs + 1):
+        pair: dict[str, Any] = {}
+        for side, (python, services) in sides.items():
+            print(f"pair {i}/{args.pairs}: {side} ({services['tree']}, "
+                  f"{services.get('commit')}) …", file=sys.stderr, flush=True)
+            tagged = profiler.tagged(f"{side}{i}") if profiler is not None else None
+            results, errors = _run_side(names, ctx, python, services, tagged)
+            postprocess(results)
+            for res in results.values():  # the ratios and the figures, not every sample
+                res.pop("latency_samples_ms", None)
+            pair[side] = {"scenarios": results, "errors": errors,
+                          "loadavg_1m_at_end": round(os.getloadavg()[0], 2)}
+            failed = failed or bool(errors)
+            _print_quiet(results, f"pair {i}, {side}: ")
+            for name, err in errors.items():
+                print(f"pair {i}, {side}: scenario {name} FAILED: {err}")
+        rounds.append(pair)
+    comparison = pairs.compare([(p["baseline"]["scenarios"], p["current"]["scenarios"])
+                                for p in rounds])
+    report["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    report |= {"baseline": baseline, "pairs": rounds, "comparison": comparison}
+    json_path = write_results(report, stem, args.results_dir)
+    print()
+    print(pairs.format_comparison(comparison))
+    print(f"results: {_shown(json_path)}")
+    return 1 if failed else 0
