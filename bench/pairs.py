@@ -19,8 +19,9 @@ from typing import Any
 _HEADLINE = re.compile(
     r"^(?:"
     r"fixed_rates\.rates\.[^.]+\.(?:cpu_ms_per_payment\.[^.]+|machine\.(?:ms_per_payment|"
-    r"stack_ms_per_payment|busy_share)|latency\.(?:post|e2e)\.p(?:50|99))"
-    r"|idle\.core_pct\.[^.]+"
+    r"stack_ms_per_payment|busy_share)|latency\.(?:post|e2e)\.p(?:50|99)|"
+    r"switches_per_payment\.voluntary\.[^.]+)"
+    r"|idle\.(?:core_pct|switches_per_second\.voluntary)\.[^.]+"
     r"|saturation\.(?:rate|machine_busy_share|cpu_ms_per_payment\.[^.]+)"
     r"|fixed_rate\.(?:rate|latency_ms\.(?:post|e2e)\.p(?:50|99))"
     r"|ceiling\.rate"

@@ -10,7 +10,8 @@ JSON:
 ``<stem>-<service>.txt``      the top functions by own and by total share of the samples
 
 Pure (unit-tested in ``bench/tests``): ``parse_collapsed``, ``function_of``,
-``function_shares``, ``format_summary``, ``flamegraph_svg``. The rest runs py-spy.
+``function_shares``, ``kind_of``, ``kind_shares``, ``format_summary``, ``flamegraph_svg``.
+The rest runs py-spy.
 
 py-spy records only samples where a thread is running or runnable (no ``--idle``), so the
 shares are of the process's busy time, which is what the CPU per payment counts; on a
@@ -145,7 +146,71 @@ def format_summary(
     ]
     lines += [f"{r.total_share * 100:7.2f}  {r.own_share * 100:7.2f}  {r.function}"
               for r in top_by_total(rows, n)]
+    lines += ["", "by kind of work (innermost frame that says; bench/profiling.py CATEGORIES)",
+              f"{'share %':>7}  kind"]
+    lines += [f"{share * 100:7.2f}  {kind}" for kind, _n, share in kind_shares(stacks)]
     return "\n".join(lines) + "\n"
+
+
+# ---- kinds of work ---------------------------------------------------------------------------
+
+# (kind, pattern on ``function (file)``), tried in this order on each frame from the innermost
+# outwards; the first frame that matches one gives the sample its kind. Frames of generic
+# helpers (``_PASS``) are passed over, so a ``contextlib`` ``__exit__`` counts as what it
+# wraps (a span, a session). ``Runner.run`` as the innermost frame is uvloop's own C code
+# (polling, waking up, reading sockets, running callbacks): py-spy sees no frame below it.
+CATEGORIES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (kind, re.compile(pattern)) for kind, pattern in (
+        ("event loop (wake-ups, polling, reads)",
+         r"^Runner\.run \(asyncio/runners\.py\)$|\((asyncio/(base_events|events|"
+         r"selector_events)\.py|selectors\.py)\)$|^_run_once "),
+        ("socket writes", r"^StreamWriter\.(write|writelines|drain) |\(socket\.py\)$"),
+        ("task creation", r"^(create_task|ensure_future|gather|Task\.__init__|"
+         r"TaskGroup\.create_task|_ensure_future) \(asyncio/"),
+        ("asyncio helpers (timeouts, shields, locks, queues)", r"\(asyncio/"),
+        ("spans (OpenTelemetry)", r"opentelemetry|\((trace|context|attributes|propagate|"
+         r"propagators|baggage|sdk|asgi)/|_decorator\.py\)$|_semconv\.py\)$|composite\.py\)$|"
+         r"fastapi/telemetry/|messaging/observability/(telemetry|instrumentation|correlation)"),
+        ("metrics", r"prometheus_client/|messaging/observability/metrics"),
+        ("logs", r"\(logging/|messaging/chassis/(logs|log_tally)\.py"),
+        ("SQL driver (SQLite, PostgreSQL execution)",
+         r"messaging/chassis/db\.py|aiosqlite/|asyncpg/|sqlite3/"),
+        ("SQL sessions, transactions (SQLAlchemy)", r"sqlalchemy/|greenlet"),
+        ("AMQP client (aio-pika, aiormq, pamqp)", r"aio_pika/|aiormq/|pamqp/"),
+        ("HTTP server (uvicorn, h11, FastAPI)", r"uvicorn/|h11/|httptools/|starlette/|fastapi/"),
+        ("validation, serialisation (pydantic, json, contracts)",
+         r"pydantic|\(json/|contracts/"),
+        ("SMTP (client and sink)", r"aiosmtpd/|\(email/|smtplib|mailer/smtp\.py"),
+        ("messaging core (inbox, outbox, consumer, relay)", r"\(messaging/"),
+        ("service code", r"\((payment|points|mailer|audit|shipping|devstack)/"),
+    )
+)
+_PASS = re.compile(r"\((contextlib|functools|enum|copy|weakref|_weakrefset|typing|dataclasses|"
+                   r"uuid|abc|<frozen [^>]*>|<string>)(\.py)?\)$|\(re/")
+OTHER = "other"
+
+
+def kind_of(stack: Stack) -> str:
+    """The kind of work a sample was doing (``CATEGORIES``), or ``OTHER``."""
+    for frame in reversed(stack):
+        fn = function_of(frame)
+        if _PASS.search(fn):
+            continue
+        for kind, pattern in CATEGORIES:
+            if pattern.search(fn):
+                return kind
+    return OTHER
+
+
+def kind_shares(stacks: Mapping[Stack, int]) -> list[tuple[str, int, float]]:
+    """(kind, samples, share of all samples), largest first."""
+    total = sum(stacks.values())
+    counts: dict[str, int] = {}
+    for stack, count in stacks.items():
+        kind = kind_of(stack)
+        counts[kind] = counts.get(kind, 0) + count
+    rows = [(k, n, n / total) for k, n in counts.items()] if total else []
+    return sorted(rows, key=lambda r: (-r[1], r[0]))
 
 
 # ---- flame graph -----------------------------------------------------------------------------
@@ -348,6 +413,7 @@ class ServiceProfiler:
                 "py_spy_cpu_s": s.cpu_s,
                 "top_own": [r.as_dict() for r in top_by_own(rows)],
                 "top_total": [r.as_dict() for r in top_by_total(rows)],
+                "kinds": {k: round(share * 100, 2) for k, _n, share in kind_shares(stacks)},
             }
         self._samplers.clear()
         return {"rate_hz": self.rate, "window_s": round(self._seconds, 2),

@@ -18,7 +18,8 @@ stack costs with nothing to do.
                  ``--idle-seconds``, as % of one core.
 
 Pure (unit-tested in ``bench/tests``): ``parse_rates``, ``resolve_rate``, ``cpu_deltas``,
-``per_payment_ms``, ``machine_window``, ``core_pct``. The rest drives the stack.
+``per_payment_ms``, ``machine_window``, ``core_pct``, ``switch_rates``, ``format_rates``,
+``format_idle``. The rest drives the stack.
 
 The broker is shared with whatever else runs on the machine (other vhosts): its figures
 count their traffic too. The load client's (``bench client``) are the bench's own.
@@ -32,6 +33,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.harness import run_at_rate, summarize
@@ -149,6 +151,7 @@ def format_rates(result: Mapping[str, Any]) -> str:
     rates = result["rates"]
     procs: list[str] = [*SERVICES, "services"]
     procs += sorted({p for r in rates.values() for p in r["cpu_ms_per_payment"]} - set(procs))
+    sleepers = [p for p in procs if p != "services"]
     columns: list[dict[str, str]] = []
     for r in rates.values():
         cpu, m, lat = r["cpu_ms_per_payment"], r["machine"], r["latency"]
@@ -162,9 +165,12 @@ def format_rates(result: Mapping[str, Any]) -> str:
             "POST p50 / p99 ms": f"{_cell(lat['post']['p50'], 1)}/{_cell(lat['post']['p99'], 0)}",
             "e2e p50 / p99 ms": f"{_cell(lat['e2e']['p50'], 0)}/{_cell(lat['e2e']['p99'], 0)}",
             "load avg 1m": _cell(r["loadavg_1m"], 1),
+            **{f"{p} sleeps/payment": _cell(r["switches_per_payment"]["voluntary"].get(p), 1)
+               for p in sleepers},
         })
     labels = ["offered /s", *procs, "machine ms/payment", "stack ms/payment", "machine busy",
-              "other work", "POST p50 / p99 ms", "e2e p50 / p99 ms", "load avg 1m"]
+              "other work", "POST p50 / p99 ms", "e2e p50 / p99 ms", "load avg 1m",
+              *(f"{p} sleeps/payment" for p in sleepers)]
     return _rows(labels, columns)
 
 
@@ -177,10 +183,49 @@ def format_idle(result: Mapping[str, Any]) -> str:
     column["machine busy"] = _cell(m["busy_share"] * 100, 1) + " %"
     column["other work"] = _cell(m["other_share"] * 100, 1) + " %"
     column["load avg 1m"] = _cell(result["loadavg_1m"], 1)
-    return _rows([*procs, "machine busy", "other work", "load avg 1m"], [column])
+    sleeps = result["switches_per_second"]["voluntary"]
+    column |= {f"{p} sleeps/s": _cell(sleeps.get(p), 1) for p in sleeps}
+    return _rows([*procs, "machine busy", "other work", "load avg 1m",
+                  *(f"{p} sleeps/s" for p in sleeps)], [column])
 
 
 # ---- driving the stack ---------------------------------------------------------------------
+
+
+def _switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every live thread of ``pid``. A voluntary
+    one is the thread going to sleep (an event loop waiting in epoll, a worker thread on its
+    queue): each wake-up costs one. Involuntary ones are preemptions: a busy machine."""
+    voluntary = involuntary = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text(encoding="ascii")
+        except OSError:  # the thread ended meanwhile
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
+def _switches_now(st: PipelineStack) -> dict[str, tuple[int, int]]:
+    return {name: _switches(s.pid) for name, s in st.monitor.stats.items()}
+
+
+def switch_rates(before: Mapping[str, tuple[int, int]], after: Mapping[str, tuple[int, int]],
+                 per: float) -> dict[str, dict[str, float]]:
+    """Context switches per payment (or per second: ``per`` is the divisor) of each process:
+    ``{"voluntary": {...}, "involuntary": {...}}``."""
+    out: dict[str, dict[str, float]] = {"voluntary": {}, "involuntary": {}}
+    if per <= 0:
+        return out
+    for name in before:
+        if name in after:
+            out["voluntary"][name] = round((after[name][0] - before[name][0]) / per, 2)
+            out["involuntary"][name] = round((after[name][1] - before[name][1]) / per, 2)
+    return out
 
 
 def _cpu_now(st: PipelineStack) -> dict[str, float]:
@@ -208,6 +253,7 @@ async def _one_rate(ctx: Any, st: PipelineStack, rate: float, label: str) -> dic
 
     profiler = ctx.options.get("profiler")
     profiling = None
+    sampled_cpu: dict[str, float] = {}  # CPU s of each process while py-spy sampled it
     skip = min(3.0, duration / 5)  # the profile leaves out the first seconds of the schedule
 
     async def start_profile() -> None:
@@ -215,16 +261,18 @@ async def _one_rate(ctx: Any, st: PipelineStack, rate: float, label: str) -> dic
         await asyncio.sleep(skip)  # pacing: the profile covers the steady part
         profiling = profiler.tagged(f"rate{label}", f"fixed rate {rate:g}/s, steady part")
         assert st.smtp.process is not None
+        sampled_cpu.update(_cpu_now(st))
         profiling.start(st.pids | {"smtp-sink": st.smtp.process.pid})
 
-    cpu0, busy0 = _cpu_now(st), _machine_busy_now(st)
+    cpu0, busy0, sw0 = _cpu_now(st), _machine_busy_now(st), _switches_now(st)
     starter = asyncio.create_task(start_profile()) if profiler is not None else None
     try:
         load = await run_at_rate(send, rate, duration, max_in_flight=1000, drain_timeout=30)
         if profiling is not None:
             profiling.interrupt()
+            sampled_cpu.update(cpu_deltas(sampled_cpu, _cpu_now(st)))
         drained = await _drained(st, timeout=120)
-        cpu1, busy1 = _cpu_now(st), _machine_busy_now(st)
+        cpu1, busy1, sw1 = _cpu_now(st), _machine_busy_now(st), _switches_now(st)
     except BaseException:
         if starter is not None:
             starter.cancel()
@@ -238,6 +286,13 @@ async def _one_rate(ctx: Any, st: PipelineStack, rate: float, label: str) -> dic
     cpu = cpu_deltas(cpu0, cpu1)
     monitored = sum(cpu.values())
     profile = await asyncio.to_thread(profiling.collect) if profiling is not None else None
+    if profile is not None:
+        # samples / rate above the CPU seconds: the process was runnable but waiting for a
+        # core (py-spy counts that too); the shares then overweigh where it was preempted
+        for name, p in profile["services"].items():
+            used = sampled_cpu.get("smtp sink" if name == "smtp-sink" else name)
+            p["cpu_s_while_sampled"] = None if used is None else round(used, 3)
+            p["sampled_s"] = round(p["samples"] / profile["rate_hz"], 3)
     post, e2e = summarize(load.latencies_ms), summarize(e2e_ms)
     return {
         "offered_rate": rate,
@@ -249,6 +304,8 @@ async def _one_rate(ctx: Any, st: PipelineStack, rate: float, label: str) -> dic
         "drained": drained,
         "e2e_missing": len(planned) - len(e2e_ms),
         "cpu_ms_per_payment": per_payment_ms(cpu, load.ok),
+        # voluntary: the process went to sleep and was woken again (≈ event-loop wake-ups)
+        "switches_per_payment": switch_rates(sw0, sw1, load.ok),
         "machine": machine_window(busy1[0] - busy0[0], busy1[1] - busy0[1], os.cpu_count() or 1,
                                   monitored, load.ok),
         "loadavg_1m": round(os.getloadavg()[0], 2),
@@ -291,9 +348,9 @@ async def idle(ctx: Any) -> dict[str, Any]:
         raise TimeoutError("the payments so far were not processed in 120 s")
     await asyncio.sleep(settle)  # let the last batch's timers run out: not synchronisation
     print(f"  idle for {seconds:g} s …", flush=True)
-    cpu0, busy0 = _cpu_now(st), _machine_busy_now(st)
+    cpu0, busy0, sw0 = _cpu_now(st), _machine_busy_now(st), _switches_now(st)
     await asyncio.sleep(seconds)  # the measurement window itself
-    cpu1, busy1 = _cpu_now(st), _machine_busy_now(st)
+    cpu1, busy1, sw1 = _cpu_now(st), _machine_busy_now(st), _switches_now(st)
     cpu = cpu_deltas(cpu0, cpu1)
     wall = busy1[1] - busy0[1]
     window = machine_window(busy1[0] - busy0[0], wall, os.cpu_count() or 1,
@@ -303,6 +360,7 @@ async def idle(ctx: Any) -> dict[str, Any]:
         "seconds": round(wall, 2),
         "core_pct": core_pct(cpu, wall),
         "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+        "switches_per_second": switch_rates(sw0, sw1, wall),
         "machine": {k: v for k, v in window.items() if "per_payment" not in k},
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
