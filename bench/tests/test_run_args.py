@@ -51,3 +51,26 @@ def test_services_python_that_cannot_run_the_services_stops_the_run(capsys):
     # checked before anything starts (no broker needed)
     assert main(["--services-python", "/bin/false", "--only", "saturation"]) == 2
     assert capsys.readouterr().err.startswith("--services-python: /bin/false: exited with 1")
+
+
+@pytest.mark.unit
+def test_the_quiet_scenarios_are_asked_for_not_run_by_default():
+    args = parse_args([])
+    assert "fixed_rates" not in args.only and "idle" not in args.only
+    assert args.rates == "10,20,40"
+    assert args.baseline_tree is None
+    assert args.pairs == 2
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("rates", ["0", "10,ten", "0.5y", "10,10"])
+def test_rates_that_do_not_parse_stop_the_run_before_it_starts(rates, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--rates", rates])
+    assert "--rates" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_a_baseline_tree_without_an_environment_stops_the_run(tmp_path, capsys):
+    assert main(["--baseline-tree", str(tmp_path), "--only", "fixed_rates"]) == 2
+    assert capsys.readouterr().err.startswith("--baseline-tree: ")
