@@ -11,6 +11,7 @@ I/O (thin, used by scenarios and the runner):
     ``throwaway_vhost``                 create + delete a vhost through the management API
     ``run_at_rate``                     asyncio load loop at a fixed rate for a bounded duration
     ``ProcessMonitor``                  CPU seconds and peak RSS of a set of processes (psutil)
+    ``renice``                          scheduling priority of the stack's processes (--nice)
     ``wait_until``                      poll a condition with a deadline (never a fixed sleep)
     ``write_results`` / ``plot_results`` ``bench/results/<timestamp>.json`` and ``.png``
 """
@@ -565,6 +566,23 @@ class ProcessMonitor:
             "busy_cpu_s": round(self.machine_busy_s, 2),
             "other_cpu_s": round(self.other_cpu_s, 2),
         }
+
+
+def renice(pids: Iterable[int], niceness: int) -> list[int]:
+    """Set the scheduling niceness of every thread of each process (Linux counts it per
+    thread; a process's threads started before this keep theirs otherwise). Returns the pids
+    it could not set (gone, or not allowed: below 0 needs root). Used with ``--nice``: on a
+    machine shared with other work, the stack then gets a core when it needs one, as it would
+    on a quiet machine."""
+    failed = []
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            for tid in tids:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        except (OSError, ValueError):
+            failed.append(pid)
+    return failed
 
 
 def find_broker_pid(port: int) -> int | None:

@@ -42,6 +42,7 @@ from bench.harness import (
     git_commit,
     machine_info,
     plot_results,
+    renice,
     results_stem,
     summarize,
     write_results,
@@ -154,6 +155,8 @@ async def _run_all(
                     errors[name] = f"stack did not start: {type(exc).__name__}: {exc}"
                     continue
                 ctx.vhost = ctx.stack.vhost
+                if ctx.options.get("nice") is not None:
+                    _renice_stack(ctx)
                 ctx.base_urls = {s: ctx.stack.url(s) for s in SERVICES}
                 ctx.pids = ctx.stack.pids
             elif not needs_stack and stack_exits is not None:
@@ -169,6 +172,16 @@ async def _run_all(
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
             results[name]["wall_s"] = round(time.monotonic() - t, 2)
+
+
+def _renice_stack(ctx: BenchContext) -> None:
+    """``--nice``: the services, the SMTP sink and the bench itself (the broker is shared:
+    left alone)."""
+    st = ctx.stack
+    pids = [*st.pids.values(), st.smtp.process.pid, os.getpid()]
+    failed = renice(pids, ctx.options["nice"])
+    if failed:
+        print(f"--nice: could not set the niceness of pids {failed}", file=sys.stderr)
 
 
 def postprocess(results: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
@@ -255,6 +268,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--idle-settle", type=float, default=5.0,
         help="idle: seconds to wait after the last payment is processed before measuring",
+    )
+    p.add_argument(
+        "--nice", type=int, default=None,
+        help="scheduling niceness of the stack's services, SMTP sink and the bench (-20..19; "
+        "below 0 needs root): on a machine shared with other work, e.g. -5 gives the stack a "
+        "core when it needs one, as on a quiet machine; the broker is left alone",
     )
     p.add_argument(
         "--baseline-tree", type=Path, default=None,
@@ -422,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             "idle_seconds": args.idle_seconds,
             "idle_settle": args.idle_settle,
             "smtp_delay": args.smtp_delay,
+            "nice": args.nice,
         },
     )
     # SIGTERM (timeout, CI) unwinds like Ctrl-C: the stack, vhost and databases are removed
