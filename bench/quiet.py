@@ -15,7 +15,9 @@ stack costs with nothing to do.
                  rate's steady part (``bench/profiling.py``, one file set per rate).
 ``idle``         the stack with nothing to do: once every payment so far is processed and
                  ``--idle-settle`` seconds have passed, the CPU each process uses over
-                 ``--idle-seconds``, as % of one core.
+                 ``--idle-seconds``, as % of one core (from the scheduler's nanosecond
+                 clock of every thread: a few ticks would not resolve it), and its
+                 sleeps (voluntary context switches: timers and polls waking it) per second.
 
 Pure (unit-tested in ``bench/tests``): ``parse_rates``, ``resolve_rate``, ``cpu_deltas``,
 ``per_payment_ms``, ``machine_window``, ``core_pct``, ``switch_rates``, ``format_rates``,
@@ -210,6 +212,23 @@ def _switches(pid: int) -> tuple[int, int]:
     return voluntary, involuntary
 
 
+def _run_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of every live thread of ``pid`` (``/proc/<pid>/task/*/schedstat``,
+    the scheduler's own clock): an idle process uses a few ticks in 20 s, below what the
+    10 ms ticks of ``/proc/<pid>/stat`` resolve."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text(encoding="ascii").split()[0])
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+            continue
+    return total
+
+
+def _run_s_now(st: PipelineStack) -> dict[str, float]:
+    return {name: _run_ns(s.pid) / 1e9 for name, s in st.monitor.stats.items()}
+
+
 def _switches_now(st: PipelineStack) -> dict[str, tuple[int, int]]:
     return {name: _switches(s.pid) for name, s in st.monitor.stats.items()}
 
@@ -348,9 +367,9 @@ async def idle(ctx: Any) -> dict[str, Any]:
         raise TimeoutError("the payments so far were not processed in 120 s")
     await asyncio.sleep(settle)  # let the last batch's timers run out: not synchronisation
     print(f"  idle for {seconds:g} s …", flush=True)
-    cpu0, busy0, sw0 = _cpu_now(st), _machine_busy_now(st), _switches_now(st)
+    cpu0, busy0, sw0 = _run_s_now(st), _machine_busy_now(st), _switches_now(st)
     await asyncio.sleep(seconds)  # the measurement window itself
-    cpu1, busy1, sw1 = _cpu_now(st), _machine_busy_now(st), _switches_now(st)
+    cpu1, busy1, sw1 = _run_s_now(st), _machine_busy_now(st), _switches_now(st)
     cpu = cpu_deltas(cpu0, cpu1)
     wall = busy1[1] - busy0[1]
     window = machine_window(busy1[0] - busy0[0], wall, os.cpu_count() or 1,
@@ -359,7 +378,7 @@ async def idle(ctx: Any) -> dict[str, Any]:
         "settle_s": settle,
         "seconds": round(wall, 2),
         "core_pct": core_pct(cpu, wall),
-        "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+        "cpu_s": {k: round(v, 4) for k, v in cpu.items()},
         "switches_per_second": switch_rates(sw0, sw1, wall),
         "machine": {k: v for k, v in window.items() if "per_payment" not in k},
         "loadavg_1m": round(os.getloadavg()[0], 2),
