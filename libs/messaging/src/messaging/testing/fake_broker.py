@@ -199,11 +199,7 @@ class FakeBroker:
         for queue in queues:
             self.published.append(Published(self.clock.now, queue, headers, exchange,
                                              routing_key, message.body))
-            self._enqueue(queue, Delivery(
-                body=message.body, headers=dict(headers), type=message.type,
-                message_id=message.message_id, correlation_id=message.correlation_id,
-                content_type=message.content_type, content_encoding=message.content_encoding,
-                timestamp=message.timestamp, exchange=exchange, routing_key=routing_key))
+            self._enqueue(queue, _delivery_of(message, exchange, routing_key))
         return Basic.Ack()
 
     def route(self, exchange: str, routing_key: str) -> list[str]:
@@ -224,11 +220,7 @@ class FakeBroker:
             return
         key = arguments.get("x-dead-letter-routing-key", delivery.routing_key or "")
         for target in self.route(exchange, key):
-            self._enqueue(target, Delivery(
-                body=delivery.body, headers=dict(delivery.headers), type=delivery.type,
-                message_id=delivery.message_id, correlation_id=delivery.correlation_id,
-                content_type=delivery.content_type, content_encoding=delivery.content_encoding,
-                timestamp=delivery.timestamp, exchange=exchange, routing_key=key))
+            self._enqueue(target, _delivery_of(delivery, exchange, key))
 
     def _enqueue(self, queue: str, delivery: Delivery) -> None:
         ttl = self.queues[queue].arguments.get("x-message-ttl")
@@ -265,6 +257,16 @@ class FakeBroker:
     def waiting(self, queue: str) -> list[Delivery]:
         """The messages in `queue` that no consumer has taken."""
         return list(self.queues[queue].messages)
+
+
+def _delivery_of(message: aio_pika.Message | Delivery, exchange: str,
+                 routing_key: str) -> Delivery:
+    """A fresh delivery of `message` (published, or dead-lettered) to one queue."""
+    return Delivery(
+        body=message.body, headers=dict(message.headers or {}), type=message.type,
+        message_id=message.message_id, correlation_id=message.correlation_id,
+        content_type=message.content_type, content_encoding=message.content_encoding,
+        timestamp=message.timestamp, exchange=exchange, routing_key=routing_key)
 
 
 @dataclass
