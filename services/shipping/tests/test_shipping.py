@@ -33,7 +33,7 @@ def subscriptions():
 
 async def shipments(sessions) -> list[dict]:
     async with sessions() as session:
-        return [dict(r._mapping) for r in await session.execute(select(store.shipments))]
+        return [dict(r) for r in (await session.execute(select(store.shipments))).mappings()]
 
 
 async def staged(sessions) -> list[OrderShipped]:

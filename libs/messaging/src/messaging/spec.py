@@ -125,7 +125,7 @@ class Consumes:
 
     def receives(self, event_type: str) -> bool:
         """Whether the bindings route `event_type` to the queue (topic matching)."""
-        return any(_topic_match(b, routing_key_for(event_type)) for b in self.bindings)
+        return any(topic_matches(b, routing_key_for(event_type)) for b in self.bindings)
 
 
 # What every consumer reads of every event, whatever its handlers do: the inbox, the order
@@ -222,7 +222,7 @@ def named(name: str) -> ServiceSpec:
     raise ValueError(f"unknown service {name!r}; known: {', '.join(sorted(names()))}")
 
 
-def _topic_match(pattern: str, key: str) -> bool:
+def topic_matches(pattern: str, key: str) -> bool:
     """RabbitMQ topic matching: `*` is one word, `#` zero or more."""
 
     def match(p: list[str], k: list[str]) -> bool:

@@ -170,6 +170,11 @@ class SmtpSender:
         # TCP connect, greeting, EHLO and QUIT. One mail at a time per connection.
         self._idle: list[SmtpConnection] = []
 
+    @property
+    def idle_connections(self) -> tuple[SmtpConnection, ...]:
+        """The connections kept open for the next mails (at most `max_idle`)."""
+        return tuple(self._idle)
+
     async def _connection(self) -> SmtpConnection:
         while self._idle:
             connection = self._idle.pop()
