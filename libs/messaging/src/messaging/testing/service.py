@@ -1,10 +1,10 @@
 """A consuming service's spec run in memory: its handlers, its real inbox, an in-memory
 SQLite database, no broker.
 
-    async with InMemoryService(points.spec.SPEC) as points:
-        assert await points.deliver(events.order_paid()) is Outcome.APPLIED
-        points.applied   # the events applied, in order
-        points.staged    # what the handlers committed to the outbox (shipping's OrderShipped)
+    async with InMemoryService(SPEC) as service:
+        assert await service.deliver(event) is Outcome.APPLIED
+        service.applied   # the events applied, in order
+        service.staged    # what the handlers committed to the outbox
 
 It is the synchronous mode's path (apps/inprocess), for one service: the spec's bindings
 decide which event types reach it, the in-process dispatcher (messaging/dispatcher.py)
