@@ -10,9 +10,10 @@ from sqlalchemy import func, select, text
 
 from devstack import events, throwaway
 from devstack.wait import eventually_async
-from messaging import outbox
+from messaging import outbox_store
 from messaging.chassis import db
-from messaging.outbox import OutboxRelay, add_to_outbox, outbox_table
+from messaging.outbox import OutboxRelay
+from messaging.outbox_store import add_to_outbox, outbox_table
 from messaging.topology import EXCHANGE
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,7 @@ async def database_url():
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(outbox.metadata)
+    return await sessions_for(outbox_store.metadata)
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ async def test_a_relay_waits_for_an_orders_earlier_event_held_by_another_and_tak
 async def test_a_relay_on_sqlite_says_it_is_the_only_one(tmp_path, caplog, connection):
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/one.db")
     try:
-        await db.create_schema(engine, outbox.metadata)
+        await db.create_schema(engine, outbox_store.metadata)
         engine_sessions = db.session_factory(engine)
         with caplog.at_level(logging.INFO, logger="messaging.outbox"):
             assert await relay(engine_sessions, connection).publish_pending() == 0

@@ -6,8 +6,9 @@ from sqlalchemy import select
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import outbox
-from messaging.outbox import OutboxRelay, add_to_outbox, outbox_table
+from messaging import outbox_store
+from messaging.outbox import OutboxRelay
+from messaging.outbox_store import add_to_outbox, outbox_table
 from messaging.topology import EXCHANGE
 
 pytestmark = pytest.mark.integration
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(outbox.metadata)
+    return await sessions_for(outbox_store.metadata)
 
 
 @pytest.fixture

@@ -44,12 +44,12 @@ from contracts import utcnow
 from messaging.chassis.db import delete_in_batches
 from messaging.observability import correlation, metrics, telemetry
 from messaging.observability.telemetry import untraced
+from messaging.outbox_store import OutboxRow, outbox_table
 
-# Re-exported: the table lives in outbox_store (no transport), the relay's users find it here.
-from messaging.outbox_store import OutboxRow
-from messaging.outbox_store import add_to_outbox as add_to_outbox
+# TRANSITIONAL, to delete when issue 23's branches are merged: chassis/app.py and
+# services/payment (edited on other branches) still read `outbox.metadata` and
+# `outbox.outbox_table`; their home is messaging.outbox_store, every other importer uses it.
 from messaging.outbox_store import metadata as metadata
-from messaging.outbox_store import outbox_table as outbox_table
 from messaging.publisher import (
     PublishFailed,
     build_message,
