@@ -55,6 +55,18 @@ def relay(sessions, connection, **kwargs) -> OutboxRelay:
     return OutboxRelay(sessions, connect, **kwargs)
 
 
+def stuck_relay(sessions, stuck: asyncio.Event, release: asyncio.Event) -> OutboxRelay:
+    """A relay that claims its batch of one, then hangs connecting to the broker (a process
+    about to die): `stuck` is set then; once `release` is set, the connection fails."""
+
+    async def connect():
+        stuck.set()
+        await release.wait()
+        raise ConnectionError("the process is gone")
+
+    return OutboxRelay(sessions, connect, batch_size=1)
+
+
 async def drain(queue, expected: int, timeout: float = 15.0) -> list:
     received = []
 
@@ -112,15 +124,8 @@ async def test_a_relay_waits_for_an_orders_earlier_event_held_by_another_and_tak
         await add_to_outbox(session, events.order_refunded(x_paid))
         await add_to_outbox(session, y_paid)
 
-    holder = relay(sessions, connection, batch_size=1)
     stuck, release = asyncio.Event(), asyncio.Event()
-
-    async def hang(rows):  # claimed, then stuck before publishing (a process about to die)
-        stuck.set()
-        await release.wait()
-        return [None for _ in rows]
-
-    holder._publish_rows = hang
+    holder = stuck_relay(sessions, stuck, release)
     holding = asyncio.create_task(holder.publish_pending())
     await asyncio.wait_for(stuck.wait(), 10)
 
@@ -195,15 +200,8 @@ async def test_a_handed_row_waits_for_its_orders_earlier_row_held_by_another_rel
     x_paid = events.order_paid()
     async with sessions() as session, session.begin():
         await add_to_outbox(session, x_paid)
-    holder = relay(sessions, connection, batch_size=1)
     stuck, release = asyncio.Event(), asyncio.Event()
-
-    async def hang(rows):  # claimed, then stuck before publishing (a process about to die)
-        stuck.set()
-        await release.wait()
-        return [None for _ in rows]
-
-    holder._publish_rows = hang
+    holder = stuck_relay(sessions, stuck, release)
     holding = asyncio.create_task(holder.publish_pending())
     await asyncio.wait_for(stuck.wait(), 10)
 
@@ -230,4 +228,4 @@ async def test_a_handed_row_waits_for_its_orders_earlier_row_held_by_another_rel
 
 
 async def _handed_all(r: OutboxRelay) -> bool:
-    return not r._handed and not r._reserved
+    return r.handed_count == 0 and r.reserved_count == 0

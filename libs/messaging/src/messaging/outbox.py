@@ -118,6 +118,23 @@ class OutboxRelay:
         # failure or a quiet poll_interval: handed rows wait for the poll until then.
         self._caught_up = False
 
+    @property
+    def caught_up(self) -> bool:
+        """True once a poll found nothing more to take, until a `notify()`, a failure or
+        rows left to the poll: handed rows wait for the poll until then."""
+        return self._caught_up
+
+    @property
+    def handed_count(self) -> int:
+        """Rows committed and handed over (`release`), waiting in memory to be published."""
+        return len(self._handed)
+
+    @property
+    def reserved_count(self) -> int:
+        """Rows the poll leaves to this process's hand-off: being committed (`reserve`) or
+        handed and not yet published."""
+        return len(self._reserved)
+
     def notify(self) -> None:
         """Call after committing an outbox row: the relay polls for it without waiting."""
         self._caught_up = False
