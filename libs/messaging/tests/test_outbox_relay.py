@@ -136,3 +136,23 @@ async def test_published_rows_past_the_retention_are_deleted_and_unsent_ones_kep
         left = set((await session.execute(select(outbox_table.c.event_id))).scalars())
         assert left == {str(recent.event_id), str(unsent.event_id)}
         assert await session.scalar(select(func.count()).select_from(outbox_table)) == 2
+
+
+async def test_a_published_row_continues_the_trace_of_the_transaction_that_wrote_it(
+    sessions, connection, monkeypatch
+):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from messaging.observability import instrumentation
+
+    tracer = TracerProvider().get_tracer("test")
+    monkeypatch.setattr(instrumentation, "_tracer", tracer)  # the publish span is recorded
+    queue = await bound_queue(connection)
+    with tracer.start_as_current_span("the request") as request:
+        async with sessions() as session, session.begin():
+            await add_to_outbox(session, events.order_paid())
+    await OutboxRelay(sessions, lambda: _value(connection)).publish_pending()
+
+    message = await eventually_async(lambda: queue.get(fail=False), message="message arrives")
+    trace_id = f"{request.get_span_context().trace_id:032x}"
+    assert trace_id in str((message.headers or {}).get("traceparent"))
