@@ -1,5 +1,5 @@
 """Several relays on one PostgreSQL outbox (several payment instances): each row goes out once,
-an order's events in order, and a dead relay's claims are taken over at once."""
+an order's events in order, and a dead relay's locked rows are taken over at once."""
 
 import asyncio
 import logging
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def database_url():
-    """PostgreSQL only: the claims are PostgreSQL's row locks (SQLite has one relay)."""
+    """PostgreSQL only: relays share an outbox by PostgreSQL's row locks (SQLite has one relay)."""
     async with throwaway.throwaway_postgres() as url:
         yield url
 
@@ -56,7 +56,7 @@ def relay(sessions, connection, **kwargs) -> OutboxRelay:
 
 
 def stuck_relay(sessions, stuck: asyncio.Event, release: asyncio.Event) -> OutboxRelay:
-    """A relay that claims its batch of one, then hangs connecting to the broker (a process
+    """A relay that locks its batch of one, then hangs connecting to the broker (a process
     about to die): `stuck` is set then; once `release` is set, the connection fails."""
 
     async def connect():
@@ -134,7 +134,7 @@ async def test_a_relay_waits_for_an_orders_earlier_event_held_by_another_and_tak
     [first] = await drain(tap, 1)
     assert first.message_id == str(y_paid.event_id)
 
-    # The holder's process dies: PostgreSQL ends its session, and its claim with it.
+    # The holder's process dies: PostgreSQL ends its session, and its locks with it.
     async with sessions() as session:
         killed = (await session.execute(text(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -143,7 +143,7 @@ async def test_a_relay_waits_for_an_orders_earlier_event_held_by_another_and_tak
     assert killed == 1
 
     async def holder_gone() -> bool:
-        # pg_terminate_backend only signals: the claim goes when the backend has exited.
+        # pg_terminate_backend only signals: the locks go when the backend has exited.
         async with sessions() as session:
             return (await session.execute(text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
