@@ -8,11 +8,11 @@ make it exactly once in effect.
 
 Read `OutboxRelay` in this order:
 
-1. `_publish_and_mark`, the core every path shares: publish a list of rows (pipelined, with
+1. `_poll`, the plain path: the oldest unsent rows, read from the table on start, on
+   `notify()`, after a failure and every `poll_interval`.
+2. `_publish_and_mark`, the core every path shares: publish a list of rows (pipelined, with
    confirms), mark the confirmed ones published, count an attempt on the others and report
    them (`run` backs off, and they go out again).
-2. `_poll`, the plain path: the oldest unsent rows, read from the table on start, on
-   `notify()`, after a failure and every `poll_interval`.
 3. Locks, where several relays share one outbox (PostgreSQL, several instances of a
    service): each locks its batch with `FOR UPDATE SKIP LOCKED` in a transaction held until
    the rows are marked, and leaves a row while an earlier unsent row of the same order is
@@ -345,9 +345,10 @@ class OutboxRelay:
     # are published without being read back, and marked in one statement per batch. Without
     # it (outbox_store.NoHandOff) every row goes by the poll, with the same guarantees: the
     # poll stays the fallback for every row not handed over (another process's, one left by
-    # a crash between commit and hand-off, one whose publish failed). Measured with payment's
-    # group commit, the two changes together: payment's CPU per payment at saturation 7.8
-    # -> 3.9 ms, medians (docs/performance.md, "Producer: group commit and relay hand-off").
+    # a crash between commit and hand-off, one whose publish failed). Gain, measured together
+    # with payment's group commit (not apart): payment's CPU per payment at saturation 7.8
+    # -> 3.9 ms, medians of alternated runs (docs/performance.md, "Producer: group commit and
+    # relay hand-off").
 
     def reserve(self, rows: Sequence[OutboxRow]) -> None:
         """`rows` are being committed by this process: the poll leaves them to `release`."""
