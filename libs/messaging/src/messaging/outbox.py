@@ -209,7 +209,7 @@ class OutboxRelay:
                     read = (await session.execute(self._unsent_batch())).all()
                 rows = self._not_reserved(read)
                 unconfirmed = await self._publish_and_mark(rows)
-        await self._lag.update()
+        await self._lag.update()  # true at once after a poll, not only within a second
         _raise_if_unconfirmed(unconfirmed, len(rows))
         return len(read), len(rows)
 
@@ -284,7 +284,10 @@ class OutboxRelay:
         results: Sequence[BaseException | None],
     ) -> None:
         """Mark what the broker confirmed (one statement per batch); count the attempt on
-        what it did not. Callers run it untraced: a batch is no one order's trace."""
+        what it did not. Callers run it untraced: a batch is no one order's trace.
+
+        tests/crash/crashing_service.py kills the process here, between confirm and mark.
+        """
         now = utcnow()
         sent = [row.id for row, r in zip(rows, results, strict=True) if r is None]
         failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]
