@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from contracts import OrderPaid, OrderRefunded, parse_event
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import inbox, outbox
+from messaging import inbox, outbox_store
 from messaging.chassis import db
 from messaging.chassis.runtime import ConsumerRuntime
 from messaging.chassis.settings import ConsumerSettings, OutboxSettings
@@ -54,9 +54,9 @@ def derived(event) -> OrderRefunded:
 async def published_rows(sessions) -> tuple[int, int]:
     """(rows, rows marked published) in the outbox."""
     async with sessions() as session:
-        total = await session.scalar(select(func.count()).select_from(outbox.outbox_table))
-        sent = await session.scalar(select(func.count()).select_from(outbox.outbox_table)
-                                    .where(outbox.outbox_table.c.published_at.is_not(None)))
+        total = await session.scalar(select(func.count()).select_from(outbox_store.outbox_table))
+        sent = await session.scalar(select(func.count()).select_from(outbox_store.outbox_table)
+                                    .where(outbox_store.outbox_table.c.published_at.is_not(None)))
     return int(total or 0), int(sent or 0)
 
 
@@ -65,7 +65,7 @@ async def world(database_url, amqp_url):
     """(sessions, connection, received queue of order.refunded): a listener on the exchange
     stands for whoever consumes what the service publishes."""
     engine = db.create_engine(database_url)
-    await db.create_schema(engine, inbox.metadata, outbox.metadata)
+    await db.create_schema(engine, inbox.metadata, outbox_store.metadata)
     connection = await aio_pika.connect_robust(amqp_url)
     channel = await connection.channel()
     exchange = await declare_exchange(channel)

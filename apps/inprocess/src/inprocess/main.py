@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 import payment.api
 from contracts import EVENT_TYPES, Event, WireEvent
 from inprocess.settings import SERVICES, Settings
-from messaging import inbox, outbox, outbox_store, spec
+from messaging import inbox, outbox_store, spec
 from messaging.chassis import db
 from messaging.chassis.http import install_common
 from messaging.chassis.logs import setup_logging
@@ -84,7 +84,7 @@ class InProcessShop:
         self.engines = {s: db.create_engine(settings.database_url(s)) for s in SERVICES}
         sessions = {s: db.session_factory(engine) for s, engine in self.engines.items()}
         self._schemas: dict[str, tuple[MetaData, ...]] = {
-            PAYMENT.name: (PAYMENT.tables, outbox.metadata)}
+            PAYMENT.name: (PAYMENT.tables, outbox_store.metadata)}
 
         # The same handlers and the same inboxes as the consumers use: dedupe and per-order
         # order hold here too, and the tables are the ones the asynchronous mode would find.
@@ -101,7 +101,7 @@ class InProcessShop:
                 # A consumer that publishes: what it stages in its outbox is dispatched
                 # next, in the same request (its rows, as payment's, stay unrelayed).
                 handle = partial(_handing_on, handle, sessions[name])
-                self._schemas[name] += (outbox.metadata,)
+                self._schemas[name] += (outbox_store.metadata,)
             self.dispatcher.subscribe(
                 name, handle, [t for t in EVENT_TYPES if service.consumes.receives(t)])
             router = service.router(sessions[name]) if service.router else None
