@@ -7,8 +7,8 @@ import uuid
 import pytest
 from sqlalchemy import event, select
 
-from messaging import outbox
-from messaging.outbox import outbox_table
+from messaging import outbox_store
+from messaging.outbox_store import outbox_table
 from payment import store
 from payment.handlers import IdempotencyKeyReused, OrderAlreadyPaid, PayCommand, PaymentService
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(store.metadata, outbox.metadata)
+    return await sessions_for(store.metadata, outbox_store.metadata)
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from contracts import read_event
-from messaging import outbox
-from messaging.outbox import outbox_table
+from messaging import outbox_store
+from messaging.outbox_store import outbox_table
 from payment import store
 from payment.domain import NotRefundable
 from payment.handlers import (
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(store.metadata, outbox.metadata)
+    return await sessions_for(store.metadata, outbox_store.metadata)
 
 
 @pytest.fixture

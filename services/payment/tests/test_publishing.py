@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 from contracts import Money, OrderPaid, OrderPaidV1, PaymentData, read_event, upcast
 from devstack import events
-from messaging import outbox
+from messaging import outbox_store
 from messaging.chassis.settings import load_settings
-from messaging.outbox import outbox_table
+from messaging.outbox_store import outbox_table
 from payment import store
 from payment.handlers import PayCommand, PaymentService
 from payment.publishing import as_published, order_paid_v2_to_v1
@@ -59,7 +59,7 @@ def test_the_default_is_version_1_until_every_consumer_reads_version_2(monkeypat
 @pytest.mark.parametrize("version", [1, 2])
 async def test_the_outbox_holds_order_paid_in_the_version_the_setting_names(sessions_for,
                                                                             version):
-    sessions = await sessions_for(store.metadata, outbox.metadata)
+    sessions = await sessions_for(store.metadata, outbox_store.metadata)
     handed = []
 
     async def committed(published):

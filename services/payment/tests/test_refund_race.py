@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from contracts import utcnow
-from messaging import outbox
-from messaging.outbox import outbox_table
+from messaging import outbox_store
+from messaging.outbox_store import outbox_table
 from payment import store
 from payment.domain import NotRefundable
 from payment.handlers import PayCommand, PaymentService
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(store.metadata, outbox.metadata)
+    return await sessions_for(store.metadata, outbox_store.metadata)
 
 
 async def test_concurrent_refunds_stage_exactly_one_order_refunded(sessions):

@@ -47,11 +47,6 @@ from messaging.chassis.db import delete_in_batches
 from messaging.observability import correlation, metrics, telemetry
 from messaging.observability.telemetry import untraced
 from messaging.outbox_store import OutboxRow, outbox_table
-
-# TRANSITIONAL, to delete when issue 23's branches are merged: chassis/app.py and
-# services/payment (edited on other branches) still read `outbox.metadata` and
-# `outbox.outbox_table`; their home is messaging.outbox_store, every other importer uses it.
-from messaging.outbox_store import metadata as metadata
 from messaging.publisher import (
     PublishFailed,
     build_message,
@@ -349,7 +344,7 @@ class OutboxRelay:
     # it (outbox_store.NoHandOff) every row goes by the poll, with the same guarantees: the
     # poll stays the fallback for every row not handed over (another process's, one left by
     # a crash between commit and hand-off, one whose publish failed). Gain, measured together
-    # with payment's group commit (not apart): payment's CPU per payment at saturation 7.8
+    # with a producer's group commit (not apart): the producer's CPU per request at saturation 7.8
     # -> 3.9 ms, medians of alternated runs (docs/performance.md, "Producer: group commit and
     # relay hand-off").
 

@@ -10,7 +10,7 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from messaging import outbox
+from messaging import outbox, outbox_store
 from messaging.chassis import db
 from messaging.chassis.http import ReadinessCheck, install_common
 from messaging.chassis.logs import setup_logging
@@ -42,7 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.sql_spans:
             telemetry.instrument_engine(engine)
         with telemetry.untraced():  # start-up is not part of any trace
-            await db.create_schema(engine, store.metadata, outbox.metadata)
+            await db.create_schema(engine, store.metadata, outbox_store.metadata)
         # Payments are taken while the broker is down: the relay waits for the connection.
         broker.start()
         retention = timedelta(hours=settings.outbox_retention_hours)

@@ -8,7 +8,7 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from messaging import inbox, outbox, spec
+from messaging import inbox, outbox_store, spec
 from messaging.chassis import db
 from messaging.chassis.http import ReadinessCheck, install_common
 from messaging.chassis.logs import setup_logging
@@ -32,7 +32,7 @@ def consumer_app(service: spec.ServiceSpec, settings: ConsumerSettings) -> FastA
     publishes = bool(service.produces)
     runtime = ConsumerRuntime(service.name, settings, inbox.Inbox(sessions), subscriptions,
                               outbox_sessions=sessions if publishes else None)
-    tables = (service.tables, inbox.metadata, *((outbox.metadata,) if publishes else ()))
+    tables = (service.tables, inbox.metadata, *((outbox_store.metadata,) if publishes else ()))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
