@@ -14,8 +14,9 @@ from prometheus_client import REGISTRY
 from devstack import events
 from devstack.fake_broker import Attempts, Delivery, FakeBroker
 from messaging import headers as h
-from messaging.consumer import EventConsumer, PermanentError
+from messaging.consumer import EventConsumer
 from messaging.inbox import Outcome, OutOfOrder
+from messaging.settlement import PermanentError
 from messaging.topology import QueueTopology
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]

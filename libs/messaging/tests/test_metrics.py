@@ -22,10 +22,11 @@ from devstack.wait import eventually_async
 from messaging import outbox
 from messaging.chassis import db
 from messaging.chassis.http import install_common
-from messaging.consumer import EventConsumer, PermanentError
+from messaging.consumer import EventConsumer
 from messaging.inbox import Outcome
 from messaging.outbox import OutboxRelay, add_to_outbox
 from messaging.publisher import build_message
+from messaging.settlement import PermanentError
 from messaging.topology import QueueTopology
 
 pytestmark = pytest.mark.integration
