@@ -14,7 +14,7 @@ from devstack import events
 from devstack.fake_broker import Attempts, Delivery, FakeBroker
 from messaging.consumer import EventConsumer
 from messaging.inbox import Outcome
-from messaging.observability.middleware import Middleware, default_middleware
+from messaging.observability.middleware import DEFAULT_MIDDLEWARE, Middleware
 from messaging.topology import QueueTopology
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
@@ -114,7 +114,7 @@ async def test_a_consumer_without_middleware_counts_and_logs_nothing(caplog):
 async def test_the_default_concerns_log_each_settlement_on_the_consumer_s_logger(caplog):
     with caplog.at_level(logging.INFO, logger="messaging.consumer"):
         event = await consume([ConnectionError("smtp down"), Outcome.APPLIED],
-                              lambda _: default_middleware("watched", TOPOLOGY.name))
+                              lambda _: DEFAULT_MIDDLEWARE)
     lines = [r.getMessage() for r in caplog.records if r.name == "messaging.consumer"]
     assert "attempt 1 failed (ConnectionError: smtp down); retrying in 1s" in lines
     assert f"applied OrderPaid {event.event_id}" in lines

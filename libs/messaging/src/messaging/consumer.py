@@ -50,7 +50,7 @@ from contracts import Event, PoisonMessage, parse_event, utcnow
 from messaging import headers as h
 from messaging.broker import close_within
 from messaging.inbox import Outcome
-from messaging.observability.middleware import Consumed, Middleware, default_middleware
+from messaging.observability.middleware import DEFAULT_MIDDLEWARE, Consumed, Middleware
 from messaging.operations.broker_cancel import CancelWatch
 from messaging.operations.flow_control import FlowControl
 from messaging.publisher import (
@@ -120,8 +120,7 @@ class EventConsumer:
         # readiness fails when it stops moving (see `stalled_for`).
         self._last_moved = time.monotonic()
         # What watches every delivery (spans, metrics, logs): outermost first.
-        self._middleware = (list(middleware) if middleware is not None
-                            else default_middleware(service, topology.name))
+        self._middleware = tuple(DEFAULT_MIDDLEWARE if middleware is None else middleware)
 
     @property
     def is_consuming(self) -> bool:
@@ -219,7 +218,7 @@ class EventConsumer:
                 self.flow.release_probe()
 
     async def _handle(self, message: AbstractIncomingMessage, probe: bool = False) -> None:
-        consumed = Consumed(message)
+        consumed = Consumed(message, self.service, self.topology.name)
         with contextlib.ExitStack() as around:
             for concern in self._middleware:
                 around.enter_context(concern.handling(consumed))

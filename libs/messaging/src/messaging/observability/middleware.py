@@ -1,8 +1,9 @@
 """What is done around the handling of every delivery, apart from deciding its fate.
 
 The consumer (messaging/consumer.py) decides and settles; each concern here watches it
-through the same few hooks, in the order given (`default_middleware`), and wraps the whole handling
-(`handling`, entered in that order, left in reverse):
+through the same few hooks, in the order given (`DEFAULT_MIDDLEWARE`), and wraps the whole
+handling (`handling`: entered in that order, left in reverse). Each is handed the delivery
+with the service and queue it came to (`Consumed`) and keeps nothing between deliveries:
 
     Correlation  the correlation id of the delivery, in a context variable (logs, spans)
     Tracing      the span `process <queue>`, its event attributes, its failure class
@@ -34,9 +35,12 @@ log = logging.getLogger("messaging.consumer")
 
 @dataclass
 class Consumed:
-    """One delivery as the hooks see it: the message, and its event once the body parsed."""
+    """One delivery as the hooks see it: the message, the service and queue that took it,
+    and its event once the body parsed."""
 
     message: AbstractIncomingMessage
+    service: str
+    queue: str
     event: Event | None = None
 
     @property
@@ -85,12 +89,9 @@ class Tracing(Middleware):
     """A CONSUMER span around the handling (messaging/observability/instrumentation.py):
     what the event is once parsed, and why it failed (`error.type`) when it did."""
 
-    def __init__(self, queue: str):
-        self.queue = queue
-
     @contextlib.contextmanager
     def handling(self, consumed: Consumed) -> Iterator[None]:
-        with instrumentation.processing(self.queue, consumed.message):
+        with instrumentation.processing(consumed.queue, consumed.message):
             yield
 
     def parsed(self, consumed: Consumed) -> None:
@@ -108,52 +109,46 @@ class Tracing(Middleware):
 class Metrics(Middleware):
     """The consumer's Prometheus series (messaging/observability/metrics.py)."""
 
-    def __init__(self, service: str):
-        self.service = service
-
     @contextlib.contextmanager
     def handling(self, consumed: Consumed) -> Iterator[None]:
-        metrics.CONSUMED.labels(self.service, consumed.event_type).inc()
+        metrics.CONSUMED.labels(consumed.service, consumed.event_type).inc()
         started = time.perf_counter()
         try:
             yield
         finally:
-            metrics.HANDLER_SECONDS.labels(self.service, consumed.event_type).observe(
+            metrics.HANDLER_SECONDS.labels(consumed.service, consumed.event_type).observe(
                 time.perf_counter() - started, exemplar=metrics.trace_exemplar())
 
     def parsed(self, consumed: Consumed) -> None:
         assert consumed.event is not None
-        metrics.EVENT_LAG.labels(self.service, consumed.event_type).observe(
+        metrics.EVENT_LAG.labels(consumed.service, consumed.event_type).observe(
             max(0.0, (utcnow() - consumed.event.occurred_at).total_seconds()),
             exemplar=metrics.trace_exemplar(),
         )
 
     def settled(self, consumed: Consumed, settlement: Settlement) -> None:
-        event_type = consumed.event_type
+        service, event_type = consumed.service, consumed.event_type
         match settlement:
             case Ack(outcome=outcome):
-                metrics.ACKED.labels(self.service, event_type, outcome.value).inc()
+                metrics.ACKED.labels(service, event_type, outcome.value).inc()
                 if outcome is Outcome.CLASH:
-                    metrics.DUPLICATES.labels(self.service, event_type).inc()
-                    metrics.EVENT_ID_CLASHES.labels(self.service, event_type).inc()
+                    metrics.DUPLICATES.labels(service, event_type).inc()
+                    metrics.EVENT_ID_CLASHES.labels(service, event_type).inc()
                 elif outcome is Outcome.IGNORED:
-                    metrics.IGNORED.labels(self.service, event_type).inc()
+                    metrics.IGNORED.labels(service, event_type).inc()
                 elif outcome is not Outcome.APPLIED:
-                    metrics.DUPLICATES.labels(self.service, event_type).inc()
+                    metrics.DUPLICATES.labels(service, event_type).inc()
             case DeadLetter(reason=reason):
-                metrics.DEAD_LETTERED.labels(self.service, event_type, reason).inc()
+                metrics.DEAD_LETTERED.labels(service, event_type, reason).inc()
             case Retry() | Defer() | Requeue():
-                metrics.RETRIED.labels(self.service, event_type, settlement.reason).inc()
+                metrics.RETRIED.labels(service, event_type, settlement.reason).inc()
 
     def rejected(self, consumed: Consumed) -> None:
-        metrics.DEAD_LETTERED.labels(self.service, consumed.event_type, "rejected").inc()
+        metrics.DEAD_LETTERED.labels(consumed.service, consumed.event_type, "rejected").inc()
 
 
 class Logging(Middleware):
     """A failure is logged when decided (before its copy goes), an ack once done."""
-
-    def __init__(self, queue: str):
-        self.queue = queue
 
     def decided(self, consumed: Consumed, settlement: Settlement) -> None:
         match settlement:
@@ -162,7 +157,7 @@ class Logging(Middleware):
                             attempt, type(exc).__name__, exc, delay)
             case Requeue(error=exc):
                 log.info("failed while paused (%s: %s); back to %s unspent",
-                         type(exc).__name__, exc, self.queue)
+                         type(exc).__name__, exc, consumed.queue)
             case Defer(after_seconds=delay, error=exc):
                 log.info("deferred %ds: %s", delay, exc)
             case DeadLetter(reason=reason, error=exc):
@@ -185,7 +180,6 @@ class Logging(Middleware):
             log.info("applied %s %s", event_type, event_id)
 
 
-def default_middleware(service: str, queue: str) -> list[Middleware]:
-    """Every consumer's concerns, outermost first: the correlation id is set before the
-    span starts, and the metrics are observed inside the span (their exemplars)."""
-    return [Correlation(), Tracing(queue), Metrics(service), Logging(queue)]
+# Every consumer's concerns, outermost first: the correlation id is set before the span
+# starts, and the metrics are observed inside the span (their exemplars).
+DEFAULT_MIDDLEWARE: tuple[Middleware, ...] = (Correlation(), Tracing(), Metrics(), Logging())
