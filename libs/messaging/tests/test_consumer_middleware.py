@@ -15,6 +15,7 @@ from devstack.fake_broker import Attempts, Delivery, FakeBroker
 from messaging.consumer import EventConsumer
 from messaging.inbox import Outcome
 from messaging.observability.middleware import DEFAULT_MIDDLEWARE, Middleware
+from messaging.settlement import PermanentError
 from messaging.topology import QueueTopology
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
@@ -118,3 +119,19 @@ async def test_the_default_concerns_log_each_settlement_on_the_consumer_s_logger
     lines = [r.getMessage() for r in caplog.records if r.name == "messaging.consumer"]
     assert "attempt 1 failed (ConnectionError: smtp down); retrying in 1s" in lines
     assert f"applied OrderPaid {event.event_id}" in lines
+
+
+async def test_a_concern_wraps_each_copy_the_consumer_publishes_until_the_broker_took_it():
+    broker = FakeBroker()
+    seen = []
+
+    class Publishes(Middleware):
+        @contextlib.contextmanager
+        def publishing(self, published):
+            sent = len(broker.published)
+            yield
+            seen.append(f"{published.routing_key}: {len(broker.published) - sent} sent")
+
+    await consume([ConnectionError("down"), PermanentError("550")], lambda _: [Publishes()],
+                  broker=broker)
+    assert seen == ["watched.events.retry.1s: 1 sent", "watched.events.dlq: 1 sent"]

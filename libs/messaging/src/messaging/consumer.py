@@ -333,7 +333,8 @@ class EventConsumer:
         pause = PUBLISH_RECONNECT_POLL_SECONDS
         while True:
             try:
-                await publish_confirmed(self._copies, copy, routing_key=queue)
+                await publish_confirmed(self._copies, copy, routing_key=queue,
+                                        middleware=self._middleware)
                 return
             except PublishFailed:
                 raise

@@ -1,4 +1,5 @@
-"""What is done around the handling of every delivery, apart from deciding its fate.
+"""What is done around the handling of every delivery and every publish, apart from
+deciding anything.
 
 The consumer (messaging/consumer.py) decides and settles; each concern here watches it
 through the same few hooks, in the order given (`DEFAULT_MIDDLEWARE`), and wraps the whole
@@ -10,7 +11,12 @@ with the service and queue it came to (`Consumed`) and keeps nothing between del
     Metrics      consumed, lag, duration, acked/duplicate/ignored, retried, dead-lettered
     Logging      one line per settlement: applied, skipped, retrying, deferred, dead-lettered
 
-A new concern is a new Middleware passed to the consumer (`middleware=`), not an edit of it.
+Around a publish (messaging/publisher.py: `publish_confirmed`, the one place a message is
+sent) the same concerns get one hook, `publishing`; only Tracing uses it (the span
+`publish <exchange>`, its context written into the message's headers).
+
+A new concern is a new Middleware passed to the consumer or the publish (`middleware=`),
+not an edit of either.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from contracts import EVENT_TYPES, Event, utcnow
 from messaging.inbox import Outcome
@@ -50,8 +58,20 @@ class Consumed:
         return self.message.type if self.message.type in EVENT_TYPES else "unknown"
 
 
+@dataclass
+class Published:
+    """One publish as the hook sees it; `parent`: a trace context other than the current
+    one (a replay's is the replayed message's)."""
+
+    exchange: str
+    routing_key: str
+    message: aio_pika.Message
+    parent: Context | None = None
+
+
 class Middleware:
-    """One concern around the handling of deliveries; a hook not overridden does nothing."""
+    """One concern around the handling of deliveries and around publishes; a hook not
+    overridden does nothing."""
 
     @contextlib.contextmanager
     def handling(self, consumed: Consumed) -> Iterator[None]:
@@ -71,6 +91,12 @@ class Middleware:
     def rejected(self, consumed: Consumed) -> None:
         """No copy of it could be made: rejected to the broker's own dead-lettering."""
 
+    @contextlib.contextmanager
+    def publishing(self, published: Published) -> Iterator[None]:
+        """Around one publish, until the broker confirmed it (or it raised); the message's
+        headers may still be added to."""
+        yield
+
 
 class Correlation(Middleware):
     """The delivery's correlation id (a new one when it has none, or a mad one) for the
@@ -87,7 +113,8 @@ class Correlation(Middleware):
 
 class Tracing(Middleware):
     """A CONSUMER span around the handling (messaging/observability/instrumentation.py):
-    what the event is once parsed, and why it failed (`error.type`) when it did."""
+    what the event is once parsed, and why it failed (`error.type`) when it did; a
+    PRODUCER span around a publish."""
 
     @contextlib.contextmanager
     def handling(self, consumed: Consumed) -> Iterator[None]:
@@ -104,6 +131,12 @@ class Tracing(Middleware):
         if not isinstance(settlement, Ack):
             instrumentation.failed(trace.get_current_span(), settlement.reason,
                                    settlement.error)
+
+    @contextlib.contextmanager
+    def publishing(self, published: Published) -> Iterator[None]:
+        with instrumentation.publishing(published.exchange, published.routing_key,
+                                        published.message, parent=published.parent):
+            yield
 
 
 class Metrics(Middleware):
@@ -180,6 +213,6 @@ class Logging(Middleware):
             log.info("applied %s %s", event_type, event_id)
 
 
-# Every consumer's concerns, outermost first: the correlation id is set before the span
-# starts, and the metrics are observed inside the span (their exemplars).
+# Every consumer's and every publish's concerns, outermost first: the correlation id is
+# set before the span starts, and the metrics are observed inside the span (exemplars).
 DEFAULT_MIDDLEWARE: tuple[Middleware, ...] = (Correlation(), Tracing(), Metrics(), Logging())
