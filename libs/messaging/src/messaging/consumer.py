@@ -8,7 +8,8 @@
     carry out  ack; or copy to <queue>.retry.<N>s / the work queue / <queue>.dlq, then ack
 
 Tracing, metrics, the correlation id and logging watch these steps as middleware
-(messaging/observability/middleware.py); none of them is written here.
+(messaging/observability/middleware.py); the consumer itself logs only its own trouble
+(a copy it cannot make or place, a delivery it cannot settle).
 
 Its kill switch (messaging/operations/killswitch.py, done by
 messaging/operations/flow_control.py) watches the
@@ -218,6 +219,7 @@ class EventConsumer:
                 self.flow.release_probe()
 
     async def _handle(self, message: AbstractIncomingMessage, probe: bool = False) -> None:
+        """Parse, process, settle, carry out, inside every concern's `handling`."""
         consumed = Consumed(message, self.service, self.topology.name)
         with contextlib.ExitStack() as around:
             for concern in self._middleware:
