@@ -13,8 +13,9 @@ from prometheus_client import REGISTRY
 
 from devstack import events
 from messaging import headers as h
-from messaging.consumer import EventConsumer, PermanentError
+from messaging.consumer import EventConsumer
 from messaging.inbox import Outcome, OutOfOrder
+from messaging.settlement import PermanentError
 from messaging.testing.fake_broker import Attempts, Delivery, FakeBroker
 from messaging.topology import QueueTopology
 

@@ -22,11 +22,12 @@ from devstack.wait import eventually_async
 from messaging import outbox_store
 from messaging.chassis import db
 from messaging.chassis.http import install_common
-from messaging.consumer import EventConsumer, PermanentError
+from messaging.consumer import EventConsumer
 from messaging.inbox import Outcome
 from messaging.outbox import OutboxRelay
 from messaging.outbox_store import add_to_outbox
 from messaging.publisher import build_message
+from messaging.settlement import PermanentError
 from messaging.topology import QueueTopology
 
 pytestmark = pytest.mark.integration

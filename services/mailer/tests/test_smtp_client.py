@@ -15,7 +15,7 @@ from devstack import smtp_sink
 from devstack.stack import free_port
 from mailer.message import Mail, MailTemplate
 from mailer.smtp import SmtpConnection, SmtpSender
-from messaging.consumer import PermanentError
+from messaging.settlement import PermanentError
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from devstack import events, smtp_sink
-from messaging.consumer import PermanentError
 from messaging.inbox import Outcome
+from messaging.settlement import PermanentError
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from mailer.message import Mail
-from messaging.consumer import PermanentError
+from messaging.settlement import PermanentError
 
 tracer = trace.get_tracer(__name__)
 
