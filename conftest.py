@@ -60,6 +60,13 @@ async def database_url(request, tmp_path):
             yield url
 
 
+@pytest.fixture(params=["on", "off"], ids=["speed-on", "speed-off"])
+def speed_layer(request) -> str:
+    """SPEED_LAYER: the guarantee tests run with the speed layer (group commit, inbox
+    batching, the hand-off to the relay) and without it, the plain path."""
+    return request.param
+
+
 @pytest.fixture
 async def sessions_for(database_url):
     """A factory: `await sessions_for(*metadatas)` gives a session maker on the test's

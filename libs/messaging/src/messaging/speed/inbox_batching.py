@@ -21,12 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 from functools import partial
 
 from contracts import Event
 from messaging.inbox import Inbox, Outcome, OutOfOrder
 from messaging.spec import Subscriptions
 from messaging.speed.group_commit import GroupCommit
+
+
+class _Claimed(enum.Enum):
+    CLAIMED = "claimed"  # checked and claimed: its step and record come next
+
+
+CLAIMED = _Claimed.CLAIMED
 
 # How long an early event waits here for the event it waits for, when that one is being
 # worked on in this process: longer than a mail's SMTP exchange usually takes, far shorter
@@ -43,7 +51,7 @@ class InboxBatcher:
             self._commit, max_group=max_batch, name="inbox-batcher")
         # The checks and claims of events with a step outside the database (the mails): one
         # transaction for all that are waiting, as for the records.
-        self._claims: GroupCommit[Event, bool] = GroupCommit(
+        self._claims: GroupCommit[Event, Outcome | _Claimed] = GroupCommit(
             self._claim_group, max_group=max_batch, name="inbox-claims")
         # Event ids being worked on here, each with a future set when that work has ended;
         # and the same futures by the event's place (order, stream, sequence).
@@ -93,30 +101,23 @@ class InboxBatcher:
             done.set_result(None)
 
     async def _process(self, event: Event) -> Outcome:
-        before = self._subscriptions.before_for(event)
-        if before is None:
-            early = await self._inbox.prepare(event, self._subscriptions)
-            return early if early is not None else await self._record(event)
-        early = await self._claim(event)
-        if early is not None:
-            return early
-        # The mail and its record run to their end even if the message's task is cancelled.
-        return await self._inbox.step_then_record(event, before, partial(self._record, event))
+        return await self._inbox.process(event, self._subscriptions,
+                                         claim=self._claim, record=self._record)
 
     async def _claim(self, event: Event) -> Outcome | None:
         """`Inbox.claim`, in a group with the claims of other messages when they come
         together; alone when it was not claimed there (a group of one, a group rolled back,
         an event not to be applied now), which decides it exactly as without grouping."""
-        if self._max_batch > 1 and await self._claims.submit(event):
-            return None
-        return await self._inbox.claim(event, self._subscriptions)
+        decided = await self._claims.do(event, alone=partial(self._claim_alone, event))
+        return None if decided is CLAIMED else decided
+
+    async def _claim_alone(self, event: Event) -> Outcome | _Claimed:
+        early = await self._inbox.claim(event, self._subscriptions)
+        return CLAIMED if early is None else early
 
     async def _record(self, event: Event) -> Outcome:
-        if self._max_batch > 1:
-            outcome = await self._batches.submit(event)
-            if outcome is not None:
-                return outcome
-        return await self._inbox.apply(event, self._subscriptions)
+        return await self._batches.do(
+            event, alone=partial(self._inbox.apply, event, self._subscriptions))
 
     async def close(self) -> None:
         """Stop the worker. A batch cut short rolls back; its messages, not acked, are
@@ -125,8 +126,9 @@ class InboxBatcher:
         await self._batches.close()
 
     async def _claim_group(self, events: list[Event],
-                           contexts: list[contextvars.Context]) -> list[bool]:
-        return await self._inbox.claim_batch(events, self._subscriptions)
+                           contexts: list[contextvars.Context]) -> list[_Claimed | None]:
+        claimed = await self._inbox.claim_batch(events, self._subscriptions)
+        return [CLAIMED if ready else None for ready in claimed]  # None: decide it alone
 
     async def _commit(self, events: list[Event],
                       contexts: list[contextvars.Context]) -> list[Outcome]:
