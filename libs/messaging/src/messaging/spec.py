@@ -163,7 +163,7 @@ class ServiceSpec:
     tables: MetaData
     routes: tuple[str, ...]  # "GET /orders/{order_id}", for people and checks
     # Its HTTP routes: `router(use_cases(transactions, settings))` for a service with use
-    # cases that change state (payment's), else `router(sessions)` (a consumer's reads).
+    # cases that change state (a producer's), else `router(sessions)` (a consumer's reads).
     router: Callable[..., APIRouter] | None = None
     use_cases: Callable[[UnitOfWork, Any], object] | None = None
     produces: tuple[str, ...] = ()  # event types it publishes (through its outbox)

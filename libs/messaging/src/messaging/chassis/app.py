@@ -1,5 +1,5 @@
-"""The FastAPI app and `main` of a service, assembled from its spec: produce-only (payment),
-consume-only, or both (shipping) come from what the spec declares."""
+"""The FastAPI app and `main` of a service, assembled from its spec: produce-only,
+consume-only, or both come from what the spec declares."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ class ProcessSettings(BaseSettings):
     # The speed layer (messaging/speed/): group commit of a use case's transactions and of
     # consumed messages' inbox transactions, the in-process hand-off of committed outbox rows
     # to the relay. Off: each use case and each message has a transaction of its own, the
-    # plain path; the guarantees are the same, the cost per payment higher.
+    # plain path; the guarantees are the same, the CPU per message higher.
     speed_layer: Literal["on", "off"] = "on"
 
     @property

@@ -3,8 +3,8 @@
 Why: most of a consumer's CPU went to the session and transaction around each event, not to
 the event's few statements. Gain (docs/performance.md, "Several messages per inbox
 transaction", "session 5"): saturation 87.1, 79.4 -> 119, 116 payments/s (x 1.4), the
-consumers' CPU per payment down about a third; the mailer's claims grouped too, its CPU per
-payment down another 20 %.
+consumers' CPU per order down about a third; the claims of a consumer with a step outside
+the database grouped too, its CPU per order down another 20 %.
 
 `InboxBatcher.process` is what the consumer calls for each message (SPEED_LAYER=on),
 concurrently. It runs `Inbox.process`, the one path of every event, with its claim and its
