@@ -144,7 +144,7 @@ class ProducerRuntime:
 class ConsumerRuntime:
     """The consuming half of a service: broker link, consumer, inbox upkeep; and for a
     consumer that publishes (its handlers write outbox rows in the inbox transaction), the
-    outbox relay and its upkeep, as a producing service runs them.
+    outbox relay and its upkeep (`Relaying`), as a producing service runs them.
 
     `outbox_sessions`: the database of that outbox (the service's own); None = publishes
     nothing. The relay publishes on the publishing connection, with confirms, and is woken
@@ -166,8 +166,8 @@ class ConsumerRuntime:
         self._settings = settings
         self._inbox = inbox
         self._subscriptions = subscriptions
-        # Several messages per inbox transaction; each still acked, retried or dead-lettered
-        # on its own (messaging/speed/inbox_batching.py).
+        # SPEED_LAYER=on: several messages per inbox transaction; each still acked, retried
+        # or dead-lettered on its own (messaging/speed/inbox_batching.py).
         self._batcher = InboxBatcher(inbox, subscriptions, max_batch=settings.batch_size)
         self._consumer: EventConsumer | None = None
         # The kill switch and what it does: outlives a consumer rebuilt after a failed start.
@@ -181,6 +181,8 @@ class ConsumerRuntime:
             self.relay = self._relaying.relay
 
     async def process(self, event: Event) -> Outcome:
+        """What the consumer calls for each message: `Inbox.process`, through the batcher
+        when the speed layer is on."""
         if self._settings.speed:
             outcome = await self._batcher.process(event)
         else:
