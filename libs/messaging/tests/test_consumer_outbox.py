@@ -96,14 +96,15 @@ async def next_message(queue, timeout: float = 20.0):
 
 
 async def test_an_event_staged_by_a_handler_is_relayed_after_the_commit(world, database_url,
-                                                                       amqp_url):
+                                                                       amqp_url, speed_layer):
     sessions, connection, listener = world
 
     async def stage(event, session):
         await add_to_outbox(session, derived(event))
 
     settings = PublishingSettings(database_url=database_url, rabbitmq_url=amqp_url,
-                                  outbox_poll_seconds=30)  # woken by the commit, not a poll
+                                  outbox_poll_seconds=30,  # woken by the commit, not a poll
+                                  speed_layer=speed_layer)
     runtime = ConsumerRuntime(SERVICE, settings, Inbox(sessions), paid_only(stage),
                               outbox_sessions=sessions)
     await runtime.start()
@@ -124,7 +125,7 @@ async def test_an_event_staged_by_a_handler_is_relayed_after_the_commit(world, d
 
 
 async def test_a_handler_that_fails_after_staging_leaves_no_row_and_its_retry_publishes_once(
-    world, database_url, amqp_url
+    world, database_url, amqp_url, speed_layer
 ):
     sessions, connection, listener = world
     attempts = 0
@@ -137,7 +138,7 @@ async def test_a_handler_that_fails_after_staging_leaves_no_row_and_its_retry_pu
             raise ConnectionError("effect failed after the row was staged")
 
     settings = PublishingSettings(database_url=database_url, rabbitmq_url=amqp_url,
-                                  retry_delays=(1,))
+                                  retry_delays=(1,), speed_layer=speed_layer)
     runtime = ConsumerRuntime(SERVICE, settings, Inbox(sessions), paid_only(stage_then_fail_once),
                               outbox_sessions=sessions)
     await runtime.start()

@@ -12,6 +12,7 @@ from devstack import events
 from messaging import outbox_store
 from messaging.chassis.settings import load_settings
 from messaging.outbox_store import outbox_table
+from messaging.transactions import Transactions
 from payment import store
 from payment.handlers import PayCommand, PaymentService
 from payment.publishing import as_published, order_paid_v2_to_v1
@@ -65,15 +66,12 @@ async def test_the_outbox_holds_order_paid_in_the_version_the_setting_names(sess
     async def committed(published):
         handed.extend(published)
 
-    payments = PaymentService(sessions, events_committed=committed,
+    payments = PaymentService(Transactions(sessions, events_committed=committed),
                               order_paid_version=version)
-    try:
-        order, _ = await payments.pay(PayCommand(
-            order_id=uuid.uuid4(), customer_id="alice", email="alice@example.com",
-            amount=1200, currency="JPY", correlation_id="c-1"))
-        await payments.refund(order.payment_id)
-    finally:
-        await payments.close()
+    order, _ = await payments.pay(PayCommand(
+        order_id=uuid.uuid4(), customer_id="alice", email="alice@example.com",
+        amount=1200, currency="JPY", correlation_id="c-1"))
+    await payments.refund(order.payment_id)
     async with sessions() as session:
         bodies = (await session.execute(
             select(outbox_table.c.body).order_by(outbox_table.c.id))).scalars().all()

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from contracts import utcnow
 from messaging import outbox_store
 from messaging.outbox_store import outbox_table
+from messaging.transactions import Transactions
 from payment import store
 from payment.domain import NotRefundable
 from payment.handlers import PayCommand, PaymentService
@@ -22,7 +23,7 @@ async def sessions(sessions_for):
 
 
 async def test_concurrent_refunds_stage_exactly_one_order_refunded(sessions):
-    payments = PaymentService(sessions)
+    payments = PaymentService(Transactions(sessions))
     order, _ = await payments.pay(PayCommand(
         order_id=uuid.uuid4(), customer_id="alice", email="alice@example.com", amount=1200,
         currency="JPY", correlation_id=str(uuid.uuid4())))
@@ -42,7 +43,7 @@ async def test_concurrent_refunds_stage_exactly_one_order_refunded(sessions):
 
 
 async def test_saving_an_order_that_changed_since_it_was_read_writes_nothing(sessions):
-    payments = PaymentService(sessions)
+    payments = PaymentService(Transactions(sessions))
     order, _ = await payments.pay(PayCommand(
         order_id=uuid.uuid4(), customer_id="bob", email="bob@example.com", amount=500,
         currency="JPY", correlation_id=str(uuid.uuid4())))

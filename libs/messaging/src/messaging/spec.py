@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from messaging.chassis.settings import ServiceSettings
+    from messaging.transactions import UnitOfWork
 
 ENTRY_POINT_GROUP = "mini_ec.services"
 
@@ -161,7 +162,10 @@ class ServiceSpec:
     settings: type[ServiceSettings]
     tables: MetaData
     routes: tuple[str, ...]  # "GET /orders/{order_id}", for people and checks
+    # Its HTTP routes: `router(use_cases(transactions, settings))` for a service with use
+    # cases that change state (a producer's), else `router(sessions)` (a consumer's reads).
     router: Callable[..., APIRouter] | None = None
+    use_cases: Callable[[UnitOfWork, Any], object] | None = None
     produces: tuple[str, ...] = ()  # event types it publishes (through its outbox)
     consumes: Consumes | None = None
     # Settings the local stack (devstack) sets for it besides PORT, DATABASE_URL, RABBITMQ_URL;
