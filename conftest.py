@@ -13,6 +13,9 @@ import pytest
 from devstack import smtp_sink, throwaway
 from devstack.stack import SERVICES, Stack, free_port
 from messaging.chassis import db
+from messaging.inbox import Inbox
+from messaging.spec import Subscriptions
+from messaging.speed.inbox_batching import InboxBatcher
 
 
 def pytest_collection_modifyitems(items):
@@ -58,6 +61,53 @@ async def database_url(request, tmp_path):
     else:
         async with throwaway.throwaway_postgres() as url:
             yield url
+
+
+@pytest.fixture(params=["on", "off"], ids=["speed-on", "speed-off"])
+def speed_layer(request) -> str:
+    """SPEED_LAYER: the guarantee tests run with the speed layer (group commit, inbox
+    batching, the hand-off to the relay) and without it, the plain path."""
+    return request.param
+
+
+class BatchedInbox:
+    """An Inbox whose `process` goes through the speed layer's batcher (one per set of
+    subscriptions), as a consumer's runtime runs it with SPEED_LAYER=on; the rest of the
+    Inbox's API is the inbox's own."""
+
+    def __init__(self, box: Inbox):
+        self._box = box
+        self._batchers: dict[tuple[object, ...], InboxBatcher] = {}
+
+    async def process(self, event, subscriptions: Subscriptions):
+        key = tuple(subscriptions)
+        if key not in self._batchers:
+            self._batchers[key] = InboxBatcher(self._box, subscriptions)
+        return await self._batchers[key].process(event)
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._box, name)
+
+
+@pytest.fixture
+async def inbox_for(speed_layer):
+    """A factory: `inbox_for(sessions)` gives an Inbox that applies events on the plain
+    path (SPEED_LAYER=off) or through the speed layer's batcher (on)."""
+    made: list[BatchedInbox] = []
+
+    def make(sessions):
+        if speed_layer == "off":
+            return Inbox(sessions)
+        made.append(BatchedInbox(Inbox(sessions)))
+        return made[-1]
+
+    yield make
+    for box in made:
+        await box.close()
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def test_counting_sorts_effects_into_lost_duplicated_and_unexpected():
         "e3": [("o2", 6)],  # wrong amount: unexpected
         "zz": [("o9", 1)],  # nobody published it: unexpected
     }
-    counts = chaos._categorise(EXPECTED, effects, fits_points)
+    counts = chaos.categorise(EXPECTED, effects, fits_points)
     assert counts == chaos.Counts(expected=3, lost=1, duplicated=1, unexpected=2)
     assert not counts.ok
 
@@ -72,7 +72,7 @@ def test_counting_sorts_effects_into_lost_duplicated_and_unexpected():
 @pytest.mark.unit
 def test_counting_everything_once_is_all_zero():
     effects = {"e1": [("o1", 12)], "e2": [("o1", -12)], "e3": [("o2", 5)]}
-    counts = chaos._categorise(EXPECTED, effects, fits_points)
+    counts = chaos.categorise(EXPECTED, effects, fits_points)
     assert counts == chaos.Counts(expected=3) and counts.ok
 
 

@@ -19,7 +19,7 @@ import pytest
 from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity
 
 from devstack import events
-from messaging import outbox
+from messaging import outbox, outbox_store
 from messaging.chassis import db
 from messaging.outbox_store import add_to_outbox
 from messaging.topology import QueueTopology
@@ -140,7 +140,7 @@ async def test_shipping_relays_order_shipped_as_itself_and_its_consumers_receive
     configure the exchange), publishes with confirms; mailer, audit and points receive it,
     shipping itself does not (its bindings are order.paid and order.refunded)."""
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/shipping.db")
-    await db.create_schema(engine, outbox.metadata)
+    await db.create_schema(engine, outbox_store.metadata)
     sessions = db.session_factory(engine)
     shipped = events.order_shipped(events.order_paid())
     async with sessions() as session, session.begin():

@@ -114,15 +114,16 @@ def declare_spy(vhost: str) -> None:
 
 
 @pytest.fixture
-def crash_stack(tmp_path, vhost, smtp):
-    """A stack nobody has started yet: each test starts the services its own way."""
+def crash_stack(tmp_path, vhost, smtp, speed_layer):
+    """A stack nobody has started yet: each test starts the services its own way; with the
+    speed layer on and off (SPEED_LAYER)."""
     name, url = vhost
     declare_spy(name)
     stack = Stack(
         rabbitmq_url=url,
         database_urls={s: f"sqlite+aiosqlite:///{tmp_path}/{s}.db" for s in SERVICES},
         smtp_port=smtp.port, ports={s: free_port() for s in SERVICES}, log_dir=tmp_path,
-        extra_env={"LOG_LEVEL": "INFO", "RETRY_DELAYS": "1,2"},
+        extra_env={"LOG_LEVEL": "INFO", "RETRY_DELAYS": "1,2", "SPEED_LAYER": speed_layer},
     )
     try:
         yield CrashStack(stack, name, tmp_path)

@@ -41,14 +41,14 @@ def after_commit() -> None:
 def after_publish() -> None:
     from messaging.outbox import OutboxRelay
 
-    original = OutboxRelay._record
+    original = OutboxRelay._mark
 
     async def record(self, session, rows, results):
         if any(r is None for r in results):  # the broker confirmed at least one publish
             die()  # ... and published_at is never written
         return await original(self, session, rows, results)
 
-    OutboxRelay._record = record
+    OutboxRelay._mark = record
 
 
 CRASH_POINTS = {"after-commit": after_commit, "after-publish": after_publish}

@@ -87,9 +87,9 @@ def _answers(url: str) -> bool:
 async def _read_only(name: str, on: bool) -> None:
     setting = "SET default_transaction_read_only = on" if on else \
         "RESET default_transaction_read_only"
-    await throwaway._admin(f'ALTER DATABASE "{name}" {setting}')
+    await throwaway.run_as_admin(f'ALTER DATABASE "{name}" {setting}')
     # Sessions read the setting when they start: end the service's current ones.
-    await throwaway._admin(
+    await throwaway.run_as_admin(
         f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
 
 

@@ -1,9 +1,9 @@
 """The consumer's decisions without a broker: ack, retry, defer, skip, dead-letter, exhausted.
 
-The real EventConsumer runs against an in-memory broker (devstack/fake_broker.py) whose retry
-queues hand a message back when its TTL runs out on a fake clock. So "retry in 30 s" takes
-no real time, and each test runs in milliseconds. The same decisions against RabbitMQ are in
-tests/failure/test_consumer_failures.py.
+The real EventConsumer runs against the in-memory broker (messaging.testing.fake_broker),
+whose retry queues hand a message back when its TTL runs out on a fake clock. So "retry in
+30 s" takes no real time, and each test runs in milliseconds. The same decisions against
+RabbitMQ are in tests/failure/test_consumer_failures.py.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from devstack import events
-from devstack.fake_broker import Attempts, Delivery, FakeBroker
 from messaging import headers as h
-from messaging.consumer import EventConsumer, PermanentError
+from messaging.consumer import EventConsumer
 from messaging.inbox import Outcome, OutOfOrder
+from messaging.settlement import PermanentError
+from messaging.testing.fake_broker import Attempts, Delivery, FakeBroker
 from messaging.topology import QueueTopology
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]

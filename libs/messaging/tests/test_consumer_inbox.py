@@ -10,7 +10,7 @@ from devstack import events
 from devstack.wait import eventually_async
 from messaging import inbox
 from messaging.consumer import EventConsumer
-from messaging.inbox import Inbox, Outcome
+from messaging.inbox import Outcome
 from messaging.publisher import build_message, open_confirm_channel, publish_confirmed
 from messaging.spec import every
 from messaging.topology import QueueTopology, declare_exchange
@@ -24,6 +24,12 @@ effects = Table("effects", effects_metadata, Column("event_id", String(36), null
 @pytest.fixture
 async def sessions(sessions_for):
     return await sessions_for(effects_metadata, inbox.metadata)
+
+
+@pytest.fixture
+def box(inbox_for):
+    """`box(sessions)`: the consumer's inbox, on the plain path or through the speed layer."""
+    return inbox_for
 
 
 async def record_effect(event, session):
@@ -48,10 +54,9 @@ async def publish(connection, event) -> None:
     await channel.close()
 
 
-async def start_consumer(amqp_url, sessions, handler, outcomes=None, before=None, tasks=None):
+async def start_consumer(amqp_url, box, handler, outcomes=None, before=None, tasks=None):
     """`tasks`, when given, gets each message's task (the one aio-pika cancels)."""
     connection = await aio_pika.connect_robust(amqp_url)
-    box = Inbox(sessions)
 
     async def process(event):
         if tasks is not None:
@@ -78,9 +83,9 @@ async def queue_is_empty(amqp_url) -> bool:
         await connection.close()
 
 
-async def test_the_same_event_delivered_twice_has_one_effect(amqp_url, sessions):
+async def test_the_same_event_delivered_twice_has_one_effect(amqp_url, sessions, box):
     outcomes: list[Outcome] = []
-    connection, consumer = await start_consumer(amqp_url, sessions, record_effect, outcomes)
+    connection, consumer = await start_consumer(amqp_url, box(sessions), record_effect, outcomes)
     try:
         paid = events.order_paid()
         await publish(connection, paid)
@@ -94,7 +99,7 @@ async def test_the_same_event_delivered_twice_has_one_effect(amqp_url, sessions)
 
 
 async def test_a_consumer_that_dies_before_committing_leaves_the_message_for_the_next(
-    amqp_url, sessions
+    amqp_url, sessions, box
 ):
     entered = asyncio.Event()
     never = asyncio.Event()
@@ -104,7 +109,7 @@ async def test_a_consumer_that_dies_before_committing_leaves_the_message_for_the
         entered.set()
         await never.wait()  # holds the transaction open: nothing committed, nothing acked
 
-    connection, consumer = await start_consumer(amqp_url, sessions, stuck_handler)
+    connection, consumer = await start_consumer(amqp_url, box(sessions), stuck_handler)
     paid = events.order_paid()
     await publish(connection, paid)
     await asyncio.wait_for(entered.wait(), timeout=10)
@@ -112,7 +117,7 @@ async def test_a_consumer_that_dies_before_committing_leaves_the_message_for_the
     assert await effect_count(sessions, paid) == 0
 
     outcomes: list[Outcome] = []
-    connection, consumer = await start_consumer(amqp_url, sessions, record_effect, outcomes)
+    connection, consumer = await start_consumer(amqp_url, box(sessions), record_effect, outcomes)
     try:
         await eventually_async(lambda: _ready(outcomes, 1), message="redelivered and applied")
         assert outcomes == [Outcome.APPLIED]
@@ -124,7 +129,7 @@ async def test_a_consumer_that_dies_before_committing_leaves_the_message_for_the
 
 
 async def test_a_mail_sent_just_before_the_connection_drops_is_recorded_and_not_sent_again(
-    amqp_url, sessions
+    amqp_url, sessions, box
 ):
     """The link drops between the SMTP server's 250 and the commit (aio-pika then cancels the
     message's task): the record still commits, and the redelivery is a duplicate."""
@@ -139,8 +144,8 @@ async def test_a_mail_sent_just_before_the_connection_drops_is_recorded_and_not_
         await release.wait()
         await record_effect(event, session)
 
-    connection, consumer = await start_consumer(amqp_url, sessions, slow_record, before=send_mail,
-                                                tasks=delivery_tasks)
+    connection, consumer = await start_consumer(amqp_url, box(sessions), slow_record,
+                                                before=send_mail, tasks=delivery_tasks)
     paid = events.order_paid()
     await publish(connection, paid)
     await asyncio.wait_for(entered.wait(), timeout=10)
@@ -155,7 +160,7 @@ async def test_a_mail_sent_just_before_the_connection_drops_is_recorded_and_not_
     assert await effect_count(sessions, paid) == 1
 
     outcomes: list[Outcome] = []
-    connection, consumer = await start_consumer(amqp_url, sessions, record_effect, outcomes,
+    connection, consumer = await start_consumer(amqp_url, box(sessions), record_effect, outcomes,
                                                 before=send_mail)
     try:
         await eventually_async(lambda: _ready(outcomes, 1), message="redelivered and settled")
@@ -168,7 +173,7 @@ async def test_a_mail_sent_just_before_the_connection_drops_is_recorded_and_not_
 
 
 async def test_a_mail_under_way_when_the_connection_drops_is_finished_recorded_and_sent_once(
-    amqp_url, sessions
+    amqp_url, sessions, box
 ):
     """Issue 27, finding 2: the link drops while the SMTP server has the whole mail and has
     not answered yet (aio-pika cancels the message's task). The send runs to its end and is
@@ -181,7 +186,7 @@ async def test_a_mail_under_way_when_the_connection_drops_is_finished_recorded_a
         await answer.wait()  # the mail's end is written; the 250 is on its way
         sent.append(event.event_id)
 
-    connection, consumer = await start_consumer(amqp_url, sessions, record_effect,
+    connection, consumer = await start_consumer(amqp_url, box(sessions), record_effect,
                                                 before=send_mail, tasks=delivery_tasks)
     paid = events.order_paid()
     await publish(connection, paid)
@@ -196,7 +201,7 @@ async def test_a_mail_under_way_when_the_connection_drops_is_finished_recorded_a
     assert await effect_count(sessions, paid) == 1
 
     outcomes: list[Outcome] = []
-    connection, consumer = await start_consumer(amqp_url, sessions, record_effect, outcomes,
+    connection, consumer = await start_consumer(amqp_url, box(sessions), record_effect, outcomes,
                                                 before=send_mail)
     try:
         await eventually_async(lambda: _ready(outcomes, 1), message="redelivered and settled")

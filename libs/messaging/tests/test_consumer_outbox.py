@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from contracts import OrderPaid, OrderRefunded, parse_event
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import inbox, outbox
+from messaging import inbox, outbox_store
 from messaging.chassis import db
 from messaging.chassis.runtime import ConsumerRuntime
 from messaging.chassis.settings import ConsumerSettings, OutboxSettings
@@ -54,9 +54,9 @@ def derived(event) -> OrderRefunded:
 async def published_rows(sessions) -> tuple[int, int]:
     """(rows, rows marked published) in the outbox."""
     async with sessions() as session:
-        total = await session.scalar(select(func.count()).select_from(outbox.outbox_table))
-        sent = await session.scalar(select(func.count()).select_from(outbox.outbox_table)
-                                    .where(outbox.outbox_table.c.published_at.is_not(None)))
+        total = await session.scalar(select(func.count()).select_from(outbox_store.outbox_table))
+        sent = await session.scalar(select(func.count()).select_from(outbox_store.outbox_table)
+                                    .where(outbox_store.outbox_table.c.published_at.is_not(None)))
     return int(total or 0), int(sent or 0)
 
 
@@ -65,7 +65,7 @@ async def world(database_url, amqp_url):
     """(sessions, connection, received queue of order.refunded): a listener on the exchange
     stands for whoever consumes what the service publishes."""
     engine = db.create_engine(database_url)
-    await db.create_schema(engine, inbox.metadata, outbox.metadata)
+    await db.create_schema(engine, inbox.metadata, outbox_store.metadata)
     connection = await aio_pika.connect_robust(amqp_url)
     channel = await connection.channel()
     exchange = await declare_exchange(channel)
@@ -96,14 +96,15 @@ async def next_message(queue, timeout: float = 20.0):
 
 
 async def test_an_event_staged_by_a_handler_is_relayed_after_the_commit(world, database_url,
-                                                                       amqp_url):
+                                                                       amqp_url, speed_layer):
     sessions, connection, listener = world
 
     async def stage(event, session):
         await add_to_outbox(session, derived(event))
 
     settings = PublishingSettings(database_url=database_url, rabbitmq_url=amqp_url,
-                                  outbox_poll_seconds=30)  # woken by the commit, not a poll
+                                  outbox_poll_seconds=30,  # woken by the commit, not a poll
+                                  speed_layer=speed_layer)
     runtime = ConsumerRuntime(SERVICE, settings, Inbox(sessions), paid_only(stage),
                               outbox_sessions=sessions)
     await runtime.start()
@@ -124,7 +125,7 @@ async def test_an_event_staged_by_a_handler_is_relayed_after_the_commit(world, d
 
 
 async def test_a_handler_that_fails_after_staging_leaves_no_row_and_its_retry_publishes_once(
-    world, database_url, amqp_url
+    world, database_url, amqp_url, speed_layer
 ):
     sessions, connection, listener = world
     attempts = 0
@@ -137,7 +138,7 @@ async def test_a_handler_that_fails_after_staging_leaves_no_row_and_its_retry_pu
             raise ConnectionError("effect failed after the row was staged")
 
     settings = PublishingSettings(database_url=database_url, rabbitmq_url=amqp_url,
-                                  retry_delays=(1,))
+                                  retry_delays=(1,), speed_layer=speed_layer)
     runtime = ConsumerRuntime(SERVICE, settings, Inbox(sessions), paid_only(stage_then_fail_once),
                               outbox_sessions=sessions)
     await runtime.start()

@@ -41,8 +41,8 @@ async def sessions(sessions_for):
 
 
 @pytest.fixture
-def box(sessions) -> Inbox:
-    return Inbox(sessions)
+def box(sessions, inbox_for) -> Inbox:
+    return inbox_for(sessions)
 
 
 async def record(event, session) -> None:

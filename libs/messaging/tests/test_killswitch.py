@@ -1,11 +1,12 @@
 """The kill switch's decisions (messaging/operations/killswitch.py): pure, on a clock the
-test moves."""
+test moves (the test kit's FakeClock, or the times written out)."""
 
 from __future__ import annotations
 
 import pytest
 
 from messaging.operations.killswitch import By, KillSwitch, Mode, Policy
+from messaging.testing.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 
@@ -48,11 +49,12 @@ def test_a_failure_ratio_below_the_threshold_does_not_trip():
 
 
 def test_outcomes_older_than_the_window_are_forgotten():
-    switch = KillSwitch(POLICY)
-    for i in range(9):
-        switch.outcome(i, failed=True, error="e")
+    switch, clock = KillSwitch(POLICY), FakeClock()
+    for _ in range(9):
+        switch.outcome(clock.now, failed=True, error="e")
+        clock.advance(1)
     # 40 s later: the nine are out of the window, one failure alone is below the minimum.
-    assert switch.outcome(49, failed=True, error="e").spend
+    assert switch.outcome(clock.advance(40), failed=True, error="e").spend
     assert switch.status.mode is Mode.RUNNING
 
 
@@ -65,10 +67,11 @@ def test_failures_while_paused_are_not_spent_and_successes_change_nothing():
 
 
 def test_no_probe_before_the_cool_down_then_the_first_message_delivered_is_the_probe():
-    switch = tripped(KillSwitch(POLICY))
+    clock = FakeClock()
+    switch = tripped(KillSwitch(POLICY), clock.now)  # its last failure at 0.9 s
     assert switch.admit() is False  # paused: a straggler, not a probe
-    assert switch.probe_due(5.0) is None
-    status = switch.probe_due(5.9)
+    assert switch.probe_due(clock.advance(5.0)) is None
+    status = switch.probe_due(clock.advance(0.9))
     assert status is not None and status.mode is Mode.PROBING
     assert switch.admit() is True
     assert switch.admit() is False  # one probe at a time

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging.consumer import EventConsumer, PermanentError
+from messaging.consumer import EventConsumer
 from messaging.inbox import Outcome, OutOfOrder
 from messaging.observability import instrumentation, telemetry
 from messaging.operations import dlq
@@ -29,6 +29,7 @@ from messaging.publisher import (
     open_confirm_channel,
     publish_confirmed,
 )
+from messaging.settlement import PermanentError
 from messaging.topology import QueueTopology, declare_exchange
 
 pytestmark = pytest.mark.integration

@@ -19,13 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import outbox
+from messaging import outbox_store
 from messaging.chassis import db
 from messaging.chassis.http import install_common
-from messaging.consumer import EventConsumer, PermanentError
+from messaging.consumer import EventConsumer
 from messaging.inbox import Outcome
-from messaging.outbox import OutboxRelay, add_to_outbox
+from messaging.outbox import OutboxRelay
+from messaging.outbox_store import add_to_outbox
 from messaging.publisher import build_message
+from messaging.settlement import PermanentError
 from messaging.topology import QueueTopology
 
 pytestmark = pytest.mark.integration
@@ -141,7 +143,7 @@ async def test_exhausted_retries_permanent_errors_and_poison_count_as_dead_lette
 
 async def test_the_outbox_gauges_show_the_backlog_while_the_broker_is_unreachable(tmp_path):
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/outbox.db")
-    await db.create_schema(engine, outbox.metadata)
+    await db.create_schema(engine, outbox_store.metadata)
     sessions = db.session_factory(engine)
     async with sessions() as session, session.begin():
         await add_to_outbox(session, events.order_paid())
@@ -166,7 +168,7 @@ async def test_confirmed_publishes_are_counted_and_the_backlog_drains_to_zero(
     tmp_path, amqp_url
 ):
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/outbox.db")
-    await db.create_schema(engine, outbox.metadata)
+    await db.create_schema(engine, outbox_store.metadata)
     sessions = db.session_factory(engine)
     connection = await aio_pika.connect_robust(amqp_url)
     channel = await connection.channel()

@@ -11,8 +11,9 @@ from sqlalchemy import event, select
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import outbox
-from messaging.outbox import OutboxRelay, add_to_outbox, outbox_table
+from messaging import outbox, outbox_store
+from messaging.outbox import OutboxRelay
+from messaging.outbox_store import add_to_outbox, outbox_table
 from messaging.topology import EXCHANGE
 
 pytestmark = pytest.mark.integration
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(outbox.metadata)
+    return await sessions_for(outbox_store.metadata)
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ async def running(r: OutboxRelay, polls, sessions):
     """Start the relay and wait until its first poll has read the (empty) table."""
     task = asyncio.create_task(r.run())
     await eventually_async(lambda: _true(polls[0] >= 1), message="the relay's first poll")
-    await eventually_async(lambda: _true(r._caught_up), message="the relay caught up")
+    await eventually_async(lambda: _true(r.caught_up), message="the relay caught up")
     return task
 
 
@@ -143,7 +144,7 @@ async def test_a_reserved_row_is_left_to_its_hand_off_by_the_poll_and_goes_out_o
         polled = polls[0]
         r.notify()  # a poll now, between the commit and the hand-off
         await eventually_async(lambda: _true(polls[0] > polled), message="a poll ran")
-        await eventually_async(lambda: _true(r._caught_up), message="the poll ended")
+        await eventually_async(lambda: _true(r.caught_up), message="the poll ended")
         assert await unsent(sessions) == [str(paid.event_id)]
 
         r.release(rows, committed=True)
@@ -216,8 +217,8 @@ async def test_rows_handed_while_publishing_is_stuck_are_left_to_the_poll_beyond
     for paid in staged:
         r.release(await commit(sessions, paid, hand_off=r), committed=True)
 
-    assert len(r._handed) == 2 * outbox.HANDED_MAX_BATCHES
-    assert len(r._reserved) == len(r._handed) and not r._caught_up
+    assert r.handed_count == 2 * outbox.HANDED_MAX_BATCHES
+    assert r.reserved_count == r.handed_count and not r.caught_up
     # The poll takes the rows it was left (not those still reserved for the hand-off).
     while await r.publish_pending():
         pass

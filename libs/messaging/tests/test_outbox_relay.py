@@ -6,8 +6,9 @@ from sqlalchemy import select
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import outbox
-from messaging.outbox import OutboxRelay, add_to_outbox, outbox_table
+from messaging import outbox_store
+from messaging.outbox import OutboxRelay
+from messaging.outbox_store import add_to_outbox, outbox_table
 from messaging.topology import EXCHANGE
 
 pytestmark = pytest.mark.integration
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(outbox.metadata)
+    return await sessions_for(outbox_store.metadata)
 
 
 @pytest.fixture
@@ -135,3 +136,23 @@ async def test_published_rows_past_the_retention_are_deleted_and_unsent_ones_kep
         left = set((await session.execute(select(outbox_table.c.event_id))).scalars())
         assert left == {str(recent.event_id), str(unsent.event_id)}
         assert await session.scalar(select(func.count()).select_from(outbox_table)) == 2
+
+
+async def test_a_published_row_continues_the_trace_of_the_transaction_that_wrote_it(
+    sessions, connection, monkeypatch
+):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from messaging.observability import instrumentation
+
+    tracer = TracerProvider().get_tracer("test")
+    monkeypatch.setattr(instrumentation, "_tracer", tracer)  # the publish span is recorded
+    queue = await bound_queue(connection)
+    with tracer.start_as_current_span("the request") as request:
+        async with sessions() as session, session.begin():
+            await add_to_outbox(session, events.order_paid())
+    await OutboxRelay(sessions, lambda: _value(connection)).publish_pending()
+
+    message = await eventually_async(lambda: queue.get(fail=False), message="message arrives")
+    trace_id = f"{request.get_span_context().trace_id:032x}"
+    assert trace_id in str((message.headers or {}).get("traceparent"))

@@ -42,6 +42,7 @@ pytestmark = pytest.mark.unit
         ("EVENT_LOOP", "trio", "EVENT_LOOP: Input should be 'uvloop' or 'asyncio'"),
         ("OTEL_SQL_SPANS", "yes", "OTEL_SQL_SPANS: Input should be 'on' or 'off'"),
         ("OTEL_SQL_SPANS", "", "OTEL_SQL_SPANS: Input should be 'on' or 'off'"),
+        ("SPEED_LAYER", "fast", "SPEED_LAYER: Input should be 'on' or 'off'"),
         ("KILL_SWITCH_FAILURE_RATIO", "0", "KILL_SWITCH_FAILURE_RATIO: Input should be greater"),
         ("KILL_SWITCH_FAILURE_RATIO", "1.5", "KILL_SWITCH_FAILURE_RATIO: Input should be less"),
         ("KILL_SWITCH_MIN_MESSAGES", "0", "KILL_SWITCH_MIN_MESSAGES: Input should be greater"),
@@ -59,6 +60,13 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(monkeypatch, capsys, vari
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("points: invalid setting: ")
     assert says in line
+
+
+def test_the_speed_layer_is_on_unless_the_setting_turns_it_off(monkeypatch):
+    monkeypatch.delenv("SPEED_LAYER", raising=False)
+    assert ServiceSettings().speed
+    monkeypatch.setenv("SPEED_LAYER", "off")
+    assert not ServiceSettings().speed
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "payment",

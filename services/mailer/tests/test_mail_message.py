@@ -18,7 +18,7 @@ from mailer import handlers
 from mailer.message import Mail, MailTemplate, UnsafeMail, address_header, unstructured_header
 from mailer.settings import Settings
 from mailer.spec import subscriptions
-from messaging.consumer import PermanentError
+from messaging.settlement import PermanentError
 
 pytestmark = pytest.mark.unit
 

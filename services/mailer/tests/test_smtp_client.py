@@ -15,7 +15,7 @@ from devstack import smtp_sink
 from devstack.stack import free_port
 from mailer.message import Mail, MailTemplate
 from mailer.smtp import SmtpConnection, SmtpSender
-from messaging.consumer import PermanentError
+from messaging.settlement import PermanentError
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ async def test_the_sink_gets_every_mail_with_or_without_pipelining(tmp_path, pip
         sender = SmtpSender("127.0.0.1", controller.port, timeout=5)
         for n in range(3):
             await sender.send(mail(f"mail {n}"))
-        [connection] = sender._idle
+        [connection] = sender.idle_connections
         assert ("PIPELINING" in connection.extensions) is pipelining
     finally:
         controller.stop()
@@ -160,7 +160,7 @@ async def test_a_server_that_never_answers_times_out_and_its_connection_is_not_k
         sender = SmtpSender("127.0.0.1", port, timeout=0.3)
         with pytest.raises(aiosmtplib.SMTPTimeoutError):
             await sender.send(mail())
-        assert sender._idle == []
+        assert sender.idle_connections == ()
 
 
 async def test_a_server_without_ehlo_gets_helo_and_a_garbled_reply_is_an_error():

@@ -26,7 +26,7 @@ async def test_mails_in_a_row_share_one_connection_and_all_arrive(tmp_path):
         sender = SmtpSender("127.0.0.1", controller.port, timeout=5)
         for n in range(5):
             await sender.send(mail(n))
-        assert len(sender._idle) == 1
+        assert len(sender.idle_connections) == 1
         assert len(smtp_sink.mails_in(tmp_path)) == 5
     finally:
         controller.stop()
@@ -37,7 +37,7 @@ async def test_concurrent_mails_keep_at_most_the_idle_limit_open(tmp_path):
     try:
         sender = SmtpSender("127.0.0.1", controller.port, timeout=5)
         await asyncio.gather(*(sender.send(mail(n)) for n in range(MAX_IDLE_CONNECTIONS + 4)))
-        assert len(sender._idle) == MAX_IDLE_CONNECTIONS
+        assert len(sender.idle_connections) == MAX_IDLE_CONNECTIONS
         assert len(smtp_sink.mails_in(tmp_path)) == MAX_IDLE_CONNECTIONS + 4
     finally:
         controller.stop()
@@ -49,7 +49,7 @@ async def test_the_idle_limit_is_the_one_given(tmp_path):
         sender = SmtpSender("127.0.0.1", controller.port, timeout=5,
                             max_idle=MAX_IDLE_CONNECTIONS + 2)
         await asyncio.gather(*(sender.send(mail(n)) for n in range(MAX_IDLE_CONNECTIONS + 4)))
-        assert len(sender._idle) == MAX_IDLE_CONNECTIONS + 2
+        assert len(sender.idle_connections) == MAX_IDLE_CONNECTIONS + 2
     finally:
         controller.stop()
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from devstack import events, smtp_sink
-from messaging.consumer import PermanentError
 from messaging.inbox import Outcome
+from messaging.settlement import PermanentError
 
 pytestmark = pytest.mark.integration
 
@@ -17,16 +17,16 @@ pytestmark = pytest.mark.integration
 async def test_an_event_whose_date_no_mail_header_can_hold_is_permanent_and_sends_nothing(
     mailer,
 ):
-    box, subscriptions, mail_dir = mailer
+    service, mail_dir = mailer
     # Past the contract's window, so only a hand-built event gets here (model_copy does
     # not validate): what a consumer would see if the contract let it through.
     unrenderable = events.order_paid().model_copy(
         update={"occurred_at": datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)})
 
     with pytest.raises(PermanentError, match="cannot be written as a mail: ValueError"):
-        await box.process(unrenderable, subscriptions)
+        await service.deliver(unrenderable)
     assert smtp_sink.mails_in(mail_dir) == []
 
     valid = events.order_paid()  # the mailer goes on with the next one
-    assert await box.process(valid, subscriptions) is Outcome.APPLIED
+    assert await service.deliver(valid) is Outcome.APPLIED
     assert len(smtp_sink.mails_in(mail_dir)) == 1

@@ -7,8 +7,9 @@ import uuid
 import pytest
 from sqlalchemy import event, select
 
-from messaging import outbox
-from messaging.outbox import outbox_table
+from messaging import outbox_store
+from messaging.outbox_store import outbox_table
+from messaging.speed.transactions import GroupedTransactions, HandingOff
 from payment import store
 from payment.handlers import IdempotencyKeyReused, OrderAlreadyPaid, PayCommand, PaymentService
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(store.metadata, outbox.metadata)
+    return await sessions_for(store.metadata, outbox_store.metadata)
 
 
 @pytest.fixture
@@ -56,9 +57,9 @@ def hand_off():
 
 @pytest.fixture
 async def payments(sessions, hand_off):
-    service = PaymentService(sessions, hand_off=hand_off)
-    yield service
-    await service.close()
+    transactions = GroupedTransactions(HandingOff(sessions, hand_off))
+    yield PaymentService(transactions)
+    await transactions.close()
 
 
 def command(key: str | None = None, **changes) -> PayCommand:

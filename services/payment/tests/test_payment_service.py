@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import func, select
 
 from contracts import read_event
-from messaging import outbox
-from messaging.outbox import outbox_table
+from messaging import outbox_store
+from messaging.outbox_store import outbox_table
+from messaging.speed.transactions import unit_of_work
 from payment import store
 from payment.domain import NotRefundable
 from payment.handlers import (
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(store.metadata, outbox.metadata)
+    return await sessions_for(store.metadata, outbox_store.metadata)
 
 
 @pytest.fixture
@@ -34,11 +35,13 @@ def committed():
 
 
 @pytest.fixture
-def payments(sessions, committed):
+async def payments(sessions, committed, speed_layer):
     async def remember(events):
         committed.extend(events)
 
-    return PaymentService(sessions, events_committed=remember)
+    transactions = unit_of_work(sessions, speed=speed_layer == "on", events_committed=remember)
+    yield PaymentService(transactions)
+    await transactions.close()
 
 
 def command(key: str | None = None, **changes) -> PayCommand:

@@ -9,9 +9,10 @@ from sqlalchemy import select
 
 from contracts import Money, OrderPaid, OrderPaidV1, PaymentData, read_event, upcast
 from devstack import events
-from messaging import outbox
+from messaging import outbox_store
 from messaging.chassis.settings import load_settings
-from messaging.outbox import outbox_table
+from messaging.outbox_store import outbox_table
+from messaging.transactions import Transactions
 from payment import store
 from payment.handlers import PayCommand, PaymentService
 from payment.publishing import as_published, order_paid_v2_to_v1
@@ -59,21 +60,18 @@ def test_the_default_is_version_1_until_every_consumer_reads_version_2(monkeypat
 @pytest.mark.parametrize("version", [1, 2])
 async def test_the_outbox_holds_order_paid_in_the_version_the_setting_names(sessions_for,
                                                                             version):
-    sessions = await sessions_for(store.metadata, outbox.metadata)
+    sessions = await sessions_for(store.metadata, outbox_store.metadata)
     handed = []
 
     async def committed(published):
         handed.extend(published)
 
-    payments = PaymentService(sessions, events_committed=committed,
+    payments = PaymentService(Transactions(sessions, events_committed=committed),
                               order_paid_version=version)
-    try:
-        order, _ = await payments.pay(PayCommand(
-            order_id=uuid.uuid4(), customer_id="alice", email="alice@example.com",
-            amount=1200, currency="JPY", correlation_id="c-1"))
-        await payments.refund(order.payment_id)
-    finally:
-        await payments.close()
+    order, _ = await payments.pay(PayCommand(
+        order_id=uuid.uuid4(), customer_id="alice", email="alice@example.com",
+        amount=1200, currency="JPY", correlation_id="c-1"))
+    await payments.refund(order.payment_id)
     async with sessions() as session:
         bodies = (await session.execute(
             select(outbox_table.c.body).order_by(outbox_table.c.id))).scalars().all()

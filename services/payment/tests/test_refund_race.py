@@ -7,8 +7,9 @@ import pytest
 from sqlalchemy import select
 
 from contracts import utcnow
-from messaging import outbox
-from messaging.outbox import outbox_table
+from messaging import outbox_store
+from messaging.outbox_store import outbox_table
+from messaging.transactions import Transactions
 from payment import store
 from payment.domain import NotRefundable
 from payment.handlers import PayCommand, PaymentService
@@ -18,11 +19,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(store.metadata, outbox.metadata)
+    return await sessions_for(store.metadata, outbox_store.metadata)
 
 
 async def test_concurrent_refunds_stage_exactly_one_order_refunded(sessions):
-    payments = PaymentService(sessions)
+    payments = PaymentService(Transactions(sessions))
     order, _ = await payments.pay(PayCommand(
         order_id=uuid.uuid4(), customer_id="alice", email="alice@example.com", amount=1200,
         currency="JPY", correlation_id=str(uuid.uuid4())))
@@ -42,7 +43,7 @@ async def test_concurrent_refunds_stage_exactly_one_order_refunded(sessions):
 
 
 async def test_saving_an_order_that_changed_since_it_was_read_writes_nothing(sessions):
-    payments = PaymentService(sessions)
+    payments = PaymentService(Transactions(sessions))
     order, _ = await payments.pay(PayCommand(
         order_id=uuid.uuid4(), customer_id="bob", email="bob@example.com", amount=500,
         currency="JPY", correlation_id=str(uuid.uuid4())))

@@ -9,8 +9,9 @@ import pytest
 
 from devstack.silent_broker import silent_broker
 from devstack.wait import eventually, only_this_task_left
-from payment.main import create_app
+from messaging.chassis.app import service_app
 from payment.settings import Settings
+from payment.spec import SPEC
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +20,7 @@ async def test_a_stop_while_the_broker_has_not_answered_leaves_no_task_behind(tm
     async with silent_broker() as (url, accepted):
         settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/payment.db",
                             rabbitmq_url=url)
-        app = create_app(settings)
+        app = service_app(SPEC, settings)
         async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://payment"
         ) as client:

@@ -23,14 +23,15 @@ from opentelemetry.trace import SpanKind, StatusCode
 from devstack.wait import only_this_task_left
 from messaging import inbox
 from messaging.chassis import db
+from messaging.chassis.app import service_app
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox
 from messaging.observability import telemetry
 from messaging.observability.instrumentation import ERROR_TYPE
 from messaging.spec import every
 from messaging.topology import QueueTopology
-from payment.main import create_app
 from payment.settings import Settings
+from payment.spec import SPEC
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +80,7 @@ async def payment_client_without_sql_spans(tmp_path, amqp_url):
 async def _payment_client(tmp_path, amqp_url, sql_spans: str):
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/payment.db",
                         rabbitmq_url=amqp_url, otel_sql_spans=sql_spans)
-    app = create_app(settings)
+    app = service_app(SPEC, settings)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://payment"
     ) as client:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from contracts import OrderShipped, parse_event
 from devstack import events
-from messaging import inbox, outbox
+from messaging import inbox, outbox_store
 from messaging.inbox import Inbox, Outcome, OutOfOrder
 from shipping import api, store
 from shipping.handlers import NoShipment
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(store.metadata, inbox.metadata, outbox.metadata)
+    return await sessions_for(store.metadata, inbox.metadata, outbox_store.metadata)
 
 
 @pytest.fixture
@@ -33,12 +33,12 @@ def subscriptions():
 
 async def shipments(sessions) -> list[dict]:
     async with sessions() as session:
-        return [dict(r._mapping) for r in await session.execute(select(store.shipments))]
+        return [dict(r) for r in (await session.execute(select(store.shipments))).mappings()]
 
 
 async def staged(sessions) -> list[OrderShipped]:
     async with sessions() as session:
-        bodies = (await session.execute(select(outbox.outbox_table.c.body))).scalars()
+        bodies = (await session.execute(select(outbox_store.outbox_table.c.body))).scalars()
         return [parse_event(body.encode()) for body in bodies]  # type: ignore[misc]  # parse_event is typed as the union
 
 

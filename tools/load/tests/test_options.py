@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from load import options, retry
-from load.__main__ import SCENARIO, locust_argv, parse
+from load.cli import SCENARIO, locust_argv, parse
 
 pytestmark = pytest.mark.unit
 

@@ -33,10 +33,9 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-import payment.api
 from contracts import EVENT_TYPES, Event, WireEvent
 from inprocess.settings import SERVICES, Settings
-from messaging import inbox, outbox, outbox_store, spec
+from messaging import inbox, outbox_store, spec
 from messaging.chassis import db
 from messaging.chassis.http import install_common
 from messaging.chassis.logs import setup_logging
@@ -44,7 +43,7 @@ from messaging.chassis.server import Limits, loop_factory, uvicorn_config
 from messaging.chassis.settings import ServiceSettings, load_settings
 from messaging.dispatcher import Dispatcher, HandlerFailure
 from messaging.observability import telemetry
-from payment.handlers import PaymentService
+from messaging.speed.transactions import unit_of_work
 from payment.spec import SPEC as PAYMENT
 
 FAILURES_HEADER = "X-Handler-Failures"
@@ -84,7 +83,7 @@ class InProcessShop:
         self.engines = {s: db.create_engine(settings.database_url(s)) for s in SERVICES}
         sessions = {s: db.session_factory(engine) for s, engine in self.engines.items()}
         self._schemas: dict[str, tuple[MetaData, ...]] = {
-            PAYMENT.name: (PAYMENT.tables, outbox.metadata)}
+            PAYMENT.name: (PAYMENT.tables, outbox_store.metadata)}
 
         # The same handlers and the same inboxes as the consumers use: dedupe and per-order
         # order hold here too, and the tables are the ones the asynchronous mode would find.
@@ -101,15 +100,18 @@ class InProcessShop:
                 # A consumer that publishes: what it stages in its outbox is dispatched
                 # next, in the same request (its rows, as payment's, stay unrelayed).
                 handle = partial(_handing_on, handle, sessions[name])
-                self._schemas[name] += (outbox.metadata,)
+                self._schemas[name] += (outbox_store.metadata,)
             self.dispatcher.subscribe(
                 name, handle, [t for t in EVENT_TYPES if service.consumes.receives(t)])
             router = service.router(sessions[name]) if service.router else None
             self.apps[name] = _read_app(name, router, self.engines[name])
 
-        self._payments = PaymentService(sessions[PAYMENT.name], events_committed=self._dispatch,
-                                        order_paid_version=settings.order_paid_version)
-        self.apps[PAYMENT.name] = _payment_app(self._payments, self.engines[PAYMENT.name])
+        # Payment's use cases as its spec builds them; what they commit is dispatched next.
+        self._transactions = unit_of_work(sessions[PAYMENT.name], speed=settings.speed,
+                                          events_committed=self._dispatch)
+        assert PAYMENT.use_cases is not None
+        payments = PAYMENT.use_cases(self._transactions, settings)
+        self.apps[PAYMENT.name] = _payment_app(payments, self.engines[PAYMENT.name])
 
     async def _dispatch(self, events: list[WireEvent]) -> None:
         """Runs right after payment's commit, inside the request: the handlers' work, then
@@ -135,14 +137,15 @@ class InProcessShop:
             await db.create_schema(engine, *self._schemas[name])
 
     async def close(self) -> None:
-        await self._payments.close()  # its group-commit worker
+        await self._transactions.close()  # its group-commit worker
         for engine in self.engines.values():
             await engine.dispose()
 
 
-def _payment_app(payments: PaymentService, engine: AsyncEngine) -> FastAPI:
+def _payment_app(payments: object, engine: AsyncEngine) -> FastAPI:
     app = FastAPI(title="Mini EC payment (synchronous mode)")
-    app.include_router(payment.api.router(payments))
+    assert PAYMENT.router is not None
+    app.include_router(PAYMENT.router(payments))
     install_common(app, PAYMENT.name, {"database": partial(db.ping, engine)})
 
     @app.middleware("http")

@@ -1,12 +1,15 @@
-"""A consumer with one decision point for every message: ack, retry later, or dead-letter.
+"""A consumer: every delivery goes the same five steps, and ends settled.
 
-    poison (headers or body not ours)        -> <queue>.dlq at once, reason in headers
-    another event holds its place (conflict) -> <queue>.dlq at once
-    handler raised PermanentError            -> <queue>.dlq at once
-    handler raised anything else (transient) -> <queue>.retry.<N>s, then <queue>.dlq when
-                                                the configured delays are used up
-    event before its predecessor             -> waits in the same retry queues (own budget)
-    applied / duplicate / stale / ignored    -> ack (ignored: a type it has no handler for)
+    receive    take the delivery (the kill switch says whether it is the probe)
+    parse      headers and body ours? an Event, else PoisonMessage
+    process    the service's `process` (handler + inbox): an Outcome, or an exception
+    settle     messaging/settlement.py decides, without I/O: ack, retry after N s, defer,
+               back to the queue, or dead-letter with a reason
+    carry out  ack; or copy to <queue>.retry.<N>s / the work queue / <queue>.dlq, then ack
+
+Tracing, metrics, the correlation id and logging watch these steps as middleware
+(messaging/observability/middleware.py); the consumer itself logs only its own trouble
+(a copy it cannot make or place, a delivery it cannot settle).
 
 Its kill switch (messaging/operations/killswitch.py, done by
 messaging/operations/flow_control.py) watches the
@@ -30,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aio_pika import Message
@@ -42,15 +45,13 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiormq.exceptions import ChannelPreconditionFailed
-from opentelemetry import trace
-from opentelemetry.trace import Span
 from pamqp.common import FieldValue
 
-from contracts import EVENT_TYPES, Event, PoisonMessage, parse_event, utcnow
+from contracts import Event, PoisonMessage, parse_event, utcnow
 from messaging import headers as h
 from messaging.broker import close_within
-from messaging.inbox import Conflict, Outcome, OutOfOrder
-from messaging.observability import correlation, instrumentation, metrics
+from messaging.inbox import Outcome
+from messaging.observability.middleware import DEFAULT_MIDDLEWARE, Consumed, Middleware
 from messaging.operations.broker_cancel import CancelWatch
 from messaging.operations.flow_control import FlowControl
 from messaging.publisher import (
@@ -59,6 +60,16 @@ from messaging.publisher import (
     encodable,
     open_confirm_channel,
     publish_confirmed,
+)
+from messaging.settlement import (
+    Ack,
+    DeadLetter,
+    Defer,
+    Requeue,
+    Retry,
+    Settlement,
+    settle,
+    transient,
 )
 from messaging.topology import QueueTopology, ensure_exchange
 
@@ -70,10 +81,6 @@ Process = Callable[[Event], Awaitable[Outcome]]
 # longest pause between tries of a copy that keeps failing on a connection that is up.
 PUBLISH_RECONNECT_POLL_SECONDS = 0.2
 PUBLISH_RETRY_MAX_SECONDS = 5.0
-
-
-class PermanentError(Exception):
-    """Raised by a handler when retrying cannot help (e.g. the mail server rejects the address)."""
 
 
 class EventConsumer:
@@ -89,6 +96,7 @@ class EventConsumer:
         max_deferrals: int = 10,
         shutdown_grace_seconds: float = 10.0,
         flow: FlowControl | None = None,
+        middleware: Sequence[Middleware] | None = None,
     ):
         self.service = service
         self.topology = topology
@@ -112,6 +120,8 @@ class EventConsumer:
         # When in-flight work last moved (a message settled, or work began after a lull):
         # readiness fails when it stops moving (see `stalled_for`).
         self._last_moved = time.monotonic()
+        # What watches every delivery (spans, metrics, logs): outermost first.
+        self._middleware = tuple(DEFAULT_MIDDLEWARE if middleware is None else middleware)
 
     @property
     def is_consuming(self) -> bool:
@@ -209,153 +219,80 @@ class EventConsumer:
                 self.flow.release_probe()
 
     async def _handle(self, message: AbstractIncomingMessage, probe: bool = False) -> None:
-        # Set before the span starts: the span processor puts it on the span (and its children).
-        cid = correlation.valid_or_new(message.correlation_id)
-        token = correlation.current.set(cid)
-        try:
-            with instrumentation.processing(self.topology.name, message) as span:
-                await self._classify(message, span, probe)
-        finally:
-            correlation.current.reset(token)
-
-    async def _classify(self, message: AbstractIncomingMessage, span: Span,
-                        probe: bool) -> None:
-        event_type = _label(message.type)
-        metrics.CONSUMED.labels(self.service, event_type).inc()
-        started = time.perf_counter()
-        try:
-            bad_headers = h.problem(message.headers)
-            if bad_headers is not None:
-                # Its own headers are what is wrong: the DLQ copy carries only ours.
-                await self._dead_letter(message, "poison", PoisonMessage(bad_headers),
-                                        keep_headers=False)
-                return
-            try:
-                event = parse_event(message.body)
-            except PoisonMessage as exc:
-                await self._dead_letter(message, "poison", exc)
-                return
-            metrics.EVENT_LAG.labels(self.service, event_type).observe(
-                max(0.0, (utcnow() - event.occurred_at).total_seconds()),
-                exemplar=metrics.trace_exemplar(),
-            )
-            instrumentation.set_event(span, order_id=event.order_id, event_id=event.event_id,
-                                      event_type=event.event_type)
-            try:
-                outcome = await self._process(event)
-            except OutOfOrder as exc:
-                await self._defer(message, exc)
-                return
-            except Conflict as exc:  # another event holds its place: no retry can fix that
-                await self._dead_letter(message, "conflict", exc)
-                return
-            except PermanentError as exc:
-                await self._dead_letter(message, "permanent", exc)
-                return
-            except Exception as exc:
+        """Parse, process, settle, carry out, inside every concern's `handling`."""
+        consumed = Consumed(message, self.service, self.topology.name)
+        with contextlib.ExitStack() as around:
+            for concern in self._middleware:
+                around.enter_context(concern.handling(consumed))
+            result = await self._parse_and_process(consumed)
+            spend = True
+            if transient(result):
                 # The kill switch decides whether this failure is the message's own (it
                 # spends its retry budget) or part of an outage (back to the queue unspent).
-                spends_budget = await self.flow.outcome(
-                    failed=True, probe=probe, error=f"{type(exc).__name__}: {exc}")
-                if spends_budget:
-                    await self._retry_or_dead_letter(message, exc)
-                else:
-                    await self._back_to_the_queue(message, exc)
-                return
-            await message.ack()
-            await self.flow.outcome(failed=False, probe=probe)
-            metrics.ACKED.labels(self.service, event_type, outcome.value).inc()
-            if outcome is Outcome.CLASH:
-                metrics.DUPLICATES.labels(self.service, event_type).inc()
-                metrics.EVENT_ID_CLASHES.labels(self.service, event_type).inc()
-                log.warning("event id clash: %s %s was applied before with other content; "
-                            "this one is skipped (message %s)", event_type, event.event_id,
-                            message.message_id)
-            elif outcome is Outcome.IGNORED:  # a type this service does not handle
-                metrics.IGNORED.labels(self.service, event_type).inc()
-                log.info("ignored %s %s: not handled here", event_type, event.event_id)
-            elif outcome is not Outcome.APPLIED:
-                metrics.DUPLICATES.labels(self.service, event_type).inc()
-                log.info("skipped %s %s: %s", event_type, event.event_id, outcome.value)
-            else:
-                log.info("applied %s %s", event_type, event.event_id)
-        finally:
-            metrics.HANDLER_SECONDS.labels(self.service, event_type).observe(
-                time.perf_counter() - started, exemplar=metrics.trace_exemplar()
-            )
+                spend = await self.flow.outcome(
+                    failed=True, probe=probe, error=f"{type(result).__name__}: {result}")
+            settlement = settle(result, message.headers, retry_delays=self.topology.retry_delays,
+                                max_deferrals=self._max_deferrals, spend=spend)
+            for concern in self._middleware:
+                concern.decided(consumed, settlement)
+            await self._carry_out(consumed, settlement)
+            if isinstance(settlement, Ack):
+                await self.flow.outcome(failed=False, probe=probe)
+            for concern in self._middleware:
+                concern.settled(consumed, settlement)
 
-    async def _retry_or_dead_letter(
-        self, message: AbstractIncomingMessage, exc: Exception
-    ) -> None:
-        attempt = _int_header(message, h.ATTEMPT)
-        delays = self.topology.retry_delays
-        if attempt >= len(delays):
-            await self._dead_letter(message, "exhausted", exc, attempts=attempt + 1)
-            return
-        delay = delays[attempt]
-        instrumentation.failed(trace.get_current_span(), "transient", exc)
-        log.warning("attempt %d failed (%s: %s); retrying in %ds",
-                    attempt + 1, type(exc).__name__, exc, delay)
-        await self._republish(message, self.topology.retry_queue(delay), {h.ATTEMPT: attempt + 1})
-        metrics.RETRIED.labels(self.service, _label(message.type), "transient").inc()
+    async def _parse_and_process(self, consumed: Consumed) -> Outcome | Exception:
+        """The handler's outcome or exception; PoisonMessage for what is not ours (its
+        headers are checked like its body, before anything else)."""
+        problem = h.problem(consumed.message.headers)
+        if problem is not None:
+            return PoisonMessage(problem)
+        try:
+            consumed.event = parse_event(consumed.message.body)
+        except PoisonMessage as exc:
+            return exc
+        for concern in self._middleware:
+            concern.parsed(consumed)
+        try:
+            return await self._process(consumed.event)
+        except Exception as exc:
+            return exc
 
-    async def _back_to_the_queue(self, message: AbstractIncomingMessage, exc: Exception) -> None:
-        """A failure the kill switch took for an outage: a fresh copy to the back of the work
-        queue with the headers it came with, so neither the retry ladder nor the queue's
-        delivery limit counts it."""
-        instrumentation.failed(trace.get_current_span(), "paused", exc)
-        log.info("failed while paused (%s: %s); back to %s unspent",
-                 type(exc).__name__, exc, self.topology.name)
-        await self._republish(message, self.topology.name, {})
-        metrics.RETRIED.labels(self.service, _label(message.type), "paused").inc()
+    async def _carry_out(self, consumed: Consumed, settlement: Settlement) -> None:
+        match settlement:
+            case Ack():
+                await consumed.message.ack()
+            case Retry(after_seconds=delay, attempt=attempt):
+                await self._republish(consumed, self.topology.retry_queue(delay),
+                                      {h.ATTEMPT: attempt})
+            case Defer(after_seconds=delay, deferrals=deferrals):
+                await self._republish(consumed, self.topology.retry_queue(delay),
+                                      {h.DEFERRALS: deferrals})
+            case Requeue():
+                await self._republish(consumed, self.topology.name, {})
+            case DeadLetter():
+                await self._republish(consumed, self.topology.dlq, self._reason(settlement),
+                                      keep_headers=settlement.keep_headers)
 
-    async def _defer(self, message: AbstractIncomingMessage, exc: OutOfOrder) -> None:
-        deferrals = _int_header(message, h.DEFERRALS)
-        if deferrals >= self._max_deferrals:
-            await self._dead_letter(message, "out-of-order", exc, attempts=deferrals + 1)
-            return
-        delays = self.topology.retry_delays
-        delay = delays[min(deferrals, len(delays) - 1)]
-        instrumentation.failed(trace.get_current_span(), "out-of-order", exc)
-        log.info("deferred %ds: %s", delay, exc)
-        await self._republish(
-            message, self.topology.retry_queue(delay), {h.DEFERRALS: deferrals + 1}
-        )
-        metrics.RETRIED.labels(self.service, _label(message.type), "out-of-order").inc()
-
-    async def _dead_letter(
-        self,
-        message: AbstractIncomingMessage,
-        error_class: str,
-        exc: Exception,
-        attempts: int | None = None,
-        keep_headers: bool = True,
-    ) -> None:
-        instrumentation.failed(trace.get_current_span(), error_class, exc)
-        log.error("dead-lettered (%s) %s: %s: %s",
-                  error_class, message.message_id, type(exc).__name__, exc)
-        await self._republish(
-            message,
-            self.topology.dlq,
-            {
-                h.ERROR_CLASS: error_class,
-                h.ERROR_SERVICE: self.service,
-                h.ERROR_TYPE: type(exc).__name__,
-                h.ERROR_MESSAGE: str(exc)[:1000],
-                h.ERROR_ATTEMPTS: attempts if attempts is not None else 1,
-                h.ERROR_AT: utcnow().isoformat(),
-                h.ERROR_QUEUE: self.topology.name,
-            },
-            keep_headers=keep_headers,
-        )
-        metrics.DEAD_LETTERED.labels(self.service, _label(message.type), error_class).inc()
+    def _reason(self, dead: DeadLetter) -> dict[str, FieldValue]:
+        """The DLQ copy's headers that say why it is there (messaging/headers.py)."""
+        return {
+            h.ERROR_CLASS: dead.reason,
+            h.ERROR_SERVICE: self.service,
+            h.ERROR_TYPE: type(dead.error).__name__,
+            h.ERROR_MESSAGE: str(dead.error)[:1000],
+            h.ERROR_ATTEMPTS: dead.attempts,
+            h.ERROR_AT: utcnow().isoformat(),
+            h.ERROR_QUEUE: self.topology.name,
+        }
 
     async def _republish(
-        self, message: AbstractIncomingMessage, queue: str, extra_headers: dict[str, FieldValue],
+        self, consumed: Consumed, queue: str, extra_headers: dict[str, FieldValue],
         keep_headers: bool = True,
     ) -> None:
         """Copy the message (body, ids, trace context) to `queue`, confirmed, then ack it."""
         assert self._publish_channel is not None
+        message = consumed.message
         own = _own_headers(message) if keep_headers else {}
         try:
             copy = copy_message(message, {**own, **extra_headers})
@@ -368,14 +305,15 @@ class EventConsumer:
                 log.warning("could not copy message %s to %s with its headers (%s: %s); "
                             "copying it with ours only", message.message_id, queue,
                             type(exc).__name__, exc)
-                await self._republish(message, queue, extra_headers, keep_headers=False)
+                await self._republish(consumed, queue, extra_headers, keep_headers=False)
                 return
             # The copy itself cannot be made: the broker's own dead-lettering takes the
             # original to the DLQ rather than leave it hanging; the reason is logged.
             log.error("could not copy message %s to %s (%s: %s); rejected to the broker's "
                       "dead-lettering", message.message_id, queue, type(exc).__name__, exc)
             await message.reject(requeue=False)
-            metrics.DEAD_LETTERED.labels(self.service, _label(message.type), "rejected").inc()
+            for concern in self._middleware:
+                concern.rejected(consumed)
             return
         try:
             await self._copy_when_connected(message, copy, queue)
@@ -397,7 +335,8 @@ class EventConsumer:
         pause = PUBLISH_RECONNECT_POLL_SECONDS
         while True:
             try:
-                await publish_confirmed(self._copies, copy, routing_key=queue)
+                await publish_confirmed(self._copies, copy, routing_key=queue,
+                                        middleware=self._middleware)
                 return
             except PublishFailed:
                 raise
@@ -423,20 +362,6 @@ class EventConsumer:
             await asyncio.sleep(PUBLISH_RECONNECT_POLL_SECONDS)
 
 
-def _label(event_type: str | None) -> str:
-    """The `type` property as a metric label: anything off the wire but our event types is
-    'unknown', so a flood of junk types cannot blow up the metrics' label cardinality."""
-    return event_type if event_type in EVENT_TYPES else "unknown"
-
-
 def _own_headers(message: AbstractIncomingMessage) -> dict[str, FieldValue]:
     """The message's headers minus the broker's bookkeeping (x-death and friends)."""
     return {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
-
-
-def _int_header(message: AbstractIncomingMessage, name: str) -> int:
-    try:
-        value = (message.headers or {}).get(name, 0)
-        return max(0, int(value))  # type: ignore[arg-type]  # any AMQP value; non-numbers: below
-    except (TypeError, ValueError):
-        return 0

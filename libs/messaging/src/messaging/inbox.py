@@ -233,6 +233,12 @@ async def despite_cancellation(work: Coroutine[Any, Any, Outcome]) -> Outcome:
     return task.result()
 
 
+# An event's check and claim before its step (an outcome to skip it; None: claimed, go on),
+# and its record (the handler and the inbox row, committed): `Inbox.process`'s two steps.
+Claim = Callable[[Event], Awaitable["Outcome | None"]]
+Record = Callable[[Event], Awaitable["Outcome"]]
+
+
 class _LostRace(Exception):
     """The order's applied sequence changed under us; the transaction is rolled back."""
 
@@ -240,42 +246,41 @@ class _LostRace(Exception):
 class Inbox:
     """Applies events once and in order, each with the handler its Subscriptions name for it.
 
-    One path: `process` is `prepare` (the read-only check and claim, when the subscription
-    has a step outside the database), the step, and then `apply`, which commits a batch of
-    one; a batcher (messaging/speed/inbox_batching.py) commits several with
-    `process_batch`, the same code.
+    One path: `process` is the check and claim (when the subscription has a step outside
+    the database), the step, and then `apply`, which commits a batch of one; a batcher
+    (messaging/speed/inbox_batching.py) runs the same `process` with the claims and records
+    of several events grouped (`claim_batch`, `process_batch`: the same code).
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
 
-    async def process(self, event: Event, subscriptions: Subscriptions) -> Outcome:
+    async def process(self, event: Event, subscriptions: Subscriptions, *,
+                      claim: Claim | None = None, record: Record | None = None) -> Outcome:
         """Apply `event` once and in order; its handler writes the effect in our transaction.
 
-        A subscription's `before` step is for an effect outside the database (sending a
-        mail): it runs after a read-only check that the event is new and next in line, and
-        before the transaction, so no database connection waits on the network. If the
-        process dies after it and before the commit, the redelivery does it again: at least
-        once, never lost.
+        The one path of every event: an event nobody subscribed to is ignored; else, when
+        its subscription has a `before` step (an effect outside the database: sending a
+        mail), a check that the event is new and next in line and its claim (`claim`), the
+        step, then the record (`record`: the handler and the inbox row, one transaction);
+        without a step, the record alone. The step runs before the transaction, so no
+        database connection waits on the network. If the process dies after it and before
+        the commit, the redelivery does it again: at least once, never lost.
+
+        `claim` and `record` are this inbox's own (`claim`, `apply`: a transaction each)
+        unless given: the batcher (messaging/speed/inbox_batching.py) passes grouped ones.
         """
-        early = await self.prepare(event, subscriptions)
+        if subscriptions.handler_for(event) is None:
+            return decide(event, State(seen=False), subscriptions) or Outcome.IGNORED
+        claim = claim or partial(self.claim, subscriptions=subscriptions)
+        record = record or partial(self.apply, subscriptions=subscriptions)
+        before = subscriptions.before_for(event)
+        if before is None:
+            return await record(event)
+        early = await claim(event)
         if early is not None:
             return early
-        before = subscriptions.before_for(event)
-        if before is not None:
-            return await self.step_then_record(
-                event, before, partial(self.apply, event, subscriptions))
-        return await self.apply(event, subscriptions)
-
-    async def prepare(self, event: Event, subscriptions: Subscriptions) -> Outcome | None:
-        """The part of `process` before its transaction: an outcome for an event nobody
-        subscribed to; for an event with a `before` step, decide on what is committed (an
-        outcome to skip it; OutOfOrder raised) and claim it."""
-        if subscriptions.handler_for(event) is None:
-            return decide(event, State(seen=False), subscriptions)  # ignored, nothing read
-        if subscriptions.before_for(event) is None:
-            return None
-        return await self.claim(event, subscriptions)
+        return await self.step_then_record(event, before, partial(record, event))
 
     async def step_then_record(self, event: Event, before: SideEffect,
                                record: Callable[[], Awaitable[Outcome]]) -> Outcome:

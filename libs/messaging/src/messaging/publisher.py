@@ -7,7 +7,8 @@ timeout. A publish returns only after the broker's ack.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -23,7 +24,7 @@ from pamqp.commands import Basic
 from pamqp.common import FieldValue
 from pamqp.header import ContentHeader
 
-from messaging.observability import instrumentation
+from messaging.observability.middleware import DEFAULT_MIDDLEWARE, Middleware, Published
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 
@@ -115,13 +116,18 @@ async def publish_confirmed(
     *,
     timeout: float = PUBLISH_TIMEOUT_SECONDS,
     parent: Context | None = None,
+    middleware: Sequence[Middleware] = DEFAULT_MIDDLEWARE,
 ) -> None:
     """Publish one message and wait for the broker's ack, or raise PublishFailed.
 
-    The one place Mini EC sends a message: a PRODUCER span `publish <exchange>` covers it and
-    its trace context goes into the headers (`parent`: another context than the current one).
+    The one place Mini EC sends a message, so the one its concerns wrap (`middleware`): by
+    default a PRODUCER span `publish <exchange>` covers it and its trace context goes into
+    the headers (`parent`: another context than the current one).
     """
-    with instrumentation.publishing(exchange.name, routing_key, message, parent=parent):
+    with contextlib.ExitStack() as around:
+        published = Published(exchange.name, routing_key, message, parent)
+        for concern in middleware:
+            around.enter_context(concern.publishing(published))
         try:
             confirmation = await exchange.publish(
                 message, routing_key=routing_key, mandatory=True, timeout=timeout

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from messaging.chassis.settings import ServiceSettings
+    from messaging.transactions import UnitOfWork
 
 ENTRY_POINT_GROUP = "mini_ec.services"
 
@@ -125,7 +126,7 @@ class Consumes:
 
     def receives(self, event_type: str) -> bool:
         """Whether the bindings route `event_type` to the queue (topic matching)."""
-        return any(_topic_match(b, routing_key_for(event_type)) for b in self.bindings)
+        return any(topic_matches(b, routing_key_for(event_type)) for b in self.bindings)
 
 
 # What every consumer reads of every event, whatever its handlers do: the inbox, the order
@@ -161,7 +162,10 @@ class ServiceSpec:
     settings: type[ServiceSettings]
     tables: MetaData
     routes: tuple[str, ...]  # "GET /orders/{order_id}", for people and checks
+    # Its HTTP routes: `router(use_cases(transactions, settings))` for a service with use
+    # cases that change state (a producer's), else `router(sessions)` (a consumer's reads).
     router: Callable[..., APIRouter] | None = None
+    use_cases: Callable[[UnitOfWork, Any], object] | None = None
     produces: tuple[str, ...] = ()  # event types it publishes (through its outbox)
     consumes: Consumes | None = None
     # Settings the local stack (devstack) sets for it besides PORT, DATABASE_URL, RABBITMQ_URL;
@@ -222,7 +226,7 @@ def named(name: str) -> ServiceSpec:
     raise ValueError(f"unknown service {name!r}; known: {', '.join(sorted(names()))}")
 
 
-def _topic_match(pattern: str, key: str) -> bool:
+def topic_matches(pattern: str, key: str) -> bool:
     """RabbitMQ topic matching: `*` is one word, `#` zero or more."""
 
     def match(p: list[str], k: list[str]) -> bool:

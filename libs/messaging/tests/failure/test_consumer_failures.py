@@ -165,7 +165,7 @@ async def test_a_handler_that_always_fails_lands_in_the_dlq_after_the_configured
 async def test_a_permanent_error_goes_to_the_dlq_without_retrying(
     connection, publish, start_consumer
 ):
-    from messaging.consumer import PermanentError
+    from messaging.settlement import PermanentError
 
     handler = Recorder(failures=10**6, error=PermanentError("550 no such mailbox"))
     await start_consumer(handler)

@@ -74,7 +74,7 @@ async def ids_in(connection, queue: str) -> list[str]:
     """Message ids in `queue`, head first, leaving them there."""
     channel = await connection.channel()
     q = await channel.get_queue(queue, ensure=False)
-    taken = await dlq._take(q, await dlq.ready_count(connection, queue))
+    taken = await dlq.take_unacked(q, await dlq.ready_count(connection, queue))
     await channel.close()  # unacked: all go back
     return [m.message_id for m in taken]
 

@@ -12,9 +12,10 @@ from sqlalchemy import select
 
 from devstack import events
 from devstack.wait import eventually_async
-from messaging import outbox
+from messaging import outbox_store
 from messaging.chassis import db
-from messaging.outbox import OutboxRelay, add_to_outbox, outbox_table
+from messaging.outbox import OutboxRelay
+from messaging.outbox_store import add_to_outbox, outbox_table
 from messaging.topology import declare_exchange
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def sessions(tmp_path):
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/payment.db")
-    await db.create_schema(engine, outbox.metadata)
+    await db.create_schema(engine, outbox_store.metadata)
     yield db.session_factory(engine)
     await engine.dispose()
 

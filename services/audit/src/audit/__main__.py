@@ -1,4 +1,4 @@
 from audit.spec import SPEC
-from messaging.chassis.app import consumer_main
+from messaging.chassis.app import service_main
 
-consumer_main(SPEC)
+service_main(SPEC)

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from mailer.message import Mail
-from messaging.consumer import PermanentError
+from messaging.settlement import PermanentError
 
 tracer = trace.get_tracer(__name__)
 
@@ -169,6 +169,11 @@ class SmtpSender:
         # Connections kept open between mails: a mail costs MAIL, RCPT and DATA, not also a
         # TCP connect, greeting, EHLO and QUIT. One mail at a time per connection.
         self._idle: list[SmtpConnection] = []
+
+    @property
+    def idle_connections(self) -> tuple[SmtpConnection, ...]:
+        """The connections kept open for the next mails (at most `max_idle`)."""
+        return tuple(self._idle)
 
     async def _connection(self) -> SmtpConnection:
         while self._idle:

@@ -8,7 +8,7 @@ from mailer.handlers import MailSender
 from mailer.message import MailTemplate, UnsafeMail
 from mailer.settings import Settings
 from mailer.smtp import SmtpSender
-from messaging.consumer import PermanentError
+from messaging.settlement import PermanentError
 from messaging.spec import Consumes, Reads, ServiceSpec, Subscription
 
 

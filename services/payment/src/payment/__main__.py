@@ -1,3 +1,4 @@
-from payment.main import main
+from messaging.chassis.app import service_main
+from payment.spec import SPEC
 
-main()
+service_main(SPEC)

@@ -1,4 +1,4 @@
-from messaging.chassis.app import consumer_main
+from messaging.chassis.app import service_main
 from shipping.spec import SPEC
 
-consumer_main(SPEC)
+service_main(SPEC)

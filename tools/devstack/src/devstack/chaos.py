@@ -77,7 +77,7 @@ _BY_INBOX = ("inbox", "SELECT event_id, order_id FROM inbox",
 PRODUCERS = tuple(s.name for s in spec.installed() if s.produces)
 
 
-def _handled(name: str, expected: dict[str, dict]) -> dict[str, dict]:
+def handled_by(name: str, expected: dict[str, dict]) -> dict[str, dict]:
     """The expected events the consumer's bindings route to its queue and it has a handler
     for (points acks OrderShipped as ignored: no effect expected)."""
     service = spec.named(name)
@@ -494,7 +494,9 @@ def mails_out_of_causal_order(message_ids: list[str], expected: dict[str, dict])
     return len(wrong)
 
 
-def _categorise(expected: dict[str, dict], effects: dict[str, list], fits) -> Counts:
+def categorise(expected: dict[str, dict], effects: dict[str, list], fits) -> Counts:
+    """How the effects found (by event id) compare to the events expected: each expected
+    one lost, duplicated, or unexpected in content (`fits`); and effects nobody expected."""
     counts = Counts(expected=len(expected))
     for event_id, want in expected.items():
         got = effects.get(event_id, [])
@@ -520,7 +522,7 @@ def consumer_counts(stack: Stack, expected: dict[str, dict]) -> dict[str, Counts
     for name in CONSUMERS:
         table, sql, fits = EFFECTS.get(name, _BY_INBOX)
         effects = _group(_rows(stack.database_urls[name], sql))
-        counts[f"{name} ({table})"] = _categorise(_handled(name, expected), effects, fits)
+        counts[f"{name} ({table})"] = categorise(handled_by(name, expected), effects, fits)
     return counts
 
 
@@ -530,7 +532,7 @@ def smtp_counts(mail_dir: Path, expected: dict[str, dict], faults: list[Fault]
     receipts: dict[str, list[float]] = {}
     for at, mail in smtp_sink.mails_received(mail_dir):
         receipts.setdefault(str(mail["Message-ID"]), []).append(at)
-    wanted = {f"<{event_id}@mini-ec>" for event_id in _handled("mailer", expected)}
+    wanted = {f"<{event_id}@mini-ec>" for event_id in handled_by("mailer", expected)}
     resends = attribute_resends({m: t for m, t in receipts.items() if m in wanted}, faults)
     counts = Counts(
         expected=len(wanted),
@@ -545,10 +547,10 @@ def _all_applied(stack: Stack, mail_dir: Path, expected: dict[str, dict]) -> boo
     urls = stack.database_urls
     for name in CONSUMERS:
         _, sql, _ = EFFECTS.get(name, _BY_INBOX)
-        if not set(_handled(name, expected)) <= {r[0] for r in _rows(urls[name], sql)}:
+        if not set(handled_by(name, expected)) <= {r[0] for r in _rows(urls[name], sql)}:
             return False
     got = {str(m["Message-ID"]) for m in smtp_sink.mails_in(mail_dir)}
-    return {f"<{e}@mini-ec>" for e in _handled("mailer", expected)} <= got
+    return {f"<{e}@mini-ec>" for e in handled_by("mailer", expected)} <= got
 
 
 def _queues_empty(vhost: str) -> bool:

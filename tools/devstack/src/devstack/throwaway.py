@@ -59,7 +59,8 @@ def throwaway_vhost(prefix: str = "test"):
         delete_vhost(name)
 
 
-async def _admin(statement: str) -> None:
+async def run_as_admin(statement: str) -> None:
+    """One statement on the local PostgreSQL server as its admin (databases come and go)."""
     import asyncpg
 
     conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
@@ -73,21 +74,21 @@ async def _admin(statement: str) -> None:
 async def throwaway_postgres(prefix: str = "t"):
     """Yields a `postgresql+asyncpg://` URL of a new, empty database; dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    await _admin(f'CREATE DATABASE "{name}"')
+    await run_as_admin(f'CREATE DATABASE "{name}"')
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     try:
         yield f"{base}/{name}"
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await run_as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def create_postgres_database(prefix: str = "t") -> tuple[str, str]:
     """Synchronous variant for process-level fixtures: returns (name, URL)."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(run_as_admin(f'CREATE DATABASE "{name}"'))
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     return name, f"{base}/{name}"
 
 
 def drop_postgres_database(name: str) -> None:
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(run_as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

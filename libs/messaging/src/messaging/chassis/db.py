@@ -75,7 +75,10 @@ def create_engine(database_url: str) -> AsyncEngine:
                     "written for (%s); using stock aiosqlite (slower)", aiosqlite.__version__,
                     ", ".join(f"{v}x" for v in INLINE_SQLITE_WRITTEN_FOR))
         inline = {}
-    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60, **inline)
+    # In memory (the test kit): SQLAlchemy keeps the one connection, and so the database.
+    pool = {} if database == ":memory:" else {"pool_size": 1, "max_overflow": 0,
+                                               "pool_timeout": 60}
+    engine = create_async_engine(url, **pool, **inline)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -21,7 +21,7 @@ from contracts import Event
 from messaging import outbox
 from messaging.broker import STOP_STEP_SECONDS, close_within, connect
 from messaging.chassis import queue_stats
-from messaging.chassis.settings import ConsumerSettings, OutboxSettings
+from messaging.chassis.settings import ConsumerSettings, OutboxSettings, ServiceSettings
 from messaging.consumer import EventConsumer
 from messaging.inbox import Inbox, Outcome
 from messaging.observability import telemetry
@@ -90,10 +90,61 @@ class BrokerLink:
         await close_within(self._connected.result(), f"{self._name} connection")
 
 
+class Relaying:
+    """The outbox relay of a service that publishes, and its upkeep (published rows are
+    forgotten after OUTBOX_RETENTION_HOURS): for a producer and a consumer alike."""
+
+    def __init__(self, service: str, settings: OutboxSettings,
+                 sessions: async_sessionmaker[AsyncSession],
+                 connect: Callable[[], Awaitable[AbstractRobustConnection]]):
+        self._service, self._settings, self._sessions = service, settings, sessions
+        self.relay = outbox.OutboxRelay(
+            sessions, connect, service=service, batch_size=settings.outbox_batch_size,
+            poll_interval=settings.outbox_poll_seconds,
+        )
+
+    def start(self) -> list[asyncio.Task[None]]:
+        retention = timedelta(hours=self._settings.outbox_retention_hours)
+        forget = partial(outbox.forget_published_older_than, self._sessions, retention)
+        return [
+            asyncio.create_task(self.relay.run(), name=f"{self._service}-outbox-relay"),
+            asyncio.create_task(run_periodically(forget, "outbox upkeep"),
+                                name=f"{self._service}-outbox-upkeep"),
+        ]
+
+
+class ProducerRuntime:
+    """The background half of a service that only produces: its broker link and its outbox
+    relay. Requests are taken while the broker is down: the relay waits for the link."""
+
+    def __init__(self, service: str, settings: ServiceSettings,
+                 sessions: async_sessionmaker[AsyncSession]):
+        self.broker = BrokerLink(settings.rabbitmq_url, service)
+        self._relaying = Relaying(service, _outbox_settings(service, settings), sessions,
+                                  self.broker.connection)
+        self.relay = self._relaying.relay
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.broker.start()
+        self._tasks = self._relaying.start()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.broker.close()
+
+    async def check(self) -> None:
+        """Readiness: connected to the broker right now."""
+        await self.broker.check()
+
+
 class ConsumerRuntime:
     """The consuming half of a service: broker link, consumer, inbox upkeep; and for a
     consumer that publishes (its handlers write outbox rows in the inbox transaction), the
-    outbox relay and its upkeep, as a producing service runs them.
+    outbox relay and its upkeep (`Relaying`), as a producing service runs them.
 
     `outbox_sessions`: the database of that outbox (the service's own); None = publishes
     nothing. The relay publishes on the publishing connection, with confirms, and is woken
@@ -114,26 +165,28 @@ class ConsumerRuntime:
         self.publisher = BrokerLink(settings.rabbitmq_url, f"{service}-publish")
         self._settings = settings
         self._inbox = inbox
-        # Several messages per inbox transaction; each still acked, retried or dead-lettered
-        # on its own (messaging/speed/inbox_batching.py).
+        self._subscriptions = subscriptions
+        # SPEED_LAYER=on: several messages per inbox transaction; each still acked, retried
+        # or dead-lettered on its own (messaging/speed/inbox_batching.py).
         self._batcher = InboxBatcher(inbox, subscriptions, max_batch=settings.batch_size)
         self._consumer: EventConsumer | None = None
         # The kill switch and what it does: outlives a consumer rebuilt after a failed start.
         self.flow = FlowControl(service, settings.kill_switch, settings.prefetch)
         self._tasks: list[asyncio.Task[None]] = []
-        self._outbox_sessions = outbox_sessions
-        self._outbox_settings: OutboxSettings | None = None
+        self._relaying: Relaying | None = None
         self.relay: outbox.OutboxRelay | None = None
         if outbox_sessions is not None:
-            self._outbox_settings = _outbox_settings(service, settings)
-            self.relay = outbox.OutboxRelay(
-                outbox_sessions, self.publisher.connection, service=service,
-                batch_size=self._outbox_settings.outbox_batch_size,
-                poll_interval=self._outbox_settings.outbox_poll_seconds,
-            )
+            self._relaying = Relaying(service, _outbox_settings(service, settings),
+                                      outbox_sessions, self.publisher.connection)
+            self.relay = self._relaying.relay
 
     async def process(self, event: Event) -> Outcome:
-        outcome = await self._batcher.process(event)
+        """What the consumer calls for each message: `Inbox.process`, through the batcher
+        when the speed layer is on."""
+        if self._settings.speed:
+            outcome = await self._batcher.process(event)
+        else:
+            outcome = await self._inbox.process(event, self._subscriptions)
         if outcome is Outcome.APPLIED and self.relay is not None:
             self.relay.notify()  # committed: whatever the handler staged can go out now
         return outcome
@@ -144,20 +197,8 @@ class ConsumerRuntime:
             asyncio.create_task(run_periodically(self._trim_inbox, "inbox upkeep"),
                                 name=f"{self.service}-inbox-upkeep"),
         ]
-        if self.relay is not None:
-            assert self._outbox_sessions is not None and self._outbox_settings is not None
-            retention = timedelta(hours=self._outbox_settings.outbox_retention_hours)
-            self._tasks += [
-                asyncio.create_task(self.relay.run(), name=f"{self.service}-outbox-relay"),
-                asyncio.create_task(
-                    run_periodically(
-                        partial(outbox.forget_published_older_than, self._outbox_sessions,
-                                retention),
-                        "outbox upkeep",
-                    ),
-                    name=f"{self.service}-outbox-upkeep",
-                ),
-            ]
+        if self._relaying is not None:
+            self._tasks += self._relaying.start()
 
     async def stop(self) -> None:
         if self._consumer is not None:

@@ -1,8 +1,9 @@
 """The project's own AMQP spans, by the OpenTelemetry messaging conventions for RabbitMQ.
 
 Every message Mini EC sends goes through `publisher.publish_confirmed`, every delivery it
-handles through `EventConsumer`; those two are instrumented here, so no library
-instrumentation is needed (aio-pika's emits the pre-1.26 names and attributes):
+handles through `EventConsumer` and its tracing middleware (observability/middleware.py);
+those two are instrumented here, so no library instrumentation is needed (aio-pika's emits
+the pre-1.26 names and attributes):
 
     publish <exchange>   PRODUCER  messaging.operation.type=send, .name=publish
     process <queue>      CONSUMER  messaging.operation.type=process, .name=process

@@ -112,7 +112,7 @@ async def show(connection: AbstractConnection, service: str,
     dlq = await _existing_dlq(connection, service)
     async with _channel(connection) as channel:
         queue = await channel.get_queue(dlq, ensure=False)
-        taken = await _take(queue, min(limit, await ready_count(connection, dlq) or 0))
+        taken = await take_unacked(queue, min(limit, await ready_count(connection, dlq) or 0))
         for message in taken:  # give every one back
             await message.nack(requeue=True)
     return taken
@@ -197,7 +197,7 @@ async def _settle(
     done: list[str] = []
     async with _channel(connection, confirm=True) as channel:
         queue = await channel.get_queue(dlq, ensure=False)
-        taken = await _take(queue, await ready_count(connection, dlq) or 0)
+        taken = await take_unacked(queue, await ready_count(connection, dlq) or 0)
         settled: set[int] = set()
         try:
             for message in taken:
@@ -220,8 +220,9 @@ async def _settle(
     return Result(done, missing)
 
 
-async def _take(queue: AbstractQueue, count: int) -> list[AbstractIncomingMessage]:
-    """Get up to `count` messages without acking: held by us, so each get returns the next."""
+async def take_unacked(queue: AbstractQueue, count: int) -> list[AbstractIncomingMessage]:
+    """Get up to `count` messages without acking: held by us, so each get returns the next;
+    whatever is not acked goes back to the queue when the channel closes."""
     taken = []
     for _ in range(count):
         message = await queue.get(no_ack=False, fail=False)

@@ -1,10 +1,11 @@
 """Group commit: work that arrives while a transaction commits shares the next one.
 
-Used by the inbox batcher (several consumed messages per inbox transaction) and by a
-producer's use cases (several concurrent requests per transaction). Each caller `submit`s
-its item and waits; one worker task takes everything waiting (up to `max_group`) and hands
-it to `commit`, in arrival order, each item with the context (trace span, correlation id)
-of the task that submitted it:
+The one mechanism behind the speed layer's wrappers: the inbox batcher (several consumed
+messages per inbox transaction, messaging/speed/inbox_batching.py) and a producer's use
+cases (several concurrent requests per transaction, messaging/speed/transactions.py). Each
+caller `do`es its item and waits; one worker task takes everything waiting (up to
+`max_group`) and hands it to `commit`, in arrival order, each item with the context (trace
+span, correlation id) of the task that submitted it:
 
     the caller's task                   the worker
     -----------------                   ----------
@@ -36,8 +37,10 @@ log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-# Commits a group (two or more items) in one transaction: a result per item, in order.
-CommitGroup = Callable[[list[Item], list[contextvars.Context]], Awaitable[Sequence[Result]]]
+# Commits a group (two or more items) in one transaction: a result per item, in order
+# (None: that item is not done there; its caller does it alone).
+CommitGroup = Callable[[list[Item], list[contextvars.Context]],
+                       Awaitable[Sequence[Result | None]]]
 
 
 @dataclass
@@ -57,6 +60,12 @@ class GroupCommit(Generic[Item, Result]):
         self._waiting: list[_Waiting[Item, Result]] = []
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+
+    async def do(self, item: Item, alone: Callable[[], Awaitable[Result]]) -> Result:
+        """The item's result from a committed group; else `alone()` (a group of one, a group
+        rolled back, grouping off), which does it exactly as without grouping."""
+        result = await self.submit(item) if self._max_group > 1 else None
+        return result if result is not None else await alone()
 
     async def submit(self, item: Item) -> Result | None:
         """The item's result from a committed group, or None: do it alone."""

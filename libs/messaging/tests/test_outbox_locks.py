@@ -1,5 +1,5 @@
 """Several relays on one PostgreSQL outbox (several payment instances): each row goes out once,
-an order's events in order, and a dead relay's claims are taken over at once."""
+an order's events in order, and a dead relay's locked rows are taken over at once."""
 
 import asyncio
 import logging
@@ -10,9 +10,10 @@ from sqlalchemy import func, select, text
 
 from devstack import events, throwaway
 from devstack.wait import eventually_async
-from messaging import outbox
+from messaging import outbox_store
 from messaging.chassis import db
-from messaging.outbox import OutboxRelay, add_to_outbox, outbox_table
+from messaging.outbox import OutboxRelay
+from messaging.outbox_store import add_to_outbox, outbox_table
 from messaging.topology import EXCHANGE
 
 pytestmark = pytest.mark.integration
@@ -20,14 +21,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def database_url():
-    """PostgreSQL only: the claims are PostgreSQL's row locks (SQLite has one relay)."""
+    """PostgreSQL only: relays share an outbox by PostgreSQL's row locks (SQLite has one relay)."""
     async with throwaway.throwaway_postgres() as url:
         yield url
 
 
 @pytest.fixture
 async def sessions(sessions_for):
-    return await sessions_for(outbox.metadata)
+    return await sessions_for(outbox_store.metadata)
 
 
 @pytest.fixture
@@ -52,6 +53,18 @@ def relay(sessions, connection, **kwargs) -> OutboxRelay:
         return connection
 
     return OutboxRelay(sessions, connect, **kwargs)
+
+
+def stuck_relay(sessions, stuck: asyncio.Event, release: asyncio.Event) -> OutboxRelay:
+    """A relay that locks its batch of one, then hangs connecting to the broker (a process
+    about to die): `stuck` is set then; once `release` is set, the connection fails."""
+
+    async def connect():
+        stuck.set()
+        await release.wait()
+        raise ConnectionError("the process is gone")
+
+    return OutboxRelay(sessions, connect, batch_size=1)
 
 
 async def drain(queue, expected: int, timeout: float = 15.0) -> list:
@@ -111,15 +124,8 @@ async def test_a_relay_waits_for_an_orders_earlier_event_held_by_another_and_tak
         await add_to_outbox(session, events.order_refunded(x_paid))
         await add_to_outbox(session, y_paid)
 
-    holder = relay(sessions, connection, batch_size=1)
     stuck, release = asyncio.Event(), asyncio.Event()
-
-    async def hang(rows):  # claimed, then stuck before publishing (a process about to die)
-        stuck.set()
-        await release.wait()
-        return [None for _ in rows]
-
-    holder._publish_rows = hang
+    holder = stuck_relay(sessions, stuck, release)
     holding = asyncio.create_task(holder.publish_pending())
     await asyncio.wait_for(stuck.wait(), 10)
 
@@ -128,7 +134,7 @@ async def test_a_relay_waits_for_an_orders_earlier_event_held_by_another_and_tak
     [first] = await drain(tap, 1)
     assert first.message_id == str(y_paid.event_id)
 
-    # The holder's process dies: PostgreSQL ends its session, and its claim with it.
+    # The holder's process dies: PostgreSQL ends its session, and its locks with it.
     async with sessions() as session:
         killed = (await session.execute(text(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -137,7 +143,7 @@ async def test_a_relay_waits_for_an_orders_earlier_event_held_by_another_and_tak
     assert killed == 1
 
     async def holder_gone() -> bool:
-        # pg_terminate_backend only signals: the claim goes when the backend has exited.
+        # pg_terminate_backend only signals: the locks go when the backend has exited.
         async with sessions() as session:
             return (await session.execute(text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -158,7 +164,7 @@ async def test_a_relay_waits_for_an_orders_earlier_event_held_by_another_and_tak
 async def test_a_relay_on_sqlite_says_it_is_the_only_one(tmp_path, caplog, connection):
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/one.db")
     try:
-        await db.create_schema(engine, outbox.metadata)
+        await db.create_schema(engine, outbox_store.metadata)
         engine_sessions = db.session_factory(engine)
         with caplog.at_level(logging.INFO, logger="messaging.outbox"):
             assert await relay(engine_sessions, connection).publish_pending() == 0
@@ -194,15 +200,8 @@ async def test_a_handed_row_waits_for_its_orders_earlier_row_held_by_another_rel
     x_paid = events.order_paid()
     async with sessions() as session, session.begin():
         await add_to_outbox(session, x_paid)
-    holder = relay(sessions, connection, batch_size=1)
     stuck, release = asyncio.Event(), asyncio.Event()
-
-    async def hang(rows):  # claimed, then stuck before publishing (a process about to die)
-        stuck.set()
-        await release.wait()
-        return [None for _ in rows]
-
-    holder._publish_rows = hang
+    holder = stuck_relay(sessions, stuck, release)
     holding = asyncio.create_task(holder.publish_pending())
     await asyncio.wait_for(stuck.wait(), 10)
 
@@ -229,4 +228,4 @@ async def test_a_handed_row_waits_for_its_orders_earlier_row_held_by_another_rel
 
 
 async def _handed_all(r: OutboxRelay) -> bool:
-    return not r._handed and not r._reserved
+    return r.handed_count == 0 and r.reserved_count == 0
