@@ -1,6 +1,8 @@
 """The docs hold together: every relative link in README.md, docs/ and deploy/README.md points
-at a file in the repository, every `#anchor` at a heading of its target (GitHub's slugs), and
-the README stays the short front door (at most 300 lines)."""
+at a file in the repository, every `#anchor` at a heading of its target (GitHub's slugs),
+every `#L<n>` into a Python file at the line that defines the symbol the link's text names
+(line links go stale when code moves: this says which), and the README stays the short front
+door (at most 300 lines)."""
 
 from __future__ import annotations
 
@@ -15,10 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 README_MAX_LINES = 300
 
 # [text](target) or [text](target "title"); images too. Not inside code.
-_LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_LINK = re.compile(
+    r"!?\[((?:[^\]\[]|\[[^\]]*\])*)\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+_LINE = re.compile(r"L(\d+)(?:-L\d+)?")
+# What a line link's text names: `name` or `Outer.name` (in backticks or not; `()` allowed).
+_SYMBOL = re.compile(r"`?([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?:\(\))?`?")
 
 
 def doc_files() -> list[Path]:
@@ -27,14 +33,15 @@ def doc_files() -> list[Path]:
 
 
 def _prose(text: str) -> list[str]:
-    """The lines outside fenced code blocks, with inline code blanked out."""
+    """The lines outside fenced code blocks, inline code stripped of brackets and parentheses:
+    a link written in code is no link, and a link's text in code (a symbol) is kept."""
     lines, fenced = [], False
     for line in text.splitlines():
         if _FENCE.match(line):
             fenced = not fenced
             continue
         if not fenced:
-            lines.append(re.sub(r"`[^`]*`", "``", line))
+            lines.append(re.sub(r"`[^`]*`", lambda code: re.sub(r"[][()]", "", code[0]), line))
     return lines
 
 
@@ -70,7 +77,7 @@ def broken_links(path: Path, root: Path = ROOT) -> list[str]:
     """What is wrong with the relative links of one Markdown file, one line per link."""
     problems = []
     for line in _prose(path.read_text(encoding="utf-8")):
-        for target in _LINK.findall(line):
+        for text, target in _LINK.findall(line):
             if _SCHEME.match(target):
                 continue  # http:, https:, mailto: — not ours to check
             file_part, _, fragment = target.partition("#")
@@ -85,13 +92,56 @@ def broken_links(path: Path, root: Path = ROOT) -> list[str]:
                 and fragment not in anchors(dest.read_text(encoding="utf-8"))
             ):
                 problems.append(f"{target}: no heading #{fragment} in {dest.name}")
+            elif dest.suffix == ".py" and (line_number := _LINE.fullmatch(fragment)):
+                problem = _not_defined_at(dest, int(line_number[1]), text)
+                if problem:
+                    problems.append(f"[{text}]({target}): {problem}")
     return problems
+
+
+def _not_defined_at(source: Path, number: int, text: str) -> str | None:
+    """Why line `number` of `source` does not define what `text` names (None: it does).
+
+    The text names a symbol, `Outer.name` or `name` (in backticks or not; `()` allowed). The
+    line must define `name`: `def name`, `async def name`, `class name`, `name =` or `name:`.
+    `Outer`, when given, is the class or function the line is in, or the module itself.
+    """
+    symbol = _SYMBOL.fullmatch(text.strip())
+    if symbol is None:
+        return f"a line link's text must name the symbol defined there, not {text!r}"
+    *outer, name = symbol[1].split(".")
+    lines = source.read_text(encoding="utf-8").splitlines()
+    if not 1 <= number <= len(lines):
+        return f"{source.name} has {len(lines)} lines, no line {number}"
+    line, word = lines[number - 1], re.escape(name)
+    if not re.match(rf"\s*((async\s+)?def|class)\s+{word}\b|\s*{word}\s*(:|=(?!=))", line):
+        return f"line {number} of {source.name} does not define {name}: {line.strip()!r:.80}"
+    scope = _enclosing(lines, number)
+    if outer and outer[-1] not in (source.stem, scope):
+        return (f"line {number} of {source.name} defines {name} in {scope or 'the module'}, "
+                f"not in {outer[-1]}")
+    return None
+
+
+def _enclosing(lines: list[str], number: int) -> str | None:
+    """The class or function that line `number` is in (None: the module's top level)."""
+    indent = len(lines[number - 1]) - len(lines[number - 1].lstrip())
+    for line in reversed(lines[: number - 1]):
+        stripped = line.lstrip()
+        if stripped and len(line) - len(stripped) < indent:
+            scope = re.match(r"(?:async\s+)?(?:def|class)\s+(\w+)", stripped)
+            if scope:
+                return scope[1]
+            if not stripped.startswith(("@", "#", ")")):
+                indent = len(line) - len(stripped)  # a block (if, with, …) inside a scope
+    return None
 
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves_to_a_file_and_heading(path):
     assert path.exists(), path
-    assert broken_links(path) == []
+    problems = broken_links(path)
+    assert problems == [], "\n".join(problems)
 
 
 def test_the_readme_is_at_most_300_lines():
@@ -128,4 +178,39 @@ def test_the_checker_reports_a_missing_file_a_missing_heading_and_an_escape(tmp_
         "docs/a.md#absent: no heading #absent in a.md",
         "../elsewhere.md: points outside the repository",
         "#nowhere: no heading #nowhere in README.md",
+    ]
+
+
+def test_a_line_link_must_point_at_the_definition_of_the_symbol_its_text_names(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "inbox.py").write_text(
+        "LIMIT = 3\n"                                 # 1
+        "\n"                                          # 2
+        "class Inbox:\n"                              # 3
+        "    async def process(self, event):\n"       # 4
+        "        return decide(event)\n"              # 5
+        "\n"                                          # 6
+        "def decide(event):\n"                        # 7
+        "    return None\n",                          # 8
+        encoding="utf-8",
+    )
+    page = tmp_path / "walk.md"
+    page.write_text(
+        "[`Inbox.process`](pkg/inbox.py#L4) [decide()](pkg/inbox.py#L7) [LIMIT](pkg/inbox.py#L1)"
+        " [`inbox.decide`](pkg/inbox.py#L7) [`Inbox`](pkg/inbox.py#L3-L5)\n"
+        "[`Inbox.process`](pkg/inbox.py#L5) [`Other.process`](pkg/inbox.py#L4)"
+        " [`Inbox.decide`](pkg/inbox.py#L7) [line 4](pkg/inbox.py#L4)"
+        " [`decide`](pkg/inbox.py#L80)\n",
+        encoding="utf-8",
+    )
+    assert broken_links(page, root=tmp_path) == [
+        "[`Inbox.process`](pkg/inbox.py#L5): line 5 of inbox.py does not define process: "
+        "'return decide(event)'",
+        "[`Other.process`](pkg/inbox.py#L4): line 4 of inbox.py defines process in Inbox, "
+        "not in Other",
+        "[`Inbox.decide`](pkg/inbox.py#L7): line 7 of inbox.py defines decide in the module, "
+        "not in Inbox",
+        "[line 4](pkg/inbox.py#L4): a line link's text must name the symbol defined there, "
+        "not 'line 4'",
+        "[`decide`](pkg/inbox.py#L80): inbox.py has 8 lines, no line 80",
     ]
