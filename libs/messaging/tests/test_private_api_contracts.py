@@ -1,4 +1,4 @@
-"""Contract tests for the two places that lean on other libraries' internals.
+"""Contract tests for the places that lean on other libraries' internals.
 
 They fail loudly on any release those places were not written for. The code itself falls
 back to a supported path on such a release and keeps working, only slower (SQLite) or with
@@ -13,9 +13,11 @@ import threading
 
 import aiosqlite
 import pytest
+import uvicorn
 from sqlalchemy import text
+from uvicorn.protocols.http import h11_impl
 
-from messaging.chassis import db
+from messaging.chassis import db, server
 from messaging.observability import telemetry
 
 pytestmark = pytest.mark.unit
@@ -141,3 +143,35 @@ async def test_on_a_release_it_was_not_written_for_a_second_engine_is_left_untra
         if not was_on:  # leave the process-wide switch as this test found it
             instrumentor.uninstrument()
         await asyncio.gather(first.dispose(), second.dispose())
+
+
+def test_uvicorn_is_a_release_the_quiet_server_was_written_for():
+    assert server.quiet_server_supported(), (
+        f"uvicorn {uvicorn.__version__} is installed; messaging.chassis.server.QuietServer was "
+        f"written for {server.QUIET_SERVER_WRITTEN_FOR}: "
+        + REREAD.format(where="chassis.server.QuietServer", constant="QUIET_SERVER_WRITTEN_FOR"))
+
+
+def test_the_uvicorn_internals_the_quiet_server_overrides_are_there():
+    # QuietServer replaces `main_loop` (run once by `_serve` after start-up, its tick then
+    # ends the serving), turns `should_exit` (set by `handle_exit` on a signal) into a
+    # property that wakes it, and swaps `server_state` for one whose `default_headers` are
+    # made when the protocol reads them: once per request, when it builds the cycle.
+    main_loop = uvicorn.Server.main_loop
+    assert inspect.iscoroutinefunction(main_loop)
+    assert list(inspect.signature(main_loop).parameters) == ["self"]
+    assert "await self.main_loop()" in inspect.getsource(uvicorn.Server._serve)
+    assert "self.should_exit = True" in inspect.getsource(uvicorn.Server.handle_exit)
+    assert "self.server_state.default_headers = " in inspect.getsource(uvicorn.Server.on_tick)
+    stock = uvicorn.Server(uvicorn.Config(app=None))
+    assert stock.should_exit is False and stock.server_state.default_headers == []
+    assert "default_headers=self.server_state.default_headers" in inspect.getsource(
+        h11_impl.H11Protocol.handle_events)
+
+
+def test_on_a_release_it_was_not_written_for_uvicorn_s_own_server_serves(monkeypatch, caplog):
+    config = uvicorn.Config(app=None)
+    assert type(server.quiet_server(config)) is server.QuietServer
+    monkeypatch.setattr(uvicorn, "__version__", "9.99.0")
+    assert type(server.quiet_server(config)) is uvicorn.Server
+    assert "serving with uvicorn's own" in caplog.text

@@ -9,7 +9,9 @@ make it exactly once in effect.
 Read `OutboxRelay` in this order:
 
 1. `_poll`, the plain path: the oldest unsent rows, read from the table on start, on
-   `notify()`, after a failure and every `poll_interval`.
+   `notify()`, after a failure and every `poll_interval`; while polls find nothing and
+   nothing is committed, the interval doubles up to `idle_poll_interval` (an idle relay
+   wakes that rarely; the first commit brings it back at once).
 2. `_publish_and_mark`, the core every path shares: publish a list of rows (pipelined, with
    confirms), mark the confirmed ones published, count an attempt on the others and report
    them (`run` backs off, and they go out again).
@@ -21,7 +23,8 @@ Read `OutboxRelay` in this order:
    database, which reads, publishes, then marks (docs/scale-out.md).
 4. The hand-off (`reserve`, `release`): a speed seam, apart at the end of the class.
 
-The backlog gauges are `LagGauges`, kept true on a task of their own.
+The backlog gauges are `LagGauges`, kept true on a task of their own: every second while
+rows are pending, and asleep while none are until a commit or a poll changes that.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ LOCK_TIMEOUT_MS = 30_000
 HANDED_MAX_BATCHES = 10
 
 # How often the backlog gauges (outbox_pending_rows, outbox_oldest_pending_age_seconds) are
-# read from the table, whatever the relay is doing.
+# read from the table while rows are pending (at most), whatever the relay is doing.
 LAG_REPORT_SECONDS = 1.0
 
 
@@ -94,6 +97,8 @@ class OutboxRelay:
         service: str = "producer",  # the `service` label of its metrics
         batch_size: int = 200,
         poll_interval: float = 1.0,
+        # The poll's interval backs off up to this while there is nothing to publish.
+        idle_poll_interval: float = 10.0,
         # Low on purpose: after a broker outage the relay resumes within this many seconds.
         max_backoff: float = 5.0,
     ):
@@ -102,6 +107,9 @@ class OutboxRelay:
         self._service = service
         self._batch_size = batch_size
         self._poll_interval = poll_interval
+        self._idle_poll_interval = max(idle_poll_interval, poll_interval)
+        # Rows were committed (notify, release) since the last poll: the poll keeps its pace.
+        self._active = False
         self._max_backoff = max_backoff
         self._lag = LagGauges(sessions, service)
         self._wake = asyncio.Event()
@@ -135,26 +143,30 @@ class OutboxRelay:
     def notify(self) -> None:
         """Call after committing an outbox row: the relay polls for it without waiting."""
         self._caught_up = False
+        self._active = True
+        self._lag.changed()
         self._wake.set()
 
     async def run(self) -> None:
-        """Relay until cancelled; the lag gauges are kept true alongside, every second."""
+        """Relay until cancelled; the lag gauges are kept true alongside (`LagGauges.run`)."""
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._lag.run(), name=f"{self._service}-outbox-lag")
             await self._relay()
 
     async def _relay(self) -> None:
         backoff = self._poll_interval
-        next_poll = 0.0
+        interval = self._poll_interval  # the poll's: backed off while there is nothing to do
+        last_poll = float("-inf")
         while True:
             try:
                 # The poll every poll_interval even under a steady stream of hand-offs:
                 # rows of other instances and crashes must not wait for a quiet moment.
-                if not self._caught_up or time.monotonic() >= next_poll:
+                if not self._caught_up or time.monotonic() >= self._poll_due(last_poll, interval):
                     self._caught_up = True  # a notify() from now on asks for another poll
-                    next_poll = time.monotonic() + self._poll_interval
-                    while (await self._poll())[0] == self._batch_size:
-                        pass  # a full batch read: there may be more
+                    active, self._active = self._active, False
+                    last_poll = time.monotonic()
+                    read = await self._poll_all()
+                    interval = self._next_interval(interval, active or read > 0)
                 while self._handed and self._caught_up:
                     await self._publish_handed()
                 backoff = self._poll_interval
@@ -162,6 +174,7 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 self._caught_up = False  # what failed is the poll's again
+                interval = self._poll_interval
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
                 # A hand-off that came while this round ran was taken by it (or is the
                 # poll's now): only a later one may cut the backoff short.
@@ -170,7 +183,29 @@ class OutboxRelay:
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
             if self._caught_up:
-                await self._wait(max(next_poll - time.monotonic(), 0.0))
+                await self._wait(max(self._poll_due(last_poll, interval) - time.monotonic(), 0.0))
+
+    async def _poll_all(self) -> int:
+        """Poll until a batch comes back short of full; returns the rows read."""
+        total = 0
+        while True:
+            read = (await self._poll())[0]
+            total += read
+            if read < self._batch_size:  # else a full batch: there may be more
+                return total
+
+    def _next_interval(self, interval: float, busy: bool) -> float:
+        """`poll_interval` while rows come; doubled after each quiet poll up to
+        `idle_poll_interval`. Idle, the poll is only the fallback (rows another process or a
+        crash left): docs/failure.md says how late it finds them."""
+        if busy:
+            return self._poll_interval
+        return min(interval * 2, self._idle_poll_interval)
+
+    def _poll_due(self, last_poll: float, interval: float) -> float:
+        """When the next poll is due: rows handed over since the last one (`release`) bring
+        a backed-off poll back to `poll_interval` at once."""
+        return last_poll + (self._poll_interval if self._active else interval)
 
     async def _wait(self, seconds: float) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
@@ -186,7 +221,9 @@ class OutboxRelay:
 
         Raises PublishFailed after marking what did go out, so `run` backs off.
         """
-        return (await self._poll())[1]
+        taken = (await self._poll())[1]
+        await self._lag.update()  # the gauges true at once for the caller
+        return taken
 
     # --- The plain path: the poll -------------------------------------------------------
 
@@ -204,7 +241,8 @@ class OutboxRelay:
                     read = (await session.execute(self._unsent_batch())).all()
                 rows = self._not_reserved(read)
                 unconfirmed = await self._publish_and_mark(rows)
-        await self._lag.update()  # true at once after a poll, not only within a second
+        if rows:
+            self._lag.changed()
         _raise_if_unconfirmed(unconfirmed, len(rows))
         return len(read), len(rows)
 
@@ -357,6 +395,9 @@ class OutboxRelay:
         """After the transaction of `reserve`d rows: committed, publish them now (without
         reading them back); rolled back or unknown, forget them (the poll finds any that
         did commit)."""
+        if committed:
+            self._active = True
+            self._lag.changed()
         if committed and len(self._handed) < HANDED_MAX_BATCHES * self._batch_size:
             self._handed.extend(rows)
             self._wake.set()
@@ -410,19 +451,30 @@ class LagGauges:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], service: str):
         self._sessions = sessions
         self._service = service
+        self._changed = asyncio.Event()
+        self._pending = 0
+
+    def changed(self) -> None:
+        """Rows were committed or published: read the table again (within a second)."""
+        self._changed.set()
 
     async def run(self) -> None:
-        """Update the gauges every LAG_REPORT_SECONDS until cancelled.
+        """Update the gauges until cancelled: every LAG_REPORT_SECONDS while rows are
+        pending (the oldest one's age grows), else when `changed()` says they may be.
 
         On a task of its own: publishing can wait a long time for a broker that is not
         there (from the first second on), and the backlog gauges must not wait with it.
         """
         while True:
+            self._changed.clear()
             try:
                 await self.update()
             except Exception as exc:
                 log.warning("outbox relay: lag gauges not updated: %s", exc)
-            await asyncio.sleep(LAG_REPORT_SECONDS)
+                self._pending = -1  # unknown: try again in a second
+            await asyncio.sleep(LAG_REPORT_SECONDS)  # at most once a second, under load too
+            if self._pending == 0:
+                await self._changed.wait()
 
     async def update(self) -> None:
         with untraced():
@@ -434,6 +486,7 @@ class LagGauges:
                         )
                     )
                 ).one()
+        self._pending = pending
         metrics.OUTBOX_PENDING.labels(self._service).set(pending)
         age = (utcnow() - oldest).total_seconds() if oldest else 0.0
         metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(max(age, 0.0))

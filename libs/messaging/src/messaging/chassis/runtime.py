@@ -101,6 +101,7 @@ class Relaying:
         self.relay = outbox.OutboxRelay(
             sessions, connect, service=service, batch_size=settings.outbox_batch_size,
             poll_interval=settings.outbox_poll_seconds,
+            idle_poll_interval=settings.outbox_idle_poll_seconds,
         )
 
     def start(self) -> list[asyncio.Task[None]]:

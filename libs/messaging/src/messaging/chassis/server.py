@@ -17,6 +17,9 @@ outbox relay run on the same loop as the HTTP server (the app's lifespan starts 
 uvicorn turns SIGTERM and Ctrl-C into a graceful shutdown of the app's lifespan; a SIGTERM
 then ends the process with exit 0 (bounded: messaging.chassis.runtime.STOP_BOUND_SECONDS).
 docs/limits.md lists the limits and why.
+
+The server is `QuietServer`: uvicorn's, without the 0.1 s tick that woke an idle process
+ten times a second.
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from messaging.chassis.connection_slots import ConnectionSlots, Drop, Refuse
 from messaging.chassis.log_tally import LogTally
@@ -217,7 +223,105 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
                             loop=settings.event_loop)  # uvicorn's names for the same two
     signal.signal(signal.SIGTERM, _stopped_cleanly)
     settle_garbage_collector()
-    uvicorn.Server(config).run(sockets=[sock])
+    quiet_server(config).run(sockets=[sock])
+
+
+# --- The quiet server: a speed seam --------------------------------------------------------
+# uvicorn's Server.main_loop sleeps 0.1 s per turn, to refresh the Date header once a second
+# and to see whether `should_exit` was set: ten wake-ups a second in every idle process.
+# QuietServer waits on an event that setting `should_exit` sets (uvicorn's signal handler
+# sets it), and makes the Date header when a request reads it. It leans on uvicorn internals
+# (`main_loop`, `should_exit`, `server_state.default_headers` read once per request), read
+# for the releases below; on another release the stock server serves, and
+# tests/test_private_api_contracts.py fails. Gain (`python -m bench --only idle`, same-run
+# pairs, docs/performance.md): a consuming service idle 0.11-0.14 -> 0.003 % of a core; with
+# the relay's idle back-off, the five services 1.2-1.8 -> under 0.1 %.
+
+QUIET_SERVER_WRITTEN_FOR = ("0.54.",)
+
+
+def quiet_server_supported() -> bool:
+    return uvicorn.__version__.startswith(QUIET_SERVER_WRITTEN_FOR)
+
+
+def quiet_server(config: uvicorn.Config) -> uvicorn.Server:
+    """`QuietServer` on the uvicorn releases it was written for, else uvicorn's own."""
+    if quiet_server_supported():
+        return QuietServer(config)
+    log.warning("uvicorn %s: the quiet server was written for %s; serving with uvicorn's own "
+                "(it wakes ten times a second)", uvicorn.__version__,
+                ", ".join(f"{v}x" for v in QUIET_SERVER_WRITTEN_FOR))
+    return uvicorn.Server(config)
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's server, asleep until it is told to exit: no timer while it is idle.
+
+    What uvicorn's tick did once a second is done when needed instead: the Date header when
+    a request reads the default headers (`DatedServerState`), and the exit when `should_exit`
+    is set (a signal, or a caller such as apps/inprocess). The tick stays for the two options
+    that need it (`limit_max_requests`, `callback_notify`), which the services do not set.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self._exit_requested = False
+        self._exit = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        super().__init__(config)
+        self._ticks = config.limit_max_requests is not None or config.callback_notify is not None
+        if not self._ticks:
+            self.server_state = DatedServerState(config.date_header, config.encoded_headers)
+
+    @property  # uvicorn's plain attribute, made to wake the loop when set
+    def should_exit(self) -> bool:
+        return self._exit_requested
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._exit_requested = value
+        loop = self._loop
+        if value and loop is not None and not loop.is_closed():
+            # Thread- and signal-safe: the handler may run while the loop waits in epoll.
+            loop.call_soon_threadsafe(self._exit.set)
+
+    async def main_loop(self) -> None:
+        if self._ticks:
+            await super().main_loop()
+            return
+        self._loop = asyncio.get_running_loop()
+        try:
+            if not self.should_exit:  # set before the loop was known: nothing would wake it
+                await self._exit.wait()
+        finally:
+            self._loop = None
+
+
+class DatedServerState(ServerState):
+    """uvicorn's server state whose default headers carry a Date made when they are read
+    (once per request), current to the second; uvicorn's tick refreshed it once a second."""
+
+    def __init__(self, date_header: bool, headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__()
+        self._date_header = date_header
+        self._second = -1
+        self._dated: list[tuple[bytes, bytes]] = []
+        self.default_headers = headers
+
+    @property  # uvicorn's plain attribute
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        if not self._date_header:
+            return self._headers
+        now = time.time()
+        if int(now) != self._second:
+            self._second = int(now)
+            self._dated = [(b"date", formatdate(now, usegmt=True).encode()), *self._headers]
+        return self._dated
+
+    @default_headers.setter
+    def default_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        # The other headers; the Date is made on reading (uvicorn's tick would set its own).
+        self._headers = [header for header in headers if header[0] != b"date"]
+        self._second = -1
 
 
 # Allocations between young collections: a message makes a few thousand short-lived

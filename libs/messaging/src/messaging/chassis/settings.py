@@ -145,6 +145,10 @@ class OutboxSettings(BaseSettings):
 
     # Fallback poll of the outbox; the relay is woken right after each commit anyway.
     outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
+    # While polls find nothing and nothing was committed, the poll backs off (doubling) to
+    # this: an idle relay wakes this rarely (docs/failure.md). Below outbox_poll_seconds, no
+    # back-off.
+    outbox_idle_poll_seconds: float = Field(10.0, gt=0, le=300)
     outbox_batch_size: int = Field(200, ge=1, le=5000)
     # How long published outbox rows are kept (to look at) before they are deleted.
     outbox_retention_hours: float = Field(24 * 7, gt=0)
