@@ -1,8 +1,5 @@
-"""``python -m bench``: see ``bench/run.py``."""
-
-import sys
+"""`python -m bench`: see bench/run.py."""
 
 from bench.run import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+raise SystemExit(main())
