@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import aio_pika
@@ -73,10 +74,11 @@ class Middleware:
     """One concern around the handling of deliveries and around publishes; a hook not
     overridden does nothing."""
 
-    @contextlib.contextmanager
-    def handling(self, consumed: Consumed) -> Iterator[None]:
+    # Not overridden, the two `with` hooks are a nullcontext rather than a generator's: each
+    # delivery and each publish goes through every concern's.
+    def handling(self, consumed: Consumed) -> AbstractContextManager[None]:
         """Around everything done with one delivery, from receipt to its settlement."""
-        yield
+        return contextlib.nullcontext()
 
     def parsed(self, consumed: Consumed) -> None:
         """The body is one of our events (`consumed.event`): it goes to the handler now."""
@@ -91,11 +93,10 @@ class Middleware:
     def rejected(self, consumed: Consumed) -> None:
         """No copy of it could be made: rejected to the broker's own dead-lettering."""
 
-    @contextlib.contextmanager
-    def publishing(self, published: Published) -> Iterator[None]:
+    def publishing(self, published: Published) -> AbstractContextManager[None]:
         """Around one publish, until the broker confirmed it (or it raised); the message's
         headers may still be added to."""
-        yield
+        return contextlib.nullcontext()
 
 
 class Correlation(Middleware):
