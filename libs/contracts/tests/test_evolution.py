@@ -55,6 +55,15 @@ def test_fields_a_reader_does_not_know_are_accepted_and_kept_untouched(version):
     assert parse_event(event.to_json()) == event
 
 
+def test_a_field_unknown_only_deep_inside_is_kept_when_the_event_is_written_again():
+    body = envelope(2)
+    body["data"]["amount"]["precision"] = 0
+    event = parse_event(encode(body))
+    assert json.loads(event.to_json())["data"]["amount"] == {
+        "value": 1200, "currency": "JPY", "precision": 0}
+    assert json.loads(parse_event(encode(envelope(2))).to_json()) == envelope(2)
+
+
 @pytest.mark.parametrize(("field", "value"), [("amount", "1200"), ("customer_id", 42),
                                              ("email", None)])
 def test_a_known_field_of_the_wrong_type_is_poison_even_among_unknown_ones(field, value):

@@ -24,6 +24,7 @@ from messaging.chassis import db
 from messaging.chassis.http import install_common
 from messaging.consumer import EventConsumer
 from messaging.inbox import Outcome
+from messaging.observability import metrics
 from messaging.outbox import OutboxRelay
 from messaging.outbox_store import add_to_outbox
 from messaging.publisher import build_message
@@ -220,3 +221,14 @@ async def test_metrics_endpoint_serves_prometheus_text_with_total_suffixed_count
     assert healthz.labels == {"service": "metrics-http", "method": "GET", "route": "/healthz",
                               "status": "200"}
     assert healthz.value == 1
+
+
+def test_a_series_looked_up_once_is_the_one_the_registry_exposes_for_its_labels():
+    service = f"child-{uuid.uuid4().hex[:8]}"
+    first = metrics.child(metrics.CONSUMED, service, "OrderPaid")
+    first.inc()
+    metrics.child(metrics.CONSUMED, service, "OrderPaid").inc()
+    metrics.child(metrics.CONSUMED, service, "OrderShipped").inc()
+    assert metrics.child(metrics.CONSUMED, service, "OrderPaid") is first
+    assert value("messages_consumed_total", service=service, event_type="OrderPaid") == 2
+    assert value("messages_consumed_total", service=service, event_type="OrderShipped") == 1

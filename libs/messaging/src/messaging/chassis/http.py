@@ -171,9 +171,9 @@ class CorrelationMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             method = scope["method"]
-            metrics.HTTP_REQUESTS.labels(self.service, method, path, str(status)).inc()
+            metrics.child(metrics.HTTP_REQUESTS, self.service, method, path, str(status)).inc()
             elapsed = time.perf_counter() - started
-            metrics.HTTP_SECONDS.labels(self.service, method, path).observe(
+            metrics.child(metrics.HTTP_SECONDS, self.service, method, path).observe(
                 elapsed, exemplar=metrics.trace_exemplar())
             if path not in _QUIET_ROUTES:
                 # The access log (uvicorn's is off): in the request's trace and correlation.

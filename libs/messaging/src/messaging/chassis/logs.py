@@ -31,6 +31,11 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+# What `json.dumps(entry, ensure_ascii=False)` writes, without making an encoder per line
+# (json.dumps reuses one only for its default arguments).
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -45,7 +50,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return _encode(entry)
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -65,6 +70,8 @@ def setup_logging(service: str, level: str = "INFO", *, json_lines: bool | None 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # No formatter here shows the thread or the process: not looked up for every record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # Python warnings too, so that every line of the service's output is one JSON object.
     logging.captureWarnings(True)
     # The AMQP client is chatty about reconnects at INFO; its warnings are enough.

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import aio_pika
@@ -73,10 +74,11 @@ class Middleware:
     """One concern around the handling of deliveries and around publishes; a hook not
     overridden does nothing."""
 
-    @contextlib.contextmanager
-    def handling(self, consumed: Consumed) -> Iterator[None]:
+    # Not overridden, the two `with` hooks are a nullcontext rather than a generator's: each
+    # delivery and each publish goes through every concern's.
+    def handling(self, consumed: Consumed) -> AbstractContextManager[None]:
         """Around everything done with one delivery, from receipt to its settlement."""
-        yield
+        return contextlib.nullcontext()
 
     def parsed(self, consumed: Consumed) -> None:
         """The body is one of our events (`consumed.event`): it goes to the handler now."""
@@ -91,11 +93,10 @@ class Middleware:
     def rejected(self, consumed: Consumed) -> None:
         """No copy of it could be made: rejected to the broker's own dead-lettering."""
 
-    @contextlib.contextmanager
-    def publishing(self, published: Published) -> Iterator[None]:
+    def publishing(self, published: Published) -> AbstractContextManager[None]:
         """Around one publish, until the broker confirmed it (or it raised); the message's
         headers may still be added to."""
-        yield
+        return contextlib.nullcontext()
 
 
 class Correlation(Middleware):
@@ -144,17 +145,18 @@ class Metrics(Middleware):
 
     @contextlib.contextmanager
     def handling(self, consumed: Consumed) -> Iterator[None]:
-        metrics.CONSUMED.labels(consumed.service, consumed.event_type).inc()
+        service, event_type = consumed.service, consumed.event_type
+        metrics.child(metrics.CONSUMED, service, event_type).inc()
         started = time.perf_counter()
         try:
             yield
         finally:
-            metrics.HANDLER_SECONDS.labels(consumed.service, consumed.event_type).observe(
+            metrics.child(metrics.HANDLER_SECONDS, service, event_type).observe(
                 time.perf_counter() - started, exemplar=metrics.trace_exemplar())
 
     def parsed(self, consumed: Consumed) -> None:
         assert consumed.event is not None
-        metrics.EVENT_LAG.labels(consumed.service, consumed.event_type).observe(
+        metrics.child(metrics.EVENT_LAG, consumed.service, consumed.event_type).observe(
             max(0.0, (utcnow() - consumed.event.occurred_at).total_seconds()),
             exemplar=metrics.trace_exemplar(),
         )
@@ -163,21 +165,22 @@ class Metrics(Middleware):
         service, event_type = consumed.service, consumed.event_type
         match settlement:
             case Ack(outcome=outcome):
-                metrics.ACKED.labels(service, event_type, outcome.value).inc()
+                metrics.child(metrics.ACKED, service, event_type, outcome.value).inc()
                 if outcome is Outcome.CLASH:
-                    metrics.DUPLICATES.labels(service, event_type).inc()
-                    metrics.EVENT_ID_CLASHES.labels(service, event_type).inc()
+                    metrics.child(metrics.DUPLICATES, service, event_type).inc()
+                    metrics.child(metrics.EVENT_ID_CLASHES, service, event_type).inc()
                 elif outcome is Outcome.IGNORED:
-                    metrics.IGNORED.labels(service, event_type).inc()
+                    metrics.child(metrics.IGNORED, service, event_type).inc()
                 elif outcome is not Outcome.APPLIED:
-                    metrics.DUPLICATES.labels(service, event_type).inc()
+                    metrics.child(metrics.DUPLICATES, service, event_type).inc()
             case DeadLetter(reason=reason):
-                metrics.DEAD_LETTERED.labels(service, event_type, reason).inc()
+                metrics.child(metrics.DEAD_LETTERED, service, event_type, reason).inc()
             case Retry() | Defer() | Requeue():
-                metrics.RETRIED.labels(service, event_type, settlement.reason).inc()
+                metrics.child(metrics.RETRIED, service, event_type, settlement.reason).inc()
 
     def rejected(self, consumed: Consumed) -> None:
-        metrics.DEAD_LETTERED.labels(consumed.service, consumed.event_type, "rejected").inc()
+        metrics.child(metrics.DEAD_LETTERED, consumed.service, consumed.event_type,
+                      "rejected").inc()
 
 
 class Logging(Middleware):
