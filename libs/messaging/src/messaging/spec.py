@@ -26,7 +26,7 @@ from contracts import EVENT_TYPES, Event, routing_key_for, version_of
 if TYPE_CHECKING:
     from fastapi import APIRouter
     from sqlalchemy import MetaData
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
     from messaging.chassis.settings import ServiceSettings
     from messaging.transactions import UnitOfWork
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "mini_ec.services"
 
 # Writes the event's effect in the caller's (the inbox's) transaction.
-Handler = Callable[[Event, "AsyncSession"], Awaitable[None]]
+Handler = Callable[[Event, "AsyncConnection"], Awaitable[None]]
 # An effect outside the database (a mail): runs before the inbox transaction, at least once.
 SideEffect = Callable[[Event], Awaitable[None]]
 
@@ -49,7 +49,7 @@ class Subscription(Generic[E]):
     OrderPaid, and the type checker holds it to that."""
 
     event: type[E]
-    handler: Callable[[E, AsyncSession], Awaitable[None]]
+    handler: Callable[[E, AsyncConnection], Awaitable[None]]
     before: Callable[[E], Awaitable[None]] | None = None
 
     @property

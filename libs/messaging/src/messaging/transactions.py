@@ -8,7 +8,7 @@ commit together, in one transaction, or not at all (docs/exactly-once.md).
 
     order = await transactions.run(pay)          # begin, run, commit
 
-`Transactions` is the plain path: a session, BEGIN, the work, COMMIT; then the relay is woken
+`Transactions` is the plain path: a connection, BEGIN, the work, COMMIT; then the relay is woken
 and the caller gets the events it staged (`events_committed`). The speed layer
 (messaging/speed/) wraps the same seam: several works per transaction, and the committed
 rows handed to the relay in-process.
@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts import WireEvent
+from messaging.chassis.db import engine_of
 from messaging.outbox_store import OutboxRow, add_to_outbox
 
 T = TypeVar("T")
@@ -81,8 +83,13 @@ class Transactions:
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[Transaction]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        async with self.sessions() as session, session.begin():
-            yield Transaction(await session.connection())
+        async with self._engine.begin() as conn:
+            yield Transaction(conn)
+
+    @cached_property
+    def _engine(self) -> AsyncEngine:
+        """A work's statements run on a Core connection: no ORM session around them."""
+        return engine_of(self.sessions)
 
     async def committed(self, tx: Transaction) -> None:
         """After the commit that holds `tx`, in its caller."""

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from opentelemetry import trace
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit import store
 from contracts import Event, utcnow
 
 
-async def record_event(event: Event, session: AsyncSession) -> None:
+async def record_event(event: Event, conn: AsyncConnection) -> None:
     span = trace.get_current_span().get_span_context()
     await store.append(
-        session,
+        conn,
         event_id=str(event.event_id),
         event_type=event.event_type,
         order_id=str(event.order_id),

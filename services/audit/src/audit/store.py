@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from messaging.chassis.db import UtcDateTime
 
@@ -30,8 +30,8 @@ audit_log = Table(
 _APPEND = insert(audit_log)
 
 
-async def append(session: AsyncSession, **row: object) -> None:
-    await session.execute(_APPEND, row)
+async def append(conn: AsyncConnection, **row: object) -> None:
+    await conn.execute(_APPEND, row)
 
 
 _RECORD_COLUMNS = [c for c in audit_log.columns if c.name != "body"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Event, OrderPaid, OrderRefunded, OrderShipped, utcnow
 from mailer import store
@@ -84,14 +84,14 @@ async def send_mail(event: Event, *, sender: MailSender, template: MailTemplate)
     await sender.send(mail)
 
 
-async def record_mail(event: Event, session: AsyncSession) -> None:
+async def record_mail(event: Event, conn: AsyncConnection) -> None:
     """Remember what was sent, in the same transaction as the inbox record.
 
     The same subject and Message-ID as `compose` gives the mail, without building it again
     (the email package's header parsing was a tenth of the mailer's CPU).
     """
     await store.record_sent(
-        session,
+        conn,
         event_id=str(event.event_id),
         order_id=str(event.order_id),
         to=event.data.email,

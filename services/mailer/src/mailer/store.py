@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import Column, MetaData, String, Table, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from messaging.chassis.db import UtcDateTime
 
@@ -24,8 +24,8 @@ sent_mails = Table(
 _RECORD = insert(sent_mails)  # built once: its compiled form is found by a key made once
 
 
-async def record_sent(session: AsyncSession, **row: object) -> None:
-    await session.execute(_RECORD, row)
+async def record_sent(conn: AsyncConnection, **row: object) -> None:
+    await conn.execute(_RECORD, row)
 
 
 async def mails_of_order(session: AsyncSession, order_id: str) -> list[dict]:

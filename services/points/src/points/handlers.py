@@ -4,7 +4,7 @@ takes which event type is in points/spec.py."""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import OrderPaid, OrderRefunded
 from points import store
@@ -15,9 +15,9 @@ def points_for(amount: int) -> int:
     return amount // 100
 
 
-async def grant_points(event: OrderPaid, session: AsyncSession) -> None:
+async def grant_points(event: OrderPaid, conn: AsyncConnection) -> None:
     await store.add_entry(
-        session,
+        conn,
         customer_id=event.data.customer_id,
         order_id=str(event.order_id),
         event_id=str(event.event_id),
@@ -27,11 +27,11 @@ async def grant_points(event: OrderPaid, session: AsyncSession) -> None:
     )
 
 
-async def revoke_points(event: OrderRefunded, session: AsyncSession) -> None:
+async def revoke_points(event: OrderRefunded, conn: AsyncConnection) -> None:
     """Take back exactly what the order was granted, so a balance never goes below zero."""
-    granted = await store.order_total(session, str(event.order_id))
+    granted = await store.order_total(conn, str(event.order_id))
     await store.add_entry(
-        session,
+        conn,
         customer_id=event.data.customer_id,
         order_id=str(event.order_id),
         event_id=str(event.event_id),

@@ -15,7 +15,7 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from messaging.chassis.db import UtcDateTime
 
@@ -43,16 +43,16 @@ _ORDER_TOTAL = select(func.coalesce(func.sum(ledger.c.delta), 0)).where(
 
 
 async def add_entry(
-    session: AsyncSession, *, customer_id: str, order_id: str, event_id: str, delta: int,
+    conn: AsyncConnection, *, customer_id: str, order_id: str, event_id: str, delta: int,
     reason: str, at: datetime,
 ) -> None:
-    await session.execute(_ADD_ENTRY, {
+    await conn.execute(_ADD_ENTRY, {
         "customer_id": customer_id, "order_id": order_id, "event_id": event_id,
         "delta": delta, "reason": reason, "at": at})
 
 
-async def order_total(session: AsyncSession, order_id: str) -> int:
-    total = await session.scalar(_ORDER_TOTAL, {"order_id": order_id})
+async def order_total(conn: AsyncConnection, order_id: str) -> int:
+    total = await conn.scalar(_ORDER_TOTAL, {"order_id": order_id})
     return int(total or 0)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import OrderPaid, OrderRefunded, OrderShipped, ShipmentData, utcnow
 from messaging.outbox_store import add_to_outbox
@@ -47,18 +47,18 @@ def order_shipped(paid: OrderPaid, carrier: str) -> OrderShipped:
     )
 
 
-async def ship(event: OrderPaid, session: AsyncSession, *, carrier: str) -> None:
+async def ship(event: OrderPaid, conn: AsyncConnection, *, carrier: str) -> None:
     shipped = order_shipped(event, carrier)
     await store.add(
-        session, shipment_id=str(shipped.data.shipment_id), order_id=str(event.order_id),
+        conn, shipment_id=str(shipped.data.shipment_id), order_id=str(event.order_id),
         customer_id=event.data.customer_id, email=event.data.email, status=store.SHIPPED,
         carrier=carrier, tracking_number=shipped.data.tracking_number,
         shipped_at=shipped.occurred_at, updated_at=shipped.occurred_at,
     )
-    await add_to_outbox(session, shipped)
+    await add_to_outbox(conn, shipped)
 
 
-async def request_return(event: OrderRefunded, session: AsyncSession) -> None:
-    if not await store.set_status(session, str(event.order_id), store.RETURN_REQUESTED,
+async def request_return(event: OrderRefunded, conn: AsyncConnection) -> None:
+    if not await store.set_status(conn, str(event.order_id), store.RETURN_REQUESTED,
                                   utcnow()):
         raise NoShipment(f"order {event.order_id} has no shipment to return")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
 
 from sqlalchemy import Column, MetaData, String, Table, insert, select, update
-from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from messaging.chassis.db import UtcDateTime
 
@@ -35,16 +33,16 @@ shipments = Table(
 _ADD = insert(shipments)
 
 
-async def add(session: AsyncSession, **row: object) -> None:
-    await session.execute(_ADD, row)
+async def add(conn: AsyncConnection, **row: object) -> None:
+    await conn.execute(_ADD, row)
 
 
-async def set_status(session: AsyncSession, order_id: str, status: str, at: datetime) -> bool:
+async def set_status(conn: AsyncConnection, order_id: str, status: str, at: datetime) -> bool:
     """False if the order has no shipment."""
-    result = cast("CursorResult[Any]", await session.execute(
+    result = await conn.execute(
         update(shipments).where(shipments.c.order_id == order_id)
         .values(status=status, updated_at=at)
-    ))
+    )
     return result.rowcount == 1
 
 

@@ -95,6 +95,8 @@ def create_engine(database_url: str) -> AsyncEngine:
 
 # sqlite3 calls that only make or drop a cursor object (`Connection.cursor`, `Cursor.close`).
 _NO_SQLITE_WORK = frozenset({"cursor", "close"})
+# Ending a transaction: no SQLite work when none is open (the pool's rollback on return).
+_ENDS_TRANSACTION = frozenset({"commit", "rollback"})
 
 
 class _InlineSqlite(aiosqlite.Connection):
@@ -110,7 +112,8 @@ class _InlineSqlite(aiosqlite.Connection):
     lands where it always did. (A `busy_timeout` wait would block the loop, but only this
     process writes its file.) Making and dropping a cursor does no SQLite work, so those two
     calls do not yield: a statement still gives the loop a turn at its execute, and costs
-    one loop iteration fewer per call it skips (they were 8 of a consumed event's 15).
+    one loop iteration fewer per call it skips (they were 8 of a consumed event's 15); nor
+    does a commit or rollback with no transaction open (`_yields_for`).
     """
 
     def __init__(self, connector: Callable[[], sqlite3.Connection]):
@@ -120,9 +123,20 @@ class _InlineSqlite(aiosqlite.Connection):
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._connection is None:
             raise ValueError("Connection closed")
-        if getattr(fn, "__name__", None) not in _NO_SQLITE_WORK:
+        if self._yields_for(getattr(fn, "__name__", None)):
             await asyncio.sleep(0)  # a suspension point, like the thread hand-off it replaces
         return fn(*args, **kwargs)
+
+    def _yields_for(self, name: str | None) -> bool:
+        """Whether a call gives the loop a turn first: one that does SQLite work. A commit or
+        rollback with no transaction open does nothing in SQLite: that is the pool's
+        rollback on returning a connection whose transaction committed, once per
+        transaction, and it owes no turn."""
+        if name in _NO_SQLITE_WORK:
+            return False
+        if name in _ENDS_TRANSACTION:
+            return self._connection is not None and self._connection.in_transaction
+        return True
 
     def stop(self) -> None:
         self._running = False
@@ -136,6 +150,16 @@ class _InlineSqlite(aiosqlite.Connection):
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def engine_of(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    """The engine `sessions` are bound to: a hot path's transaction opens a Core connection
+    on it (`engine.begin()`), with no ORM session made around statements that load no ORM
+    object."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        raise TypeError("these sessions are not bound to an AsyncEngine")
+    return bind
 
 
 # One row, rewritten by each readiness probe: a database that answers reads but cannot
