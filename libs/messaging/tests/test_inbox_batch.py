@@ -449,7 +449,7 @@ async def test_a_progress_row_moved_after_the_batch_read_it_rolls_the_batch_back
                               .where(order_progress_table.c.order_id == str(other.order_id))
                               .values(last_sequence=7))
 
-    with pytest.raises(inbox._LostRace):
+    with pytest.raises(inbox.LostRace):
         await box.process_batch([refunded, refunded_other],
                                 every(moves_progress_behind_the_batch))
 

@@ -238,7 +238,7 @@ Claim = Callable[[Event], Awaitable["Outcome | None"]]
 Record = Callable[[Event], Awaitable["Outcome"]]
 
 
-class _LostRace(Exception):
+class LostRace(Exception):
     """The order's applied sequence changed under us; the transaction is rolled back."""
 
 
@@ -380,7 +380,7 @@ class Inbox:
         try:
             [outcome] = await self.process_batch([event], subscriptions)
             return outcome
-        except (IntegrityError, _LostRace):
+        except (IntegrityError, LostRace):
             # A competing consumer committed this event, or another event of the order,
             # between our check and our commit; ours rolled back. Decide again on what is
             # committed now: a duplicate or stale outcome, or (rarely) a genuine error.
@@ -389,7 +389,7 @@ class Inbox:
             try:
                 [outcome] = await self.process_batch([event], subscriptions)
                 return outcome
-            except _LostRace:
+            except LostRace:
                 raise RuntimeError(f"order {event.order_id} kept changing; retry later") from None
 
     async def process_batch(
@@ -536,7 +536,7 @@ class _BatchView:
         """The inbox rows and the progress of every (order, stream) the batch moved, in one
         statement each. A competing consumer that recorded one of these events, started a
         progress row, or moved one since `read`, makes this raise (IntegrityError or
-        _LostRace): the transaction rolls back."""
+        LostRace): the transaction rolls back."""
         if not self.records:
             return
         await conn.execute(_RECORD, self.records)
@@ -551,7 +551,7 @@ class _BatchView:
         if updated:
             result = await conn.execute(_move_progress(self.read, updated))
             if result.rowcount != len(updated):
-                raise _LostRace()
+                raise LostRace()
 
 
 def _move_progress(read: Mapping[tuple[str, str], int],
