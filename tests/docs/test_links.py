@@ -1,8 +1,8 @@
 """The docs hold together: every relative link in README.md, docs/ and deploy/README.md points
 at a file in the repository, every `#anchor` at a heading of its target (GitHub's slugs),
 every `#L<n>` into a Python file at the line that defines the symbol the link's text names
-(line links go stale when code moves: this says which), and the README stays the short front
-door (at most 300 lines)."""
+(line links go stale when code moves: this says which, and `python -m devstack.doc_lines`
+moves them), and the README stays the short front door (at most 300 lines)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from devstack.doc_lines import not_defined_at
 
 pytestmark = pytest.mark.unit
 
@@ -23,8 +25,6 @@ _HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 _LINE = re.compile(r"L(\d+)(?:-L\d+)?")
-# What a line link's text names: `name` or `Outer.name` (in backticks or not; `()` allowed).
-_SYMBOL = re.compile(r"`?([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?:\(\))?`?")
 
 
 def doc_files() -> list[Path]:
@@ -93,55 +93,18 @@ def broken_links(path: Path, root: Path = ROOT) -> list[str]:
             ):
                 problems.append(f"{target}: no heading #{fragment} in {dest.name}")
             elif dest.suffix == ".py" and (line_number := _LINE.fullmatch(fragment)):
-                problem = _not_defined_at(dest, int(line_number[1]), text)
+                problem = not_defined_at(dest, int(line_number[1]), text)
                 if problem:
                     problems.append(f"[{text}]({target}): {problem}")
     return problems
-
-
-def _not_defined_at(source: Path, number: int, text: str) -> str | None:
-    """Why line `number` of `source` does not define what `text` names (None: it does).
-
-    The text names a symbol, `Outer.name` or `name` (in backticks or not; `()` allowed). The
-    line must define `name`: `def name`, `async def name`, `class name`, `name =` or `name:`.
-    `Outer`, when given, is the class or function the line is in, or the module itself.
-    """
-    symbol = _SYMBOL.fullmatch(text.strip())
-    if symbol is None:
-        return f"a line link's text must name the symbol defined there, not {text!r}"
-    *outer, name = symbol[1].split(".")
-    lines = source.read_text(encoding="utf-8").splitlines()
-    if not 1 <= number <= len(lines):
-        return f"{source.name} has {len(lines)} lines, no line {number}"
-    line, word = lines[number - 1], re.escape(name)
-    if not re.match(rf"\s*((async\s+)?def|class)\s+{word}\b|\s*{word}\s*(:|=(?!=))", line):
-        return f"line {number} of {source.name} does not define {name}: {line.strip()!r:.80}"
-    scope = _enclosing(lines, number)
-    if outer and outer[-1] not in (source.stem, scope):
-        return (f"line {number} of {source.name} defines {name} in {scope or 'the module'}, "
-                f"not in {outer[-1]}")
-    return None
-
-
-def _enclosing(lines: list[str], number: int) -> str | None:
-    """The class or function that line `number` is in (None: the module's top level)."""
-    indent = len(lines[number - 1]) - len(lines[number - 1].lstrip())
-    for line in reversed(lines[: number - 1]):
-        stripped = line.lstrip()
-        if stripped and len(line) - len(stripped) < indent:
-            scope = re.match(r"(?:async\s+)?(?:def|class)\s+(\w+)", stripped)
-            if scope:
-                return scope[1]
-            if not stripped.startswith(("@", "#", ")")):
-                indent = len(line) - len(stripped)  # a block (if, with, …) inside a scope
-    return None
 
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves_to_a_file_and_heading(path):
     assert path.exists(), path
     problems = broken_links(path)
-    assert problems == [], "\n".join(problems)
+    assert problems == [], "\n".join(
+        [*problems, "(line links that moved: `python -m devstack.doc_lines` moves them)"])
 
 
 def test_the_readme_is_at_most_300_lines():
