@@ -22,4 +22,4 @@ def test_a_line_link_follows_its_symbol_and_a_vanished_one_is_named(tmp_path):
     assert doc.read_text() == ("[`Inbox.process`](inbox.py#L5) and [`LIMIT`](inbox.py#L1) "
                                "and [`Inbox.prepare`](inbox.py#L4)\n")
     assert unplaced == ["tour.md: [`Inbox.prepare`](inbox.py#L4): inbox.py defines no "
-                        "Inbox.prepare"]
+                        "`Inbox.prepare`"]
