@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aio_pika
 import pytest
 from sqlalchemy import event, select
 
@@ -14,7 +13,6 @@ from devstack.wait import eventually_async
 from messaging import outbox, outbox_store
 from messaging.outbox import OutboxRelay
 from messaging.outbox_store import add_to_outbox, outbox_table
-from messaging.topology import EXCHANGE
 
 pytestmark = pytest.mark.integration
 
@@ -24,21 +22,6 @@ async def sessions(sessions_for):
     return await sessions_for(outbox_store.metadata)
 
 
-@pytest.fixture
-async def connection(amqp_url):
-    conn = await aio_pika.connect_robust(amqp_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-async def tap(connection):
-    """A queue that receives every event published to shop.events."""
-    channel = await connection.channel()
-    exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-    queue = await channel.declare_queue("", exclusive=True)
-    await queue.bind(exchange, "#")
-    return queue
 
 
 @pytest.fixture

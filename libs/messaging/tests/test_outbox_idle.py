@@ -51,12 +51,6 @@ async def watched(database_url):
     await engine.dispose()
 
 
-@pytest.fixture
-async def connection(amqp_url):
-    conn = await aio_pika.connect_robust(amqp_url)
-    yield conn
-    await conn.close()
-
 
 async def bound_queue(connection):
     channel = await connection.channel()

@@ -19,12 +19,6 @@ async def sessions(sessions_for):
     return await sessions_for(outbox_store.metadata)
 
 
-@pytest.fixture
-async def connection(amqp_url):
-    conn = await aio_pika.connect_robust(amqp_url)
-    yield conn
-    await conn.close()
-
 
 async def bound_queue(connection, routing_key="order.*"):
     channel = await connection.channel()

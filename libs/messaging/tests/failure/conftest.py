@@ -20,12 +20,6 @@ from messaging.topology import EXCHANGE, QueueTopology
 FAST_DELAYS = (1, 2)
 
 
-@pytest.fixture
-async def connection(amqp_url):
-    conn = await aio_pika.connect_robust(amqp_url)
-    yield conn
-    await conn.close()
-
 
 @pytest.fixture
 async def publish(connection):
