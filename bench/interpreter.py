@@ -4,8 +4,8 @@ For a same-run before/after, the current bench drives the services of an earlier
 export of an older commit with its own ``.venv``). The results must say which code ran, so
 the bench asks that interpreter where the service packages are (``probe``), takes the
 workspace root above them (``workspace_root``: the folder holding ``uv.lock``) and its commit
-(``tree_commit``: ``git -C`` when the tree is a checkout, else a ``SOURCE_COMMIT`` note the
-export recipe writes, see docs/performance.md).
+(``tree_commit``: ``git -C`` when the tree is a checkout, else a ``SOURCE_COMMIT`` note written
+next to an exported tree).
 """
 
 from __future__ import annotations

@@ -379,8 +379,8 @@ class OutboxRelay:
     # poll stays the fallback for every row not handed over (another process's, one left by
     # a crash between commit and hand-off, one whose publish failed). Gain, measured together
     # with a producer's group commit (not apart): the producer's CPU per request at saturation 7.8
-    # -> 3.9 ms, medians of alternated runs (docs/performance.md, "Producer: group commit and
-    # relay hand-off").
+    # -> 3.9 ms, medians of alternated runs (docs/performance.md, "What each change
+    # gained").
 
     def reserve(self, rows: Sequence[OutboxRow]) -> None:
         """`rows` are being committed by this process: the poll leaves them to `release`."""

@@ -40,8 +40,8 @@ class HandingOff(Transactions):
     """Why: the relay would read back every row a use case just wrote, to publish it.
     Instead the committed rows go to it in memory (`reserve` before the commit, so its poll
     leaves them alone; `release` after, saying whether it committed). Gain, with the group
-    commit: the producer's CPU per request 7.8 -> 3.9 ms (docs/performance.md, "Producer:
-    group commit and relay hand-off"). A crash between commit and hand-off leaves an unsent row,
+    commit: the producer's CPU per request 7.8 -> 3.9 ms (docs/performance.md, "What
+    each change gained"). A crash between commit and hand-off leaves an unsent row,
     which the relay's next poll publishes."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], hand_off: OutboxHandOff,
