@@ -21,9 +21,14 @@ from messaging.speed.inbox_batching import InboxBatcher
 def pytest_collection_modifyitems(items):
     """`make test` spreads the suite over worker processes (pytest-xdist, --dist loadgroup).
     A module's tests stay on one worker, so a module-scoped stack starts once; every test of
-    the RabbitMQ 4 node shares one worker, so that node boots once."""
+    the RabbitMQ 4 node shares one worker, so that node boots once. The two ways of the speed
+    layer are two groups (a function-scoped fixture: nothing of the module is shared between
+    them), so the slow guarantee tests that run both ways are not all on one worker."""
     for item in items:
         group = "rabbit4" if "rabbit4" in item.fixturenames else item.nodeid.split("::")[0]
+        speed = getattr(item, "callspec", None) and item.callspec.params.get("speed_layer")
+        if speed and group != "rabbit4":
+            group = f"{group}::speed-{speed}"
         item.add_marker(pytest.mark.xdist_group(group))
 
 
