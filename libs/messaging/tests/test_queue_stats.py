@@ -75,7 +75,7 @@ async def test_a_failing_or_hanging_refresh_and_a_failing_check_still_give_a_scr
 
     async def hanging() -> None:
         calls.append("hanging")
-        await asyncio.sleep(60)
+        await asyncio.sleep(60)  # a refresh that never ends: the behaviour under test
 
     async def not_ready() -> None:
         raise ConnectionError("not consuming")
