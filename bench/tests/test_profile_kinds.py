@@ -30,7 +30,7 @@ def _stack(*frames: str) -> tuple[str, ...]:
         (("Inbox.run (messaging/inbox.py:40)", "Logger.info (logging/__init__.py:1477)"),
          "logs"),
         (("Session.commit (sqlalchemy/orm/session.py:1900)",
-          "_InlineSqlite._execute (messaging/chassis/db.py:90)"),
+          "InlineSqlite._execute (messaging/chassis/db.py:90)"),
          "SQL driver (SQLite, PostgreSQL execution)"),
         (("Inbox.run (messaging/inbox.py:40)",
           "Session.__init__ (sqlalchemy/orm/session.py:1500)"),

@@ -28,13 +28,13 @@ REREAD = ("re-read its source, check what messaging.{where} relies on (named in 
 
 def test_aiosqlite_is_a_release_the_inline_connection_was_written_for():
     assert db.inline_sqlite_supported(), (
-        f"aiosqlite {aiosqlite.__version__} is installed; messaging.chassis.db._InlineSqlite was "
+        f"aiosqlite {aiosqlite.__version__} is installed; messaging.chassis.db.InlineSqlite was "
         f"written for {db.INLINE_SQLITE_WRITTEN_FOR}: "
-        + REREAD.format(where="db._InlineSqlite", constant="INLINE_SQLITE_WRITTEN_FOR"))
+        + REREAD.format(where="db.InlineSqlite", constant="INLINE_SQLITE_WRITTEN_FOR"))
 
 
 def test_the_aiosqlite_internals_the_inline_connection_overrides_are_there():
-    # _InlineSqlite replaces `_execute` (every call goes through it), sets `_connection`
+    # InlineSqlite replaces `_execute` (every call goes through it), sets `_connection`
     # itself and clears `_running` in `stop` instead of starting the worker thread.
     execute = aiosqlite.Connection._execute
     assert inspect.iscoroutinefunction(execute)
@@ -53,7 +53,7 @@ async def test_the_inline_connection_runs_statements_on_the_event_loop_without_a
     try:
         async with engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            assert isinstance(raw.driver_connection, db._InlineSqlite)
+            assert isinstance(raw.driver_connection, db.InlineSqlite)
             await raw.driver_connection.create_function(
                 "where_am_i", 0, lambda: ran_in.append(threading.get_ident()) or 1)
             assert (await conn.execute(text("SELECT where_am_i()"))).scalar() == 1
@@ -126,7 +126,7 @@ async def test_on_a_release_it_was_not_written_for_the_engine_falls_back_to_stoc
     try:
         async with engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            assert not isinstance(raw.driver_connection, db._InlineSqlite)
+            assert not isinstance(raw.driver_connection, db.InlineSqlite)
             assert (await conn.execute(text("SELECT 1"))).scalar() == 1
     finally:
         await engine.dispose()

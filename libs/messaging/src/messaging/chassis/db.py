@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# _InlineSqlite overrides private members of aiosqlite.Connection (`_execute`, `_running`,
+# InlineSqlite overrides private members of aiosqlite.Connection (`_execute`, `_running`,
 # `_connection`), read from aiosqlite 0.22's source. On any other release it is not used:
 # the engine falls back to stock aiosqlite (correct, slower), and
 # libs/messaging/tests/test_private_api_contracts.py fails until someone re-reads that source.
@@ -66,12 +66,12 @@ def create_engine(database_url: str) -> AsyncEngine:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     database = url.database or ":memory:"
 
-    async def connect_inline() -> _InlineSqlite:
-        return _InlineSqlite(partial(sqlite3.connect, database, check_same_thread=False))
+    async def connect_inline() -> InlineSqlite:
+        return InlineSqlite(partial(sqlite3.connect, database, check_same_thread=False))
 
     inline: dict[str, Any] = {"async_creator": connect_inline}
     if not inline_sqlite_supported():
-        log.warning("aiosqlite %s is not a release messaging.chassis.db._InlineSqlite was "
+        log.warning("aiosqlite %s is not a release messaging.chassis.db.InlineSqlite was "
                     "written for (%s); using stock aiosqlite (slower)", aiosqlite.__version__,
                     ", ".join(f"{v}x" for v in INLINE_SQLITE_WRITTEN_FOR))
         inline = {}
@@ -99,7 +99,7 @@ _NO_SQLITE_WORK = frozenset({"cursor", "close"})
 _ENDS_TRANSACTION = frozenset({"commit", "rollback"})
 
 
-class _InlineSqlite(aiosqlite.Connection):
+class InlineSqlite(aiosqlite.Connection):
     """aiosqlite without its worker thread: each SQLite call runs on the event loop.
 
     aiosqlite hands every call (cursor, execute, fetch, close, commit) to a thread and back,
