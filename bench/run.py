@@ -252,6 +252,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--clients", type=int, default=32, help="saturation: concurrent closed-loop clients"
     )
+    p.add_argument(
+        "--max-backlog", type=_positive_int, default=pipeline.MAX_BACKLOG,
+        help="saturation: the clients pause while more payments than this are posted but not "
+        f"yet processed (default {pipeline.MAX_BACKLOG}: the rate the stack sustains)",
+    )
     p.add_argument("--rate", type=float, default=200.0, help="fixed_rate: payments per second")
     p.add_argument(
         "--rates", type=_rates, default="10,20,40",
@@ -435,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             "ceiling_window": args.ceiling_window,
             "ceiling_prefetch": args.ceiling_prefetch,
             "clients": args.clients,
+            "max_backlog": args.max_backlog,
             "rate": args.rate,
             "rates": args.rates,
             "saturation_rate": args.saturation_rate,

@@ -15,6 +15,15 @@ def test_defaults():
     assert args.profile_rate == 100
     assert args.services_python == sys.executable
     assert args.label is None
+    assert args.max_backlog == 200  # saturation: the rate the stack sustains
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("backlog", ["0", "-1", "many"])
+def test_max_backlog_must_be_a_positive_whole_number(backlog, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--max-backlog", backlog])
+    assert "a whole number > 0" in capsys.readouterr().err
 
 
 @pytest.mark.unit
