@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, interpreter, pairs, pipeline, profiling, quiet
+from bench import ceiling, floor, interpreter, pairs, pipeline, profiling, quiet
 from bench.harness import (
     RESULTS_DIR,
     Broker,
@@ -85,6 +85,8 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     # far from saturation (issue 29): not in the default run, ask for them with --only
     "idle": (quiet.idle, True),
     "fixed_rates": (quiet.fixed_rates, True),
+    # a bare consumer for one message at a time, and what each layer of the services adds
+    "floor": (floor.scenario, False),
 }
 DEFAULT_SCENARIOS = ("ceiling", "saturation", "fixed_rate", "service_resources", "slow_mail")
 _OPT_IN = [n for n in SCENARIOS if n not in DEFAULT_SCENARIOS]
@@ -253,6 +255,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--clients", type=int, default=32, help="saturation: concurrent closed-loop clients"
     )
     p.add_argument(
+        "--floor-rate", type=_positive_rate, default=floor.DEFAULT_RATE,
+        help="floor: messages per second to each variant's consumer",
+    )
+    p.add_argument(
         "--max-backlog", type=_positive_int, default=pipeline.MAX_BACKLOG,
         help="saturation: the clients pause while more payments than this are posted but not "
         f"yet processed (default {pipeline.MAX_BACKLOG}: the rate the stack sustains)",
@@ -345,6 +351,16 @@ def _rates(value: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     return value
+
+
+def _positive_rate(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: messages per second, a number > 0")
+    return number
 
 
 def _positive_int(value: str) -> int:
@@ -441,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             "ceiling_prefetch": args.ceiling_prefetch,
             "clients": args.clients,
             "max_backlog": args.max_backlog,
+            "floor_rate": args.floor_rate,
             "rate": args.rate,
             "rates": args.rates,
             "saturation_rate": args.saturation_rate,
@@ -515,6 +532,9 @@ def _print_quiet(results: dict[str, dict[str, Any]], heading: str = "") -> None:
     if "idle" in results:
         print(f"\n{heading}idle (% of one core over {results['idle']['seconds']} s)")
         print(quiet.format_idle(results["idle"]))
+    if "floor" in results:
+        print(f"\n{heading}floor (one message at a time, {results['floor']['offered_rate']:g}/s)")
+        print(floor.format_floor(results["floor"]))
 
 
 def _print_profiles(results: dict[str, dict[str, Any]], directory: Path) -> None:

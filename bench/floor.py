@@ -1,0 +1,258 @@
+"""The floor: what one message travelling alone costs at the least, and what each layer adds.
+
+The ceiling (bench/ceiling.py) is the best this broker and client do under load. The floor
+is the other end (issue 29: where does a lone message's CPU go?). It is a bare consumer doing,
+for one message at a time, the work points does for an ``OrderPaid``: aio-pika, the JSON body,
+one SQLite transaction on the ``sqlite3`` driver (inbox check, effect, inbox row), a manual
+ack, and nothing else. Then the same with one layer of the services put back at a time:
+
+    engine   the messaging engine (SQLAlchemy Core on InlineSqlite, ``engine.begin``)
+    span     a CONSUMER span (the SDK's provider, as ``setup_tracing`` makes it, no exporter)
+    log      one JSON log line per message (``messaging.chassis.logs``)
+    metric   a labelled counter and histogram (``prometheus_client``)
+
+and then all four. Each variant gets its own consumer process, queue and database. Messages
+are published to it at a fixed rate (10/s unless ``--floor-rate``) for ``--duration`` seconds.
+The figure is the process's CPU time per message (psutil, 10 ms ticks).
+
+Run alone: ``python -m bench --only floor --duration 15``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Broker, throwaway_vhost, wait_until
+
+LAYERS = ("engine", "span", "log", "metric")
+DEFAULT_RATE = 10.0
+
+_CHECK = "SELECT 1 FROM inbox WHERE event_id = ?"
+_EFFECT = "INSERT INTO points (event_id, points) VALUES (?, 10)"
+_RECORD = "INSERT INTO inbox (event_id) VALUES (?)"
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS inbox (event_id TEXT PRIMARY KEY)",
+           "CREATE TABLE IF NOT EXISTS points (event_id TEXT PRIMARY KEY, points INTEGER)")
+
+
+def variants() -> list[tuple[str, ...]]:
+    """The bare consumer, each layer alone, then every layer."""
+    return [(), *((layer,) for layer in LAYERS), LAYERS]
+
+
+def label(layers: tuple[str, ...]) -> str:
+    return "+".join(layers) if layers else "bare"
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """The SQLite file as the services keep it (WAL, synchronous=NORMAL), autocommit mode so
+    that each message's BEGIN ... COMMIT is explicit."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    return conn
+
+
+def apply(conn: sqlite3.Connection, event_id: str) -> bool:
+    """Points' work for one event on the bare driver: applied once, a duplicate skipped."""
+    conn.execute("BEGIN")
+    try:
+        seen = conn.execute(_CHECK, (event_id,)).fetchone() is not None
+        if not seen:
+            conn.execute(_EFFECT, (event_id,))
+            conn.execute(_RECORD, (event_id,))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return not seen
+
+
+def _consume(url: str, queue: str, db: str, layers: tuple[str, ...], log_path: str) -> None:
+    """The consumer process: runs until it is terminated."""
+    with open(log_path, "ab") as log_file:  # the log lines go to a file, as the stack's do
+        os.dup2(log_file.fileno(), 2)
+    asyncio.run(_consumer(url, queue, Path(db), layers))
+
+
+async def _consumer(url: str, queue: str, db: Path, layers: tuple[str, ...]) -> None:
+    import aio_pika
+
+    work = await _layered_work(db, layers)
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=32)
+    declared = await channel.declare_queue(queue, durable=True)
+
+    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        await work(json.loads(message.body)["id"])
+        await message.ack()
+
+    await declared.consume(on_message)
+    await asyncio.Future()  # until terminated
+
+
+async def _layered_work(db: Path, layers: tuple[str, ...]) -> Any:
+    """`work(event_id)`: the transaction, with the layers asked for around it."""
+    if "engine" in layers:
+        from sqlalchemy import text
+
+        from messaging.chassis.db import create_engine
+
+        engine = create_engine(f"sqlite+aiosqlite:///{db}")
+        async with engine.begin() as conn:
+            for statement in _SCHEMA:
+                await conn.execute(text(statement))
+        check, effect, record = (text(s.replace("?", ":id")) for s in (_CHECK, _EFFECT, _RECORD))
+
+        async def transaction(event_id: str) -> None:
+            async with engine.begin() as conn:
+                if (await conn.execute(check, {"id": event_id})).first() is None:
+                    await conn.execute(effect, {"id": event_id})
+                    await conn.execute(record, {"id": event_id})
+    else:
+        bare = open_database(db)
+
+        async def transaction(event_id: str) -> None:
+            apply(bare, event_id)
+
+    work = transaction
+    if "log" in layers:
+        import logging
+
+        from messaging.chassis.logs import setup_logging
+
+        setup_logging("floor", json_lines=True)
+        log = logging.getLogger("floor")
+
+        async def logged(event_id: str, inner: Any = work) -> None:
+            await inner(event_id)
+            log.info("applied OrderPaid %s", event_id)
+
+        work = logged
+    if "span" in layers:
+        from opentelemetry import trace
+
+        from messaging.observability.telemetry import setup_tracing
+
+        tracer = setup_tracing("floor").get_tracer("floor")
+
+        async def traced(event_id: str, inner: Any = work) -> None:
+            with tracer.start_as_current_span("points.events process",
+                                              kind=trace.SpanKind.CONSUMER):
+                await inner(event_id)
+
+        work = traced
+    if "metric" in layers:
+        from prometheus_client import Counter, Histogram
+
+        handled = Counter("floor_messages", "messages", ["queue", "outcome"])
+        seconds = Histogram("floor_seconds", "handling time", ["queue"])
+
+        async def measured(event_id: str, inner: Any = work) -> None:
+            started = time.perf_counter()
+            await inner(event_id)
+            handled.labels("points.events", "ack").inc()
+            seconds.labels("points.events").observe(time.perf_counter() - started)
+
+        work = measured
+    return work
+
+
+async def _one_variant(url: str, layers: tuple[str, ...], rate: float, count: int,
+                       tmp: Path) -> dict[str, Any]:
+    import aio_pika
+    import psutil
+
+    queue = f"floor-{label(layers)}-{uuid.uuid4().hex[:6]}"
+    db = tmp / f"{queue}.db"
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(queue, durable=True)
+        process = mp.get_context("spawn").Process(
+            target=_consume, args=(url, queue, str(db), layers, str(tmp / f"{queue}.log")),
+            daemon=True)
+        process.start()
+        try:
+            # ready once the consumer's first message is applied: its imports and connection
+            # are not what a lone message costs
+            await _publish(channel, queue)
+            await asyncio.to_thread(wait_until, lambda: _applied(db) >= 1, 60,
+                                    what=f"the floor consumer {label(layers)}'s first message")
+            watched = psutil.Process(process.pid)
+            before = watched.cpu_times()
+            started = time.monotonic()
+            for i in range(count):
+                await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+                await _publish(channel, queue)
+            await asyncio.to_thread(wait_until, lambda: _applied(db) >= count + 1, 60,
+                                    what=f"the floor consumer {label(layers)} to apply all")
+            after = watched.cpu_times()
+        finally:
+            process.terminate()
+            process.join(10)
+    finally:
+        await connection.close()
+    cpu_s = (after.user + after.system) - (before.user + before.system)
+    return {"layers": list(layers), "messages": count,
+            "cpu_ms_per_message": round(cpu_s * 1000 / count, 3),
+            "system_ms_per_message": round((after.system - before.system) * 1000 / count, 3)}
+
+
+async def _publish(channel: Any, queue: str) -> None:
+    import aio_pika
+
+    body = json.dumps({"id": str(uuid.uuid4()), "type": "OrderPaid"}).encode()
+    await channel.default_exchange.publish(
+        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue)
+
+
+def _applied(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+        except sqlite3.OperationalError:  # the consumer has not made its tables yet
+            return 0
+
+
+async def run_floor(broker: Broker, rate: float, duration: float,
+                    layer_sets: list[tuple[str, ...]] | None = None) -> dict[str, Any]:
+    count = max(1, round(rate * duration))
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp, \
+            throwaway_vhost(broker, prefix="bench-floor") as vhost:
+        for layers in layer_sets or variants():
+            results[label(layers)] = await _one_variant(
+                broker.amqp_url(vhost), layers, rate, count, Path(tmp))
+    bare = results.get("bare", {}).get("cpu_ms_per_message")
+    return {"offered_rate": rate, "variants": results,
+            "added_ms": {name: round(r["cpu_ms_per_message"] - bare, 3)
+                         for name, r in results.items() if bare is not None and name != "bare"}}
+
+
+async def scenario(ctx: Any) -> dict[str, Any]:
+    """Scenario entry point for ``bench.run``."""
+    return await run_floor(ctx.broker, float(ctx.options.get("floor_rate") or DEFAULT_RATE),
+                           ctx.duration)
+
+
+def format_floor(result: dict[str, Any]) -> str:
+    lines = [f"{'variant':<28}{'CPU ms/message':>16}{'added':>10}"]
+    for name, r in result["variants"].items():
+        added = result["added_ms"].get(name)
+        lines.append(f"{name:<28}{r['cpu_ms_per_message']:>16.2f}"
+                     f"{'' if added is None else f'{added:+.2f}':>10}")
+    return "\n".join(lines)
