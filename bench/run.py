@@ -421,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     if services is None:
         return 2
     services["same_as_bench"] = args.services_python == sys.executable
+    if "floor" in names and (args.baseline_tree is not None or not services["same_as_bench"]):
+        print("floor measures this tree's library in the bench's interpreter: run it without "
+              "--baseline-tree and --services-python", file=sys.stderr)
+        return 2
     baseline: dict[str, Any] | None = None
     if args.baseline_tree is not None:
         base_python = str(args.baseline_tree.absolute() / ".venv" / "bin" / "python")

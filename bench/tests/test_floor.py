@@ -1,9 +1,12 @@
 """The floor scenario: a bare consumer's work is points' (applied once), and its variants."""
 
+import asyncio
+import json
+
 import pytest
 
 from bench import floor
-from bench.run import parse_args
+from bench.run import main, parse_args
 
 
 @pytest.mark.unit
@@ -44,3 +47,39 @@ def test_the_table_shows_what_each_layer_adds_to_the_bare_consumer():
     lines = floor.format_floor(result).splitlines()
     assert lines[1].split() == ["bare", "0.90"]
     assert lines[2].split() == ["engine", "1.90", "+1.00"]
+
+
+class _Delivery:
+    """What the floor's handler reads of an aio-pika delivery, and its ack."""
+
+    def __init__(self, event_id: str):
+        self.body = json.dumps({"id": event_id}).encode()
+        self.acked = 0
+
+    async def ack(self) -> None:
+        self.acked += 1
+
+
+# "span" and "log" set process-wide state (the tracer provider, the root logger's handlers);
+# the scenario runs every variant in a process of its own, the tests check the others here.
+@pytest.mark.unit
+@pytest.mark.parametrize("layers", [(), ("engine",), ("metric",), ("engine", "metric")])
+def test_each_variant_applies_a_message_once_and_acks_every_delivery(tmp_path, layers):
+    db = tmp_path / "floor.db"
+
+    async def deliver_twice() -> list[_Delivery]:
+        handle = await floor.layered_handler(db, layers, "floor-test")
+        deliveries = [_Delivery("event-1"), _Delivery("event-1")]
+        for delivery in deliveries:
+            await handle(delivery)
+        return deliveries
+
+    deliveries = asyncio.run(deliver_twice())
+    assert [d.acked for d in deliveries] == [1, 1]
+    assert floor.applied(db) == 1
+
+
+@pytest.mark.unit
+def test_the_floor_refuses_a_baseline_tree(tmp_path, capsys):
+    assert main(["--only", "floor", "--baseline-tree", str(tmp_path)]) == 2
+    assert "floor measures this tree's library" in capsys.readouterr().err
