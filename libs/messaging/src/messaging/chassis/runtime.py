@@ -80,8 +80,13 @@ class BrokerLink:
         if self._connected is None:
             return
         if not self._connected.done():
-            # Still connecting (perhaps stuck in a handshake nobody answers): cancel, and
-            # wait for the attempt to wind down no longer than for any other stop step.
+            # Still connecting: let the attempt finish, then close what it opened. Cancelled
+            # in its last step (aio-pika waits for the open connection to be ready), the
+            # connection would be lost open, its reader, writer and heartbeat running on.
+            await asyncio.wait({self._connected}, timeout=STOP_STEP_SECONDS)
+        if not self._connected.done():
+            # A handshake nobody answers: cancel, and wait for the attempt to wind down no
+            # longer than for any other stop step.
             self._connected.cancel()
             await asyncio.wait({self._connected}, timeout=STOP_STEP_SECONDS)
             return
