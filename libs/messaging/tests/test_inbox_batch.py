@@ -18,6 +18,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, 
 from contracts import utcnow
 from devstack import events
 from messaging import inbox
+from messaging.chassis import db
 from messaging.inbox import (
     Conflict,
     Inbox,
@@ -387,7 +388,7 @@ class Statements:
     """The statements the engine sends, as (first words, executemany), while recording."""
 
     def __init__(self, sessions):
-        self.engine = sessions.kw["bind"].sync_engine
+        self.engines = db.sync_engines(sessions.kw["bind"])
         self.sent: list[tuple[str, bool]] = []
         self.texts: list[str] = []
 
@@ -396,11 +397,13 @@ class Statements:
         self.texts.append(statement)
 
     def __enter__(self):
-        event.listen(self.engine, "before_cursor_execute", self._note)
+        for engine in self.engines:
+            event.listen(engine, "before_cursor_execute", self._note)
         return self
 
     def __exit__(self, *exc):
-        event.remove(self.engine, "before_cursor_execute", self._note)
+        for engine in self.engines:
+            event.remove(engine, "before_cursor_execute", self._note)
 
     def of_inbox(self) -> list[tuple[str, bool]]:
         """The inbox's own statements (the effects' and the transaction's left out)."""

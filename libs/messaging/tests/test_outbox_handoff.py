@@ -11,6 +11,7 @@ from sqlalchemy import event, select
 from devstack import events
 from devstack.wait import eventually_async
 from messaging import outbox, outbox_store
+from messaging.chassis import db
 from messaging.outbox import OutboxRelay
 from messaging.outbox_store import add_to_outbox, outbox_table
 
@@ -33,10 +34,12 @@ def polls(sessions):
         if statement.lstrip().startswith("SELECT") and "ORDER BY outbox.id" in statement:
             counted[0] += 1
 
-    engine = sessions.kw["bind"].sync_engine
-    event.listen(engine, "before_cursor_execute", count)
+    engines = db.sync_engines(sessions.kw["bind"])
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
     yield counted
-    event.remove(engine, "before_cursor_execute", count)
+    for engine in engines:
+        event.remove(engine, "before_cursor_execute", count)
 
 
 def relay(sessions, connection, **kwargs) -> OutboxRelay:

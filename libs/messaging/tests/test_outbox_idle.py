@@ -46,7 +46,8 @@ async def watched(database_url):
     engine = db.create_engine(database_url)
     await db.create_schema(engine, outbox_store.metadata)
     statements = Statements()
-    event.listen(engine.sync_engine, "before_cursor_execute", statements.seen)
+    for sync_engine in db.sync_engines(engine):
+        event.listen(sync_engine, "before_cursor_execute", statements.seen)
     yield db.session_factory(engine), statements
     await engine.dispose()
 

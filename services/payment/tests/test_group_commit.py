@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import event, select
 
 from messaging import outbox_store
+from messaging.chassis import db
 from messaging.outbox_store import outbox_table
 from messaging.speed.transactions import GroupedTransactions, HandingOff
 from payment import store
@@ -29,10 +30,12 @@ def commits(sessions):
     def count(_conn):
         counted[0] += 1
 
-    engine = sessions.kw["bind"].sync_engine
-    event.listen(engine, "commit", count)
+    engines = db.sync_engines(sessions.kw["bind"])
+    for engine in engines:
+        event.listen(engine, "commit", count)
     yield counted
-    event.remove(engine, "commit", count)
+    for engine in engines:
+        event.remove(engine, "commit", count)
 
 
 class RecordingHandOff:

@@ -41,10 +41,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts import EVENT_TYPES, Event, utcnow
-from messaging.chassis.db import UtcDateTime, delete_in_batches, engine_of
+from messaging.chassis.db import Statements, UtcDateTime, begin, delete_in_batches, engine_of
 from messaging.spec import SideEffect, Subscriptions
 
 if TYPE_CHECKING:
@@ -306,7 +306,7 @@ class Inbox:
         raised) and, when it is to be applied now, claim it: the check and the claim in one
         transaction, one commit, before the step outside the database."""
         try:
-            async with self._engine.begin() as conn:
+            async with begin(self._engine) as conn:
                 state = await _state(conn, event)
                 early = decide(event, state, subscriptions)
                 if early is not None:
@@ -324,7 +324,7 @@ class Inbox:
         other: nothing is claimed for it, and its caller decides it alone (`claim`), so its
         outcome or exception is exactly its own. A claim already held by another copy
         (IntegrityError) rolls the whole batch back and propagates."""
-        async with self._engine.begin() as conn:
+        async with begin(self._engine) as conn:
             view = await _BatchView.load(conn, events)
             ready = []
             for event in events:
@@ -357,7 +357,7 @@ class Inbox:
         claim is a row of the shared database). Take it over if its holder died mid-step
         (older than CLAIM_LEASE); else raise InProgress."""
         event_id, now = str(event.event_id), utcnow()
-        async with self._engine.begin() as conn:
+        async with begin(self._engine) as conn:
             taken = await conn.execute(
                 update(claims_table)
                 .where(claims_table.c.event_id == event_id,
@@ -371,7 +371,7 @@ class Inbox:
         raise InProgress(event)
 
     async def _release(self, event: Event) -> None:
-        async with self._engine.begin() as conn:
+        async with begin(self._engine) as conn:
             await conn.execute(
                 delete(claims_table).where(claims_table.c.event_id == str(event.event_id)))
 
@@ -412,7 +412,7 @@ class Inbox:
         `contexts[i]`, when given, is the context (trace span, correlation id) that event
         i's work runs in: its handler's statements and spans belong to its own message.
         """
-        async with self._engine.begin() as conn:
+        async with begin(self._engine) as conn:
             view = await _BatchView.load(
                 conn, [e for e in events if subscriptions.handler_for(e) is not None])
             outcomes = []
@@ -485,7 +485,7 @@ class _BatchView:
     records: list[dict[str, object]] = field(default_factory=list)  # inbox rows to insert
 
     @classmethod
-    async def load(cls, conn: AsyncConnection, events: Sequence[Event]) -> _BatchView:
+    async def load(cls, conn: Statements, events: Sequence[Event]) -> _BatchView:
         seen: dict[str, str | None] = {}
         progress: dict[str, dict[str, int]] = {}
         if events:
@@ -503,7 +503,7 @@ class _BatchView:
                 for order, streams in progress.items() for stream, last in streams.items()}
         return cls(seen=seen, progress=progress, read=read)
 
-    async def state(self, conn: AsyncConnection, event: Event) -> State:
+    async def state(self, conn: Statements, event: Event) -> State:
         """What is committed about the event, as `decide` takes it. The holder of its place
         is looked up only when the order is already past it (the rare path)."""
         event_id, order_id = str(event.event_id), str(event.order_id)
@@ -532,7 +532,7 @@ class _BatchView:
             "sequence": event.sequence, "processed_at": utcnow(), "digest": event_digest,
         })
 
-    async def write(self, conn: AsyncConnection) -> None:
+    async def write(self, conn: Statements) -> None:
         """The inbox rows and the progress of every (order, stream) the batch moved, in one
         statement each. A competing consumer that recorded one of these events, started a
         progress row, or moved one since `read`, makes this raise (IntegrityError or
@@ -572,12 +572,12 @@ def _move_progress(read: Mapping[tuple[str, str], int],
     )
 
 
-async def _state(conn: AsyncConnection, event: Event) -> State:
+async def _state(conn: Statements, event: Event) -> State:
     """What is committed about one event (the read-only check before a `before` step)."""
     return await (await _BatchView.load(conn, [event])).state(conn, event)
 
 
-async def _apply_in(conn: AsyncConnection, view: _BatchView, event: Event,
+async def _apply_in(conn: Statements, view: _BatchView, event: Event,
                     subscriptions: Subscriptions) -> Outcome:
     """Decide and run the handler for one event, in the caller's transaction; its inbox
     row and progress go into `view`, which the batch writes after its last event."""

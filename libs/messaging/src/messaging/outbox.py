@@ -43,10 +43,10 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind
 from sqlalchemy import Row, Select, bindparam, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import utcnow
-from messaging.chassis.db import UtcDateTime, delete_in_batches, engine_of
+from messaging.chassis.db import Statements, UtcDateTime, begin, delete_in_batches, engine_of
 from messaging.observability import correlation, metrics, telemetry
 from messaging.observability.telemetry import untraced
 from messaging.outbox_store import OutboxRow, outbox_table
@@ -277,7 +277,7 @@ class OutboxRelay:
         if locked_in is not None:
             await self._mark(locked_in, rows, results)
         else:
-            async with engine_of(self._sessions).begin() as conn:
+            async with begin(engine_of(self._sessions)) as conn:
                 await self._mark(conn, rows, results)
         return [result for result in results if result is not None]
 
@@ -313,7 +313,7 @@ class OutboxRelay:
             )
 
     async def _mark(
-        self, session: AsyncSession | AsyncConnection, rows: Sequence[OutboxRow],
+        self, session: AsyncSession | Statements, rows: Sequence[OutboxRow],
         results: Sequence[BaseException | None],
     ) -> None:
         """Mark what the broker confirmed (one statement per batch); count the attempt on

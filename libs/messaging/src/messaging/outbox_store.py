@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from opentelemetry import propagate
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import WireEvent, utcnow
-from messaging.chassis.db import UtcDateTime
+from messaging.chassis.db import Statements, UtcDateTime
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import CursorResult
@@ -115,7 +115,7 @@ class NoHandOff:
 _INSERT = insert(outbox_table)
 
 
-async def add_to_outbox(session: AsyncSession | AsyncConnection, event: WireEvent) -> OutboxRow:
+async def add_to_outbox(session: AsyncSession | Statements, event: WireEvent) -> OutboxRow:
     """Stage `event` for publishing, in the caller's transaction, with the current trace.
     Returns the row as written (with its id), for an `OutboxHandOff` after the commit."""
     collecting = _staging.get()

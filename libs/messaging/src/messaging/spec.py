@@ -26,15 +26,15 @@ from contracts import EVENT_TYPES, Event, routing_key_for, version_of
 if TYPE_CHECKING:
     from fastapi import APIRouter
     from sqlalchemy import MetaData
-    from sqlalchemy.ext.asyncio import AsyncConnection
 
+    from messaging.chassis.db import Statements
     from messaging.chassis.settings import ServiceSettings
     from messaging.transactions import UnitOfWork
 
 ENTRY_POINT_GROUP = "mini_ec.services"
 
 # Writes the event's effect in the caller's (the inbox's) transaction.
-Handler = Callable[[Event, "AsyncConnection"], Awaitable[None]]
+Handler = Callable[[Event, "Statements"], Awaitable[None]]
 # An effect outside the database (a mail): runs before the inbox transaction, at least once.
 SideEffect = Callable[[Event], Awaitable[None]]
 
@@ -49,7 +49,7 @@ class Subscription(Generic[E]):
     OrderPaid, and the type checker holds it to that."""
 
     event: type[E]
-    handler: Callable[[E, AsyncConnection], Awaitable[None]]
+    handler: Callable[[E, Statements], Awaitable[None]]
     before: Callable[[E], Awaitable[None]] | None = None
 
     @property

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts import WireEvent
-from messaging.chassis.db import engine_of
+from messaging.chassis.db import Statements, begin, engine_of
 from messaging.outbox_store import OutboxRow, add_to_outbox
 
 T = TypeVar("T")
@@ -44,7 +44,7 @@ class Transaction:
     """One work's view of the open transaction: the connection its statements run on, and
     the outbox its events are staged in (`rows`: the transaction's, shared by its works)."""
 
-    connection: AsyncConnection
+    connection: Statements
     rows: list[OutboxRow] = field(default_factory=list)
     events: list[WireEvent] = field(default_factory=list)  # staged by this work
 
@@ -83,7 +83,7 @@ class Transactions:
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[Transaction]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        async with self._engine.begin() as conn:
+        async with begin(self._engine) as conn:
             yield Transaction(conn)
 
     @cached_property

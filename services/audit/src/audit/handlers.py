@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from opentelemetry import trace
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit import store
 from contracts import Event, utcnow
+from messaging.chassis.db import Statements
 
 
-async def record_event(event: Event, conn: AsyncConnection) -> None:
+async def record_event(event: Event, conn: Statements) -> None:
     span = trace.get_current_span().get_span_context()
     await store.append(
         conn,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from messaging.chassis.db import UtcDateTime
+from messaging.chassis.db import Statements, UtcDateTime
 
 metadata = MetaData()
 
@@ -30,7 +30,7 @@ audit_log = Table(
 _APPEND = insert(audit_log)
 
 
-async def append(conn: AsyncConnection, **row: object) -> None:
+async def append(conn: Statements, **row: object) -> None:
     await conn.execute(_APPEND, row)
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from contracts import Event, OrderPaid, OrderRefunded, OrderShipped, utcnow
 from mailer import store
 from mailer.message import Mail, MailTemplate, UnsafeMail
+from messaging.chassis.db import Statements
 
 CORRELATION_HEADER = "X-Correlation-ID"
 
@@ -84,7 +83,7 @@ async def send_mail(event: Event, *, sender: MailSender, template: MailTemplate)
     await sender.send(mail)
 
 
-async def record_mail(event: Event, conn: AsyncConnection) -> None:
+async def record_mail(event: Event, conn: Statements) -> None:
     """Remember what was sent, in the same transaction as the inbox record.
 
     The same subject and Message-ID as `compose` gives the mail, without building it again

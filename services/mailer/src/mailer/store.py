@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from sqlalchemy import Column, MetaData, String, Table, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from messaging.chassis.db import UtcDateTime
+from messaging.chassis.db import Statements, UtcDateTime
 
 metadata = MetaData()
 
@@ -24,7 +24,7 @@ sent_mails = Table(
 _RECORD = insert(sent_mails)  # built once: its compiled form is found by a key made once
 
 
-async def record_sent(conn: AsyncConnection, **row: object) -> None:
+async def record_sent(conn: Statements, **row: object) -> None:
     await conn.execute(_RECORD, row)
 
 

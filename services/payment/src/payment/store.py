@@ -18,10 +18,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import utcnow
-from messaging.chassis.db import UtcDateTime
+from messaging.chassis.db import Statements, UtcDateTime
 from payment.domain import Order, PaymentStatus
 
 metadata = MetaData()
@@ -55,7 +55,7 @@ def _to_order(row: Row[Any]) -> Order:
     )
 
 
-Executor = AsyncSession | AsyncConnection  # a session, or the connection of a group commit
+Executor = AsyncSession | Statements  # a session, or the connection of a group commit
 
 # ON CONFLICT DO NOTHING (SQLite and PostgreSQL spell it alike): a payment whose order or key
 # is taken writes nothing and raises nothing, so it cannot abort the transaction it shares

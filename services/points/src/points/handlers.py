@@ -4,9 +4,8 @@ takes which event type is in points/spec.py."""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from contracts import OrderPaid, OrderRefunded
+from messaging.chassis.db import Statements
 from points import store
 
 
@@ -15,7 +14,7 @@ def points_for(amount: int) -> int:
     return amount // 100
 
 
-async def grant_points(event: OrderPaid, conn: AsyncConnection) -> None:
+async def grant_points(event: OrderPaid, conn: Statements) -> None:
     await store.add_entry(
         conn,
         customer_id=event.data.customer_id,
@@ -27,7 +26,7 @@ async def grant_points(event: OrderPaid, conn: AsyncConnection) -> None:
     )
 
 
-async def revoke_points(event: OrderRefunded, conn: AsyncConnection) -> None:
+async def revoke_points(event: OrderRefunded, conn: Statements) -> None:
     """Take back exactly what the order was granted, so a balance never goes below zero."""
     granted = await store.order_total(conn, str(event.order_id))
     await store.add_entry(

@@ -15,9 +15,9 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from messaging.chassis.db import UtcDateTime
+from messaging.chassis.db import Statements, UtcDateTime
 
 metadata = MetaData()
 
@@ -43,7 +43,7 @@ _ORDER_TOTAL = select(func.coalesce(func.sum(ledger.c.delta), 0)).where(
 
 
 async def add_entry(
-    conn: AsyncConnection, *, customer_id: str, order_id: str, event_id: str, delta: int,
+    conn: Statements, *, customer_id: str, order_id: str, event_id: str, delta: int,
     reason: str, at: datetime,
 ) -> None:
     await conn.execute(_ADD_ENTRY, {
@@ -51,7 +51,7 @@ async def add_entry(
         "delta": delta, "reason": reason, "at": at})
 
 
-async def order_total(conn: AsyncConnection, order_id: str) -> int:
+async def order_total(conn: Statements, order_id: str) -> int:
     total = await conn.scalar(_ORDER_TOTAL, {"order_id": order_id})
     return int(total or 0)
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from contracts import OrderPaid, OrderRefunded, OrderShipped, ShipmentData, utcnow
+from messaging.chassis.db import Statements
 from messaging.outbox_store import add_to_outbox
 from shipping import store
 
@@ -47,7 +46,7 @@ def order_shipped(paid: OrderPaid, carrier: str) -> OrderShipped:
     )
 
 
-async def ship(event: OrderPaid, conn: AsyncConnection, *, carrier: str) -> None:
+async def ship(event: OrderPaid, conn: Statements, *, carrier: str) -> None:
     shipped = order_shipped(event, carrier)
     await store.add(
         conn, shipment_id=str(shipped.data.shipment_id), order_id=str(event.order_id),
@@ -58,7 +57,7 @@ async def ship(event: OrderPaid, conn: AsyncConnection, *, carrier: str) -> None
     await add_to_outbox(conn, shipped)
 
 
-async def request_return(event: OrderRefunded, conn: AsyncConnection) -> None:
+async def request_return(event: OrderRefunded, conn: Statements) -> None:
     if not await store.set_status(conn, str(event.order_id), store.RETURN_REQUESTED,
                                   utcnow()):
         raise NoShipment(f"order {event.order_id} has no shipment to return")

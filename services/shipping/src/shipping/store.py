@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Column, MetaData, String, Table, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from messaging.chassis.db import UtcDateTime
+from messaging.chassis.db import Statements, UtcDateTime
 
 metadata = MetaData()
 
@@ -33,11 +33,11 @@ shipments = Table(
 _ADD = insert(shipments)
 
 
-async def add(conn: AsyncConnection, **row: object) -> None:
+async def add(conn: Statements, **row: object) -> None:
     await conn.execute(_ADD, row)
 
 
-async def set_status(conn: AsyncConnection, order_id: str, status: str, at: datetime) -> bool:
+async def set_status(conn: Statements, order_id: str, status: str, at: datetime) -> bool:
     """False if the order has no shipment."""
     result = await conn.execute(
         update(shipments).where(shipments.c.order_id == order_id)

@@ -37,6 +37,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from messaging.chassis import db
 from messaging.observability import correlation
 
 if TYPE_CHECKING:
@@ -147,21 +148,25 @@ ENGINE_TRACER_WRITTEN_FOR = ("0.66b",)
 
 
 def instrument_engine(engine: AsyncEngine, provider: trace.TracerProvider | None = None) -> None:
-    """Trace the statements of this engine (an AsyncEngine).
+    """Trace the statements of this engine (an AsyncEngine), on every synchronous engine
+    they run on (`db.sync_engines`: its own, and a SQLite file's inline one).
 
     The instrumentor is a process-wide switch: its `instrument(engine=...)` is ignored after
     the first call, so any further engine (another app in the same process, a test) gets its
     own tracer here.
     """
+    for sync_engine in db.sync_engines(engine):
+        _instrument(sync_engine, provider or trace.get_tracer_provider())
+
+
+def _instrument(sync_engine: Engine, provider: trace.TracerProvider) -> None:
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
     from opentelemetry.instrumentation.sqlalchemy.version import __version__
     from opentelemetry.metrics import get_meter
 
-    sync_engine = engine.sync_engine
     if sync_engine in _traced_engines:
         return
     _traced_engines.add(sync_engine)
-    provider = provider or trace.get_tracer_provider()
     instrumentor = SQLAlchemyInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(engine=sync_engine, tracer_provider=provider)
