@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     Column,
     ColumnElement,
+    CompoundSelect,
     Index,
     Integer,
     MetaData,
@@ -448,14 +449,26 @@ class Inbox:
 #
 # The seen ids of a batch and the progress of its orders, in one round trip: rows
 # ('seen', event id, digest, NULL) and ('progress', order id, stream, last sequence).
-_SEEN_AND_PROGRESS = union_all(
-    select(literal_column("'seen'").label("kind"), inbox_table.c.event_id.label("key"),
-           inbox_table.c.digest.label("detail"), null().label("last_sequence"))
-    .where(inbox_table.c.event_id.in_(bindparam("event_ids", expanding=True))),
-    select(literal_column("'progress'"), order_progress_table.c.order_id,
-           order_progress_table.c.stream, order_progress_table.c.last_sequence)
-    .where(order_progress_table.c.order_id.in_(bindparam("order_ids", expanding=True))),
-)
+def _seen_and_progress(seen: ColumnElement[bool],
+                       ordered: ColumnElement[bool]) -> CompoundSelect[Any]:
+    return union_all(
+        select(literal_column("'seen'").label("kind"), inbox_table.c.event_id.label("key"),
+               inbox_table.c.digest.label("detail"), null().label("last_sequence"))
+        .where(seen),
+        select(literal_column("'progress'"), order_progress_table.c.order_id,
+               order_progress_table.c.stream, order_progress_table.c.last_sequence)
+        .where(ordered),
+    )
+
+
+_SEEN_AND_PROGRESS = _seen_and_progress(
+    inbox_table.c.event_id.in_(bindparam("event_ids", expanding=True)),
+    order_progress_table.c.order_id.in_(bindparam("order_ids", expanding=True)))
+# The same for one event (the lone path): `=`, not an expanding `IN`, whose SQL SQLAlchemy
+# rewrites on every execution (a lone `Inbox.process` on SQLite: 365 -> 315 us of CPU).
+_SEEN_AND_PROGRESS_OF_ONE = _seen_and_progress(
+    inbox_table.c.event_id == bindparam("event_id"),
+    order_progress_table.c.order_id == bindparam("order_id"))
 _HOLDER = select(inbox_table.c.event_id).where(
     inbox_table.c.order_id == bindparam("order_id"),
     inbox_table.c.sequence == bindparam("sequence"),
@@ -491,9 +504,14 @@ class _BatchView:
         if events:
             # Progress of every order, even one whose events all turn out seen (which need
             # none): it comes in the same round trip.
-            rows = await conn.execute(_SEEN_AND_PROGRESS, {
-                "event_ids": sorted({str(e.event_id) for e in events}),
-                "order_ids": sorted({str(e.order_id) for e in events})})
+            event_ids = sorted({str(e.event_id) for e in events})
+            order_ids = sorted({str(e.order_id) for e in events})
+            if len(event_ids) == len(order_ids) == 1:
+                rows = await conn.execute(_SEEN_AND_PROGRESS_OF_ONE, {
+                    "event_id": event_ids[0], "order_id": order_ids[0]})
+            else:
+                rows = await conn.execute(_SEEN_AND_PROGRESS, {
+                    "event_ids": event_ids, "order_ids": order_ids})
             for kind, key, detail, last in rows.tuples():
                 if kind == "seen":
                     seen[key] = detail

@@ -42,7 +42,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind
-from sqlalchemy import Row, Select, bindparam, func, select, text, update
+from sqlalchemy import ColumnElement, Row, Select, Update, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import utcnow
@@ -324,7 +324,9 @@ class OutboxRelay:
         now = utcnow()
         sent = [row.id for row, r in zip(rows, results, strict=True) if r is None]
         failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]
-        if sent:
+        if len(sent) == 1:
+            await session.execute(_MARK_ONE_SENT, {"row_id": sent[0], "now": now})
+        elif sent:
             await session.execute(_MARK_SENT, {"ids": sent, "now": now})
         for row, exc in failed:
             # The row stays unpublished: `run` backs off and publishes it again.
@@ -531,12 +533,15 @@ def _in_trace_of(row: OutboxRow) -> Iterator[None]:
 
 
 # Built once: the compiled cache finds it by a key made once, not a statement built per batch.
-_MARK_SENT = (
-    update(outbox_table)
-    .where(outbox_table.c.id.in_(bindparam("ids", expanding=True)))
-    .values(published_at=bindparam("now", type_=UtcDateTime()),
-            attempts=outbox_table.c.attempts + 1)
-)
+def _mark_sent(which: ColumnElement[bool]) -> Update:
+    return (update(outbox_table).where(which)
+            .values(published_at=bindparam("now", type_=UtcDateTime()),
+                    attempts=outbox_table.c.attempts + 1))
+
+
+_MARK_SENT = _mark_sent(outbox_table.c.id.in_(bindparam("ids", expanding=True)))
+# One row (a lone event): `=`, not an expanding `IN`, whose SQL is rewritten per execution.
+_MARK_ONE_SENT = _mark_sent(outbox_table.c.id == bindparam("row_id"))
 
 
 def _raise_if_unconfirmed(unconfirmed: Sequence[BaseException], attempted: int) -> None:
