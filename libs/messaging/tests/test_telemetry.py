@@ -87,25 +87,75 @@ def run_child(code: str, env: dict[str, str] | None = None, timeout: float = 60)
 
 
 @pytest.mark.unit
-def test_without_an_otlp_endpoint_spans_are_made_but_nothing_is_exported_or_complained_about():
+def test_without_an_otlp_endpoint_a_trace_started_here_has_ids_but_is_not_recorded():
     result = run_child("""
         import sys, threading
         from opentelemetry import trace
-        from messaging.observability import correlation
-        from messaging.observability.telemetry import ATTRIBUTE, setup_tracing
+        from messaging.observability.telemetry import setup_tracing
         setup_tracing("quiet")
-        correlation.current.set("c-quiet")
         with trace.get_tracer("t").start_as_current_span("s") as span:
             assert span.get_span_context().is_valid  # trace ids still reach the logs
-        print(span.attributes.get(ATTRIBUTE))  # the correlation id is put on every span
+            print(span.is_recording(), span.get_span_context().trace_flags.sampled)
         # No exporter: no OTLP exporter loaded, no export thread started.
         print("opentelemetry.exporter.otlp.proto.http.trace_exporter" in sys.modules,
               threading.active_count())
     """)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:2] == ["c-quiet", "False 1"]
+    assert result.stdout.split("\n")[:2] == ["False False", "False 1"]
     assert result.stderr == ""
+
+
+@pytest.mark.unit
+def test_without_an_otlp_endpoint_a_span_whose_parent_was_recorded_is_recorded():
+    result = run_child("""
+        from opentelemetry import propagate, trace
+        from messaging.observability import correlation
+        from messaging.observability.telemetry import ATTRIBUTE, setup_tracing
+        setup_tracing("quiet")
+        correlation.current.set("c-quiet")
+        parent = propagate.extract(
+            {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+        with trace.get_tracer("t").start_as_current_span("s", context=parent) as span:
+            print(span.is_recording(), format(span.get_span_context().trace_id, "032x"))
+        print(span.attributes.get(ATTRIBUTE))  # the correlation id is put on every span
+    """)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["True 0af7651916cd43dd8448eb211c80319c", "c-quiet"]
+
+
+@pytest.mark.unit
+def test_once_spans_are_exported_a_trace_started_here_is_recorded():
+    result = run_child("""
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from messaging.observability.telemetry import export_to, setup_tracing
+        setup_tracing("quiet")
+        exporter = InMemorySpanExporter()
+        export_to(SimpleSpanProcessor(exporter))
+        with trace.get_tracer("t").start_as_current_span("s"):
+            pass
+        print([span.name for span in exporter.get_finished_spans()])
+    """)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "['s']"
+
+
+@pytest.mark.unit
+def test_a_configured_sampler_is_the_sdk_s_own():
+    result = run_child("""
+        from opentelemetry import trace
+        from messaging.observability.telemetry import setup_tracing
+        setup_tracing("quiet")
+        with trace.get_tracer("t").start_as_current_span("s") as span:
+            print(span.is_recording())
+    """, env={"OTEL_TRACES_SAMPLER": "always_on"})
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "True"
 
 
 @pytest.mark.unit

@@ -49,11 +49,10 @@ def _span_exporter() -> InMemorySpanExporter:
     """The process-wide tracer provider can be set only once: install it (or reuse it) once."""
     global _exporter
     if _exporter is None:
-        provider = trace.get_tracer_provider()
-        if not isinstance(provider, TracerProvider):
-            provider = telemetry.setup_tracing("payment")
+        if not isinstance(trace.get_tracer_provider(), TracerProvider):
+            telemetry.setup_tracing("payment")
         _exporter = InMemorySpanExporter()
-        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+        telemetry.export_to(SimpleSpanProcessor(_exporter))
     return _exporter
 
 

@@ -1,8 +1,10 @@
 """Tracing: one setup call per service process.
 
 Spans go to OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
-variable) is set; otherwise they are made (so trace ids reach the logs) but not exported,
-and nothing complains.
+variable) is set. Otherwise nothing is exported and nothing complains: a trace that starts
+here is not recorded (its ids are still made, so they reach the logs and the next hop), and
+a span whose parent was recorded elsewhere is, so a trace begun where spans are exported
+stays whole (`RecordedWhenRead`).
 
 Every span carries the `mini_ec.correlation_id` attribute, so Jaeger's tag search finds all
 the spans of one order in every service. AMQP spans are the project's own
@@ -19,7 +21,7 @@ import contextlib
 import logging
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
@@ -36,6 +38,16 @@ from opentelemetry.propagators.textmap import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 from messaging.chassis import db
 from messaging.observability import correlation
@@ -106,20 +118,64 @@ class TolerantPropagator(TextMapPropagator):
 
 def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerProvider:
     """Install the tracer provider for this process."""
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
-    )
-    provider.add_span_processor(CorrelationIdSpanProcessor())
     if exporter is None and any(os.environ.get(v) for v in _ENDPOINT_VARIABLES):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)}),
+        sampler=_sampler(exporting=exporter is not None),
+    )
+    provider.add_span_processor(CorrelationIdSpanProcessor())
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     if not isinstance(propagate.get_global_textmap(), TolerantPropagator):
         propagate.set_global_textmap(TolerantPropagator(propagate.get_global_textmap()))
     return provider
+
+
+def _sampler(*, exporting: bool) -> Sampler | None:
+    """None: the SDK's own (`OTEL_TRACES_SAMPLER` when set, else every span recorded)."""
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    return RecordedWhenRead(read=exporting)
+
+
+class RecordedWhenRead(Sampler):
+    """Why: with no exporter, no one reads a span's attributes and timings, yet recording
+    them was about a tenth of a consumer's CPU per message (docs/performance.md). Until
+    something reads them (an exporter: `setup_tracing`, `export_to`), a trace that starts
+    here is not recorded: its span still has ids (log lines, the traceparent passed on) but
+    collects nothing. A span whose parent was recorded (a request or a message from a
+    process that exports) is recorded, so that trace stays whole."""
+
+    def __init__(self, *, read: bool):
+        self.read = read
+        self._recorded = ParentBased(ALWAYS_ON)
+        self._unless_parent = ParentBased(ALWAYS_OFF)
+
+    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
+                      kind: SpanKind | None = None, attributes: Attributes = None,
+                      links: Sequence[Link] | None = None,
+                      trace_state: TraceState | None = None) -> SamplingResult:
+        sampler = self._recorded if self.read else self._unless_parent
+        return sampler.should_sample(parent_context, trace_id, name, kind, attributes, links,
+                                     trace_state)
+
+    def get_description(self) -> str:
+        return f"RecordedWhenRead{{read={self.read}}}"
+
+
+def export_to(processor: SpanProcessor) -> None:
+    """Send this process's spans to `processor` too (an exporter's), and record them from
+    now on (`RecordedWhenRead`)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        raise RuntimeError("setup_tracing has not run in this process")
+    provider.add_span_processor(processor)
+    if isinstance(provider.sampler, RecordedWhenRead):
+        provider.sampler.read = True
 
 
 def shutdown_tracing(timeout_seconds: float = 5.0) -> None:
