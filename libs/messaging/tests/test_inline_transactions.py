@@ -62,7 +62,9 @@ async def test_a_transaction_that_raises_is_rolled_back_and_frees_the_writer(eng
     assert await notes(engine) == []
     async with engine.begin() as conn:  # the async engine's connection can write again
         await conn.execute(_ADD, {"n": 2})
-    assert await notes(engine) == [2]
+    async with db.begin(engine) as conn:  # and so can the next inline transaction
+        await conn.execute(_ADD, {"n": 3})
+    assert await notes(engine) == [2, 3]
 
 
 async def test_an_inline_transaction_waits_for_a_write_open_on_the_async_engine(engine):

@@ -112,6 +112,9 @@ class OutboxRelay:
         self._active = False
         self._max_backoff = max_backoff
         self._lag = LagGauges(sessions, service)
+        # Built once: an idle relay's poll (every idle_poll_interval) builds no statement.
+        self._oldest_unsent = (select(outbox_table).where(outbox_table.c.published_at.is_(None))
+                               .order_by(outbox_table.c.id).limit(batch_size))
         self._wake = asyncio.Event()
         self._channel: AbstractChannel | None = None
         self._shared: bool | None = None
@@ -237,8 +240,8 @@ class OutboxRelay:
                     rows = await _first_of_each_order(session, self._not_reserved(read))
                     unconfirmed = await self._publish_and_mark(rows, session)
             else:
-                async with self._sessions() as session:
-                    read = (await session.execute(self._unsent_batch())).all()
+                async with begin(engine_of(self._sessions)) as conn:
+                    read = (await conn.execute(self._unsent_batch())).all()
                 rows = self._not_reserved(read)
                 unconfirmed = await self._publish_and_mark(rows)
         if rows:
@@ -249,8 +252,7 @@ class OutboxRelay:
     def _unsent_batch(self) -> Select[Any]:
         """The oldest unsent rows, without those reserved for a hand-off (which must not
         fill the batch and hide the rows behind them)."""
-        query = (select(outbox_table).where(outbox_table.c.published_at.is_(None))
-                 .order_by(outbox_table.c.id).limit(self._batch_size))
+        query = self._oldest_unsent
         if self._reserved:
             query = query.where(outbox_table.c.id.not_in(list(self._reserved)))
         return query
