@@ -143,8 +143,10 @@ async def test_a_payments_statements_are_compiled_once_and_then_found_in_the_cac
     """SQLAlchemy logs each statement's cache use: "[generated …]" for the first compile,
     "[cached since …]" after, "[no key …]" for a statement it can never cache (compiled
     again every time; docs/performance.md)."""
-    await payments.pay(command())  # warm: each statement compiled here once
+    # Logged from the first payment on: a connection decides whether it logs when it is made.
     with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
+        await payments.pay(command())  # warm: each statement compiled here once
+        caplog.clear()
         await asyncio.gather(*(payments.pay(command()) for _ in range(5)))
     uses = [r.getMessage().split(" ", 1)[0] for r in caplog.records
             if r.getMessage().startswith("[")]
