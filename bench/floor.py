@@ -6,7 +6,8 @@ for one message at a time, the work points does for an ``OrderPaid``: aio-pika, 
 one SQLite transaction on the ``sqlite3`` driver (inbox check, effect, inbox row), a manual
 ack, and nothing else. Then the same with one layer of the services put back at a time:
 
-    engine   the messaging engine (SQLAlchemy Core on InlineSqlite, ``engine.begin``)
+    engine   the async engine (SQLAlchemy Core on InlineSqlite, ``engine.begin``): the
+             services' path until 2026-12-08; a SQLite file's now runs inline (``db.begin``)
     span     the services' CONSUMER span around the work and the ack (``instrumentation.
              processing``), on the SDK's provider as ``setup_tracing`` makes it, no exporter
     log      one JSON log line per message (``messaging.chassis.logs``)

@@ -81,7 +81,8 @@ async def test_an_inline_transaction_waits_for_a_write_open_on_the_async_engine(
         await turns()
         assert order == []  # it waits for our commit, without blocking the loop
         order.append("async commits")
-    await asyncio.wait_for(waiting, 5)
+    async with asyncio.timeout(5):  # without the lock: blocked in busy_timeout, then failed
+        await waiting
 
     assert order == ["async commits", "inline writes"]
     assert await notes(engine) == [1, 2]
@@ -101,7 +102,8 @@ async def test_the_async_engine_waits_for_an_inline_transaction_that_awaits(engi
         await turns()  # the inline transaction is open across these awaits
         assert order == []
         order.append("inline commits")
-    await asyncio.wait_for(waiting, 5)
+    async with asyncio.timeout(5):
+        await waiting
 
     assert order == ["inline commits", "session wrote"]
     assert await notes(engine) == [1, 2]
@@ -126,7 +128,7 @@ async def test_elsewhere_a_transaction_is_the_async_engine_s_own(url):
         await engine.dispose()
 
 
-async def test_in_memory_the_async_engine_s_transaction_is_used(tmp_path):
+async def test_in_memory_the_async_engine_s_transaction_is_used():
     engine = db.create_engine("sqlite+aiosqlite:///:memory:")
     try:
         async with db.begin(engine) as conn:
@@ -135,3 +137,65 @@ async def test_in_memory_the_async_engine_s_transaction_is_used(tmp_path):
         assert await notes(engine) == [1]
     finally:
         await engine.dispose()
+
+
+async def test_a_transaction_cancelled_while_its_work_awaits_rolls_back_and_frees_the_writer(
+    engine,
+):
+    inside = asyncio.Event()
+
+    async def cut_short():
+        async with db.begin(engine) as conn:
+            await conn.execute(_ADD, {"n": 1})
+            inside.set()
+            await asyncio.Event().wait()  # its work awaits something that never comes
+
+    task = asyncio.create_task(cut_short())
+    async with asyncio.timeout(5):
+        await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async with asyncio.timeout(5), db.begin(engine) as conn:  # the writer is free again
+        await conn.execute(_ADD, {"n": 2})
+    assert await notes(engine) == [2]
+
+
+async def test_the_async_engine_used_inside_a_transaction_gives_up_rather_than_hang(
+    engine, monkeypatch
+):
+    monkeypatch.setattr(db, "WRITER_TIMEOUT_SECONDS", 0.2)
+    with pytest.raises(TimeoutError):
+        # A mistake: the async engine's statement waits for the lock the block holds.
+        async with db.begin(engine), engine.begin() as conn:
+            await conn.execute(_ADD, {"n": 1})
+    assert await notes(engine) == []
+
+
+async def test_the_inline_connection_is_kept_and_replaced_after_a_failure(engine):
+    _, inline = db.sync_engines(engine)
+    checkouts = []
+    event.listen(inline, "engine_connect", lambda conn: checkouts.append(conn))
+
+    for n in (1, 2):
+        async with db.begin(engine) as conn:
+            await conn.execute(_ADD, {"n": n})
+    assert len(checkouts) == 1  # one connection for both
+    with pytest.raises(RuntimeError):
+        async with db.begin(engine) as conn:
+            raise RuntimeError("the work failed")
+    async with db.begin(engine) as conn:
+        await conn.execute(_ADD, {"n": 3})
+    assert len(checkouts) == 2  # a new one after the failure
+    assert await notes(engine) == [1, 2, 3]
+
+
+async def test_dispose_closes_the_inline_connection_too(tmp_path):
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/notes.db")
+    async with db.begin(engine) as conn:
+        await conn.execute(_CREATE)
+    _, inline = db.sync_engines(engine)
+    await db.dispose(engine)
+    assert inline.pool.checkedout() == 0
+    assert db.sync_engines(engine) == [engine.sync_engine]

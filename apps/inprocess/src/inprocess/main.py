@@ -139,7 +139,7 @@ class InProcessShop:
     async def close(self) -> None:
         await self._transactions.close()  # its group-commit worker
         for engine in self.engines.values():
-            await engine.dispose()
+            await db.dispose(engine)
 
 
 def _payment_app(payments: object, engine: AsyncEngine) -> FastAPI:

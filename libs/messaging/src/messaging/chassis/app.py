@@ -62,7 +62,7 @@ def service_app(service: spec.ServiceSpec, settings: ServiceSettings) -> FastAPI
         yield
         await transactions.close()
         await runtime.stop()
-        await engine.dispose()
+        await db.dispose(engine)
 
     app = FastAPI(title=f"Mini EC {service.name}", lifespan=lifespan)
     if service.router is not None:

@@ -13,7 +13,7 @@ import sqlite3
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -92,9 +92,18 @@ def create_engine(database_url: str) -> AsyncEngine:
                                                "pool_timeout": 60}
     engine = create_async_engine(url, **pool, **inline)
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    # Only InlineSqlite takes the writer lock: with stock aiosqlite there is no inline path.
     if inline and database != ":memory:":
         _inline[engine] = InlineTransactions(database, writer)
     return engine
+
+
+async def dispose(engine: AsyncEngine) -> None:
+    """Close `engine`'s connections, its inline one included."""
+    inline = _inline.pop(engine, None)
+    if inline is not None:
+        inline.close()
+    await engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -117,23 +126,33 @@ class Statements(Protocol):
     async def scalar(self, statement: Executable, parameters: Any = None) -> Any: ...
 
 
-@asynccontextmanager
-async def begin(engine: AsyncEngine) -> AsyncIterator[Statements]:
-    """One transaction on `engine`: committed when the block ends, rolled back if it raises.
-    The hot paths' transactions (the inbox, a use case's unit of work, the relay's mark)
-    open here."""
-    inline = _inline.get(engine)
-    if inline is None:
-        async with engine.begin() as conn:
-            yield conn
-        return
-    async with inline.begin() as statements:
-        yield statements
-
-
 # The inline transactions of each SQLite file engine made by `create_engine`.
 _inline: weakref.WeakKeyDictionary[AsyncEngine, InlineTransactions] = \
     weakref.WeakKeyDictionary()
+
+
+def begin(engine: AsyncEngine) -> AbstractAsyncContextManager[Statements]:
+    """One transaction on `engine`: committed when the block ends, rolled back if it raises.
+    The hot paths' transactions (the inbox, a use case's unit of work, the relay's poll and
+    mark) open here. Inside the block, use only its connection: the async engine's sessions
+    wait for the writer lock the block holds (and give up after WRITER_TIMEOUT_SECONDS)."""
+    inline = _inline.get(engine)
+    return engine.begin() if inline is None else inline.begin()
+
+
+async def take_writer(writer: asyncio.Lock) -> None:
+    """Take the file's writer lock; a wait longer than WRITER_TIMEOUT_SECONDS raises (the
+    holder is stuck, or uses the other connection inside its own transaction), as the
+    single pooled connection's checkout timed out before."""
+    if not writer.locked():
+        await writer.acquire()  # free: taken at once, without a loop turn
+        return
+    async with asyncio.timeout(WRITER_TIMEOUT_SECONDS):
+        await writer.acquire()
+
+
+# Longer than any transaction takes; as long as the pool waited for its one connection.
+WRITER_TIMEOUT_SECONDS = 60.0
 
 
 class InlineTransactions:
@@ -146,34 +165,49 @@ class InlineTransactions:
     statements, docs/performance.md): 640 -> 320 us of CPU.
 
     SQLite allows one writer. This connection and the async engine's one (`InlineSqlite`,
-    which the API's reads and the upkeep use) share `writer`, an asyncio lock each holds for
-    its whole transaction, so neither ever meets the other's write lock (a busy wait there
-    would block the event loop). A transaction here holds it from its first statement to
-    its commit, even while its work awaits."""
+    which the API's reads and the upkeep use) share `writer`, an asyncio lock, so neither
+    ever meets the other's write lock (a busy wait there would block the event loop). A
+    transaction here holds it from before its first statement to its end, even while its
+    work awaits; the async engine's connection from its first write to its commit (a read
+    outside a transaction gives it back at once). A session that reads, then later writes,
+    may see an inline transaction commit in between, as a second connection would.
+
+    The connection is kept from one transaction to the next (the lock is its only user): no
+    pool checkout and return per transaction (15 -> 3 us of an empty one). So SQLAlchemy's
+    statement logging (`echo`) is decided once, when it is made. After a transaction that
+    raised, the next gets a new `Connection` (the pool resets the sqlite3 one)."""
 
     def __init__(self, database: str, writer: asyncio.Lock):
         self.writer = writer
+        # pool_timeout 0: the lock serialises its users, so a wait here would be a bug, and
+        # it would block the event loop.
         self.engine: Engine = create_sync_engine(
             URL.create("sqlite", database=database), pool_size=1, max_overflow=0,
-            connect_args={"check_same_thread": False})
+            pool_timeout=0, connect_args={"check_same_thread": False})
         event.listen(self.engine, "connect", _sqlite_pragmas)
-        # Kept from one transaction to the next (the writer lock is its only user): no pool
-        # checkout and return per transaction (15 -> 3 us of an empty one). Dropped after a
-        # transaction that raised, so the next begins on a connection fresh from the pool.
         self._connection: Connection | None = None
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[Statements]:
-        async with self.writer:
+        await take_writer(self.writer)
+        try:
             if self._connection is None:
                 self._connection = self.engine.connect()
             try:
                 with self._connection.begin():
                     yield InlineConnection(self._connection)
             except BaseException:
-                self._connection.close()
-                self._connection = None
+                connection, self._connection = self._connection, None
+                connection.close()
                 raise
+        finally:
+            self.writer.release()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        self.engine.dispose()
 
 
 class InlineConnection:
@@ -213,8 +247,9 @@ class InlineSqlite(aiosqlite.Connection):
     four or more GIL hand-offs per statement; profiling showed them to be most of a consumer's
     time. A statement on a local WAL file takes microseconds, and with the single pooled
     connection every other database user waits for that connection anyway, so running it
-    inline costs the loop nothing it could have used; the same statements and transactions
-    run, so no guarantee changes. Each call still yields to the loop once first, as the
+    inline costs the loop nothing it could have used (the file's inline transactions wait for
+    the same writer lock); the same statements and transactions run, so no guarantee
+    changes. Each call still yields to the loop once first, as the
     thread hand-off did: other tasks get their turn between statements and a cancellation
     lands where it always did. (A `busy_timeout` wait would block the loop, but only this
     process writes its file, and its two connections take turns: `writer`.) Making and
@@ -232,7 +267,7 @@ class InlineSqlite(aiosqlite.Connection):
                  writer: asyncio.Lock | None = None):
         super().__init__(connector, iter_chunk_size=64)
         self._connection = connector()
-        self._writer = writer or asyncio.Lock()
+        self._writer = writer if writer is not None else asyncio.Lock()
         self._holds_writer = False
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -242,7 +277,7 @@ class InlineSqlite(aiosqlite.Connection):
         if self._yields_for(name):
             await asyncio.sleep(0)  # a suspension point, like the thread hand-off it replaces
         if name in _STATEMENTS and not self._holds_writer:
-            await self._writer.acquire()
+            await take_writer(self._writer)
             self._holds_writer = True
         try:
             return fn(*args, **kwargs)
@@ -285,9 +320,8 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 def engine_of(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
-    """The engine `sessions` are bound to: a hot path's transaction opens a Core connection
-    on it (`engine.begin()`), with no ORM session made around statements that load no ORM
-    object."""
+    """The engine `sessions` are bound to: a hot path's transaction opens on it (`begin`),
+    with no ORM session made around statements that load no ORM object."""
     bind = sessions.kw.get("bind")
     if not isinstance(bind, AsyncEngine):
         raise TypeError("these sessions are not bound to an AsyncEngine")

@@ -49,7 +49,6 @@ from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
-from messaging.chassis import db
 from messaging.observability import correlation
 
 if TYPE_CHECKING:
@@ -211,6 +210,8 @@ def instrument_engine(engine: AsyncEngine, provider: trace.TracerProvider | None
     the first call, so any further engine (another app in the same process, a test) gets its
     own tracer here.
     """
+    from messaging.chassis import db
+
     for sync_engine in db.sync_engines(engine):
         _instrument(sync_engine, provider or trace.get_tracer_provider())
 
