@@ -249,9 +249,9 @@ class InlineSqlite(aiosqlite.Connection):
     connection every other database user waits for that connection anyway, so running it
     inline costs the loop nothing it could have used (the file's inline transactions wait for
     the same writer lock); the same statements and transactions run, so no guarantee
-    changes. Each call still yields to the loop once first, as the
-    thread hand-off did: other tasks get their turn between statements and a cancellation
-    lands where it always did. (A `busy_timeout` wait would block the loop, but only this
+    changes. Each call still yields to the loop once first, as the thread hand-off did:
+    other tasks get their turn between statements and a cancellation lands where it always
+    did. (A `busy_timeout` wait would block the loop, but only this
     process writes its file, and its two connections take turns: `writer`.) Making and
     dropping a cursor does no SQLite work, so those two calls do not yield: a statement
     still gives the loop a turn at its execute, and costs one loop iteration fewer per call
